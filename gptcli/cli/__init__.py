@@ -1,0 +1,1 @@
+"""Command modules: each parses options, calls the core, renders. No torch at import time."""

@@ -1,0 +1,134 @@
+"""The `gptcli` Typer app and `main()`, the one place where failures become exit codes.
+
+Command modules are imported here, but they import only typer and the option
+declarations at module level; torch and transformers load inside a command's
+body. That keeps `gptcli --help` and shell completion instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated, Optional
+
+import typer
+
+from gptcli import __version__
+from gptcli.cli import chat as chat_cmd
+from gptcli.cli import completion as completion_cmd
+from gptcli.cli import evaluate as eval_cmd
+from gptcli.cli import generate as generate_cmd
+from gptcli.cli import models as models_cmd
+from gptcli.cli import train as train_cmd
+from gptcli.cli import translate as translate_cmd
+from gptcli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GptcliError
+
+app = typer.Typer(
+    name="gptcli",
+    help="Generate, chat, train, finetune, evaluate and translate with GPT-style language models.",
+    no_args_is_help=True,
+    add_completion=False,  # static scripts live in completions/ and `gptcli completion SHELL`
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gptcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True),
+    ] = None,
+) -> None:
+    """Generate, chat, train, finetune, evaluate and translate with GPT-style language models.
+
+    Results go to stdout, progress and diagnostics to stderr. Set GPTCLI_DEBUG=1 for tracebacks.
+    """
+
+
+app.command("generate")(generate_cmd.generate)
+app.command("chat")(chat_cmd.chat)
+app.command("train")(train_cmd.train)
+app.command("finetune")(train_cmd.finetune)
+app.command("eval")(eval_cmd.evaluate)
+app.command("translate")(translate_cmd.translate)
+app.command("models")(models_cmd.models)
+app.command("completion")(completion_cmd.completion)
+
+
+def _is_click_error(exc: BaseException) -> bool:
+    # Typer vendors its own Click; we duck-type its exceptions instead of importing private modules.
+    return hasattr(exc, "exit_code") and hasattr(exc, "show") and hasattr(exc, "format_message")
+
+
+def _debug() -> bool:
+    return os.environ.get("GPTCLI_DEBUG", "") not in ("", "0")
+
+
+def _print_error(message: str) -> None:
+    try:
+        print(f"Error: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; never raises (except SystemExit from --help paths)."""
+    from gptcli import console
+
+    try:
+        rv = app(args=argv, prog_name="gptcli", standalone_mode=False)
+        console.flush_stdout()
+        return rv if isinstance(rv, int) else 0
+    except console.StdoutClosed:
+        console.silence_stdout()  # the reader left (`| head`): stop quietly
+        return 0
+    except GptcliError as exc:
+        if _debug():
+            traceback.print_exc()
+        _flush_quietly()
+        _print_error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _flush_quietly()
+        return EXIT_INTERRUPTED
+    except typer.Abort:
+        _flush_quietly()
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if _is_click_error(exc):
+            exc.show()
+            return exc.exit_code
+        if _debug():
+            traceback.print_exc()
+        _flush_quietly()
+        _print_error(f"{type(exc).__name__}: {exc} (set GPTCLI_DEBUG=1 for the traceback)")
+        return EXIT_RUNTIME
+
+
+def _flush_quietly() -> None:
+    """Keep what was already produced (a partial generation) when stopping on an error."""
+    from gptcli import console
+
+    try:
+        console.flush_stdout()
+    except (console.StdoutClosed, GptcliError):
+        console.silence_stdout()
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = run(argv)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        from gptcli import console
+
+        console.silence_stdout()
+    sys.exit(code)

@@ -1,0 +1,199 @@
+"""`gptcli generate`: one-shot generation from an argument, stdin or a file of prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gptcli.cli import options as opt
+
+
+def generate(
+    prompt: Annotated[
+        Optional[str],
+        typer.Argument(help="The prompt. '-' reads stdin; piped stdin comes before the prompt.", show_default=False),
+    ] = None,
+    file: opt.InputFile = None,
+    echo: Annotated[bool, typer.Option("--echo", help="Print the prompt before the generated text.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    truncate: Annotated[bool, typer.Option("--truncate", help="Cut prompts longer than the context from the left (with a warning) instead of failing.")] = False,
+    batch_size: opt.BatchSize = None,
+    list_models: Annotated[bool, typer.Option("--list-models", help="List the bundled models and exit.")] = False,
+    max_new_tokens: opt.MaxNewTokens = None,
+    temperature: opt.Temperature = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
+    min_p: opt.MinP = None,
+    repetition_penalty: opt.RepetitionPenalty = None,
+    greedy: opt.Greedy = False,
+    num_return_sequences: opt.NumReturnSequences = None,
+    stop: opt.Stop = None,
+    seed: opt.Seed = None,
+    as_json: opt.Json = False,
+    stats: opt.Stats = False,
+    model: opt.Model = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    threads: opt.Threads = None,
+    allow_pickle: opt.AllowPickle = False,
+    trust_remote_code: opt.TrustRemoteCode = False,
+) -> None:
+    """Continue a prompt. Text streams to stdout as it is generated.
+
+    Examples: gptcli generate "Once upon a time" · echo "The sea" | gptcli generate -t 50 ·
+    gptcli generate --file prompts.jsonl --json
+    """
+    from gptcli import console
+    from gptcli.errors import UsageError
+    from gptcli.inputs import gather_prompt, read_prompt_file
+    from gptcli.runtime import parse_device, parse_dtype
+    from gptcli.sampling import SamplingParams
+
+    if list_models:
+        from gptcli.cli.models import models
+
+        return models(as_json=as_json)
+    # Everything the user typed is checked before any model loads.
+    base = SamplingParams().updated(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, greedy=greedy or None, num_return_sequences=num_return_sequences,
+        stop=stop or None, seed=seed,
+    )
+    parse_device(device), parse_dtype(dtype)
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
+    if file is not None and prompt is not None:
+        raise UsageError("give either a prompt or --file, not both.")
+    if file is not None:
+        records, jsonl = read_prompt_file(file)
+    else:
+        from gptcli.inputs import Record
+
+        records, jsonl = [Record(gather_prompt(prompt))], False
+    requests = _requests(records, base)
+
+    from gptcli.generation import Completion, RunStats, stream_generate
+    from gptcli.session import describe_load, open_model, stats_line
+
+    lm, load_s = open_model(model, device=device, dtype=dtype, threads=threads,
+                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if stats:
+        console.info(describe_load(lm, load_s))
+    run_stats = RunStats()
+    events = stream_generate(
+        lm, requests, batch_size=batch_size or 8, truncate=truncate, stats=run_stats,
+        on_truncate=lambda label, n: console.warn(f"{label} was cut to its last {n} tokens to fit the context."),
+    )
+    render = _JsonRenderer(lm, records, requests, echo, jsonl) if as_json else _TextRenderer(records, requests, echo)
+    try:
+        for event in events:
+            if isinstance(event, Completion):
+                render.completion(event)
+            else:
+                render.piece(event)
+    finally:
+        if stats:
+            console.info(stats_line(run_stats))
+
+
+def _requests(records, base):
+    from gptcli.generation import Request
+    from gptcli.sampling import coerce
+
+    requests = []
+    for rec in records:
+        params = base.updated(**{k: coerce(k, v) for k, v in rec.overrides.items()}) if rec.overrides else base
+        requests.append(Request(prompt=rec.prompt, params=params, id=rec.id))
+    return requests
+
+
+class _TextRenderer:
+    """Streams the first sequence live; others print whole, in input order, as they complete."""
+
+    def __init__(self, records, requests, echo: bool):
+        self.records, self.echo = records, echo
+        self.order = [(r, s) for r, req in enumerate(requests) for s in range(req.params.num_return_sequences)]
+        self.next = 0  # index into self.order of the sequence printed next
+        self.done: dict[tuple[int, int], str] = {}
+        self.live_started = False
+
+    def _live(self, key) -> bool:
+        return self.next < len(self.order) and self.order[self.next] == key
+
+    def _begin(self, key) -> None:
+        from gptcli import console
+
+        if self.echo and not self.live_started:
+            console.write(self.records[key[0]].prompt)
+        self.live_started = True
+
+    def piece(self, ev) -> None:
+        from gptcli import console
+
+        key = (ev.request, ev.sample)
+        if self._live(key):
+            self._begin(key)
+            console.write(ev.text)
+
+    def completion(self, ev) -> None:
+        from gptcli import console
+
+        key = (ev.request, ev.sample)
+        if self._live(key):
+            self._begin(key)
+            console.write("\n")
+            self._advance()
+        else:
+            self.done[key] = ev.text
+        while self.next < len(self.order) and self.order[self.next] in self.done:
+            key = self.order[self.next]
+            prefix = self.records[key[0]].prompt if self.echo else ""
+            console.write(prefix + self.done.pop(key) + "\n")
+            self._advance()
+
+    def _advance(self) -> None:
+        self.next += 1
+        self.live_started = False
+
+
+class _JsonRenderer:
+    """One JSON object per completion, in input order."""
+
+    def __init__(self, lm, records, requests, echo: bool, jsonl_input: bool):
+        self.lm, self.records, self.echo = lm, records, echo
+        self.order = [(r, s) for r, req in enumerate(requests) for s in range(req.params.num_return_sequences)]
+        self.next, self.done = 0, {}
+
+    def piece(self, ev) -> None:
+        pass
+
+    def completion(self, ev) -> None:
+        from gptcli import console
+
+        self.done[(ev.request, ev.sample)] = ev
+        while self.next < len(self.order) and self.order[self.next] in self.done:
+            done = self.done.pop(self.order[self.next])
+            console.write(json.dumps(self._record(done), ensure_ascii=False) + "\n")
+            self.next += 1
+
+    def _record(self, ev) -> dict:
+        rec = self.records[ev.request]
+        out = {"id": rec.id} if rec.id is not None else {"prompt": rec.prompt}
+        out.update(
+            index=ev.request,
+            sample=ev.sample,
+            text=(rec.prompt + ev.text) if self.echo else ev.text,
+            finish_reason=ev.finish_reason,
+            prompt_tokens=ev.prompt_tokens,
+            completion_tokens=ev.completion_tokens,
+            seed=ev.seed,
+            model=self.lm.name,
+            ttft_s=round(ev.ttft_s, 4),
+            tokens_per_s=round(ev.tokens_per_s, 2),
+            elapsed_s=round(ev.elapsed_s, 4),
+        )
+        return out
+
+

@@ -1,0 +1,27 @@
+"""`gptcli models`: list the models bundled in the package."""
+
+from __future__ import annotations
+
+import json
+
+from gptcli.cli import options as opt
+
+
+def models(as_json: opt.Json = False) -> None:
+    """List the models bundled with gptcli (they work offline)."""
+    from gptcli import bundled, console
+
+    cards = [bundled.card(n) for n in bundled.names()]
+    if as_json:
+        for c in cards:
+            console.write(json.dumps(c, ensure_ascii=False) + "\n", flush=False)
+        return
+    if not cards:
+        console.info("No bundled models are installed.")
+        return
+    for c in cards:
+        mark = " (default)" if c["default"] else ""
+        size = c["size_bytes"] / 1e6
+        console.write(f"{c['name']}{mark}\t{size:.1f} MB\t{c.get('description', '')}\n", flush=False)
+        if c.get("trained_on"):
+            console.write(f"\ttrained on: {c['trained_on']}\n", flush=False)

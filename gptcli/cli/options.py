@@ -1,0 +1,138 @@
+"""Option declarations shared by every command, so a flag means the same everywhere.
+
+Defaults are None on purpose: "not given" must be distinguishable from "given"
+(per-record JSONL overrides, config files and chat's /set layer on top).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+MODEL_PANEL = "Model and device"
+SAMPLING_PANEL = "Sampling"
+OUTPUT_PANEL = "Output"
+
+# --- model and runtime -------------------------------------------------------
+Model = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        envvar="GPTCLI_MODEL",
+        help="Bundled model name, local Hugging Face folder, or Hub id. Default: the bundled model.",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+Device = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device",
+        envvar="GPTCLI_DEVICE",
+        help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then CPU.",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+Dtype = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dtype",
+        envvar="GPTCLI_DTYPE",
+        help="auto, float32, bfloat16 or float16. auto picks the fastest safe type for the device.",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+Threads = Annotated[
+    Optional[int],
+    typer.Option("--threads", help="CPU threads for PyTorch.", rich_help_panel=MODEL_PANEL, show_default=False),
+]
+AllowPickle = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Allow pickle weights (.bin/.pt). Pickle can run code: only for sources you trust.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Run model code shipped with a Hub repository. Only for sources you trust.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+Seed = Annotated[
+    Optional[int],
+    typer.Option("--seed", help="Random seed: same seed, model and device give the same output.", show_default=False),
+]
+
+# --- sampling ----------------------------------------------------------------
+MaxNewTokens = Annotated[
+    Optional[int],
+    typer.Option("--max-new-tokens", "-t", help="Tokens to generate. [default: 256]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+Temperature = Annotated[
+    Optional[float],
+    typer.Option("--temperature", help="Sampling temperature; 0 is greedy. [default: 0.8]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+TopK = Annotated[
+    Optional[int],
+    typer.Option("--top-k", help="Sample from the k most likely tokens; 0 turns it off. [default: 50]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+TopP = Annotated[
+    Optional[float],
+    typer.Option("--top-p", help="Nucleus sampling: smallest set with this probability mass, in (0, 1]. [default: 1.0]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+MinP = Annotated[
+    Optional[float],
+    typer.Option("--min-p", help="Drop tokens less likely than min-p times the most likely one.", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+RepetitionPenalty = Annotated[
+    Optional[float],
+    typer.Option("--repetition-penalty", help="Above 1 discourages repeating tokens already present.", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+Greedy = Annotated[
+    bool,
+    typer.Option("--greedy", help="Always pick the most likely token (deterministic).", rich_help_panel=SAMPLING_PANEL),
+]
+NumReturnSequences = Annotated[
+    Optional[int],
+    typer.Option("--num-return-sequences", "-n", help="Completions per prompt. [default: 1]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+NumBeams = Annotated[
+    Optional[int],
+    typer.Option("--num-beams", help="Beam search width; 1 turns beam search off.", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+Stop = Annotated[
+    Optional[list[str]],
+    typer.Option("--stop", help="Stop when this string is produced (not printed). Repeatable.", rich_help_panel=SAMPLING_PANEL, show_default=False),
+]
+
+# --- output ------------------------------------------------------------------
+Json = Annotated[
+    bool,
+    typer.Option("--json", help="Machine-readable JSON (JSON Lines for many results) on stdout.", rich_help_panel=OUTPUT_PANEL),
+]
+Stats = Annotated[
+    bool,
+    typer.Option("--stats", "-v", help="Print speed and memory statistics on stderr.", rich_help_panel=OUTPUT_PANEL),
+]
+BatchSize = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", "-b", help="Inputs processed together on the device.", show_default=False),
+]
+InputFile = Annotated[
+    Optional[Path],
+    typer.Option("--file", "-f", help="Read inputs from this file (text lines or JSONL).", show_default=False, dir_okay=False),
+]
+
+
+def sampling_changes(**values) -> dict:
+    """Sampling option values given on the command line (None = not given)."""
+    return {k: v for k, v in values.items() if v is not None and v is not False}

@@ -1,0 +1,484 @@
+"""The one streaming generation core. `generate`, `chat` and `translate` consume it.
+
+`stream_generate` takes requests (prompt + sampling settings), batches them on
+the device with left padding, and yields `Piece` events (new text of one
+sequence, never splitting a multi-byte character or leaking part of a stop
+string) and a `Completion` for each finished sequence (token counts, finish
+reason, timings).
+
+Decoder-only models with a standard KV cache use our own decode loop: one
+forward per step with only the last position's logits, finished rows dropped
+from the batch. Encoder-decoder models and beam search go through
+`model.generate`, which handles those well.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from gptcli.errors import InputError
+from gptcli.sampling import SamplingParams
+
+
+@dataclass
+class Request:
+    prompt: str | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    id: Any = None  # the caller's id (JSONL "id"), echoed back
+    prompt_ids: list[int] | None = None  # pre-tokenized prompt (chat passes a templated one)
+    encoder_text: str | None = None  # seq2seq: source text fed to the encoder
+
+
+@dataclass
+class Piece:
+    """New text for one sequence."""
+
+    request: int  # index of the request in the input order
+    sample: int  # which of its num_return_sequences
+    text: str
+
+
+@dataclass
+class Completion:
+    request: int
+    sample: int
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "eos", "stop" or "length"
+    seed: int | None
+    ttft_s: float  # time to first token, from the start of its batch
+    decode_s: float  # time from the first token to the last
+    elapsed_s: float
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        # Tokens after the first, over the time they took: the decode speed.
+        if self.completion_tokens <= 1 or self.decode_s <= 0:
+            return 0.0
+        return (self.completion_tokens - 1) / self.decode_s
+
+
+@dataclass
+class RunStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None
+    elapsed_s: float = 0.0
+    decode_s: float = 0.0
+    peak_memory_bytes: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def peak_memory_bytes(device: Any) -> int:
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def encode_prompt(lm: Any, text: str) -> list[int]:
+    ids = lm.tokenizer(text)["input_ids"]
+    if not ids:
+        # An empty prompt: start from the beginning-of-text token, as models were trained.
+        start = lm.tokenizer.bos_token_id
+        if start is None:
+            start = lm.eos_token_ids[0] if lm.eos_token_ids else 0
+        ids = [start]
+    return list(ids)
+
+
+def fit_prompt(ids: list[int], context: int, max_new_tokens: int, truncate: bool, label: str) -> tuple[list[int], bool]:
+    """Make the prompt fit the context. Returns (ids, was_truncated)."""
+    if len(ids) < context:
+        return ids, False
+    if not truncate:
+        raise InputError(
+            f"{label} is {len(ids)} tokens but the model's context is {context} tokens.",
+            hint="Shorten it, or pass --truncate to keep its end.",
+        )
+    keep = max(1, context - min(max_new_tokens, context // 2))
+    return ids[-keep:], True
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def process_logits(logits: Any, params: SamplingParams, seen: Any | None) -> Any:
+    """Apply repetition penalty, temperature, top-k, top-p and min-p to (B, V) float logits."""
+    import torch
+
+    if params.repetition_penalty not in (None, 1.0) and seen is not None:
+        score = torch.gather(logits, 1, seen)
+        score = torch.where(score < 0, score * params.repetition_penalty, score / params.repetition_penalty)
+        logits = logits.scatter(1, seen, score)
+    if params.is_greedy:
+        return logits
+    logits = logits / params.temperature
+    vocab = logits.shape[-1]
+    if params.top_k and params.top_k < vocab:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p is not None and params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= params.top_p  # keep the token that crosses p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if params.min_p:
+        probs = logits.softmax(-1)
+        floor = probs.max(dim=-1, keepdim=True).values * params.min_p
+        logits = logits.masked_fill(probs < floor, float("-inf"))
+    return logits
+
+
+def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) -> Any:
+    import torch
+
+    if params.is_greedy:
+        return logits.argmax(dim=-1)
+    probs = logits.softmax(-1)
+    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+
+
+# --------------------------------------------------------------------------- text streaming
+
+
+class TextTracker:
+    """Turns a growing list of token ids into safe-to-print text deltas for one sequence."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...]):
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of `text` already handed out
+        self.text = ""
+        self.stopped = False
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return self._delta(final=False)
+
+    def finish(self) -> str:
+        return self._delta(final=True)
+
+    def _delta(self, final: bool) -> str:
+        text = self.text
+        end = len(text)
+        if self.stop:
+            hits = [i for i in (text.find(s, max(0, self.emitted - len(s))) for s in self.stop) if i >= 0]
+            if hits:
+                end = min(hits)
+                self.text = text = text[:end]
+                self.stopped = True
+                final = True
+        if not final:
+            # An incomplete multi-byte character decodes to U+FFFD: wait for its other bytes.
+            while end > self.emitted and text[end - 1] == "\ufffd":
+                end -= 1
+            # Hold back a tail that could be the start of a stop string.
+            for s in self.stop:
+                for k in range(min(len(s) - 1, end - self.emitted), 0, -1):
+                    if text[end - k:end] == s[:k]:
+                        end -= k
+                        break
+        delta = text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return delta
+
+
+# --------------------------------------------------------------------------- the core
+
+
+def _cache_kwarg(model: Any) -> str | None:
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
+def supports_fast_decode(lm: Any) -> bool:
+    if lm.is_encoder_decoder:
+        return False
+    params = inspect.signature(lm.model.forward).parameters
+    return _cache_kwarg(lm.model) is not None and "attention_mask" in params
+
+
+def _new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers 4.x
+        return DynamicCache()
+
+
+def _sampling_key(p: SamplingParams) -> tuple:
+    # Requests that can share a batch: identical logit processing.
+    return (p.is_greedy, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.num_beams)
+
+
+@dataclass
+class _Seq:
+    request: int
+    sample: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int | None
+    tracker: TextTracker
+    encoder_text: str | None = None
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+
+def resolve_seed(params: SamplingParams) -> int | None:
+    """Every sampled run has a seed, reported back so any output can be reproduced."""
+    if params.is_greedy:
+        return params.seed
+    return params.seed if params.seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def stream_generate(
+    lm: Any,
+    requests: list[Request],
+    *,
+    batch_size: int = 8,
+    truncate: bool = False,
+    stats: RunStats | None = None,
+    on_truncate: Any = None,
+) -> Iterator[Piece | Completion]:
+    """Generate for every request; yields Pieces as text appears and a Completion per sequence."""
+    stats = stats if stats is not None else RunStats()
+    started = time.perf_counter()
+    seqs: list[_Seq] = []
+    for r_index, req in enumerate(requests):
+        params = req.params.validate()
+        if req.prompt_ids is not None:
+            ids = list(req.prompt_ids)
+        elif lm.is_encoder_decoder:
+            ids = []
+        else:
+            ids = encode_prompt(lm, req.prompt or "")
+        label = f"prompt {req.id if req.id is not None else r_index + 1}" if len(requests) > 1 else "the prompt"
+        if not lm.is_encoder_decoder:
+            ids, cut = fit_prompt(ids, lm.context_length, params.max_new_tokens, truncate, label)
+            if cut and on_truncate:
+                on_truncate(label, len(ids))
+        base_seed = resolve_seed(params)
+        for s in range(params.num_return_sequences):
+            seed = None if base_seed is None else base_seed + s
+            seqs.append(
+                _Seq(r_index, s, ids, params, seed, TextTracker(lm.tokenizer, params.stop), req.encoder_text or req.prompt)
+            )
+    batches = _make_batches(seqs, batch_size)
+    fast = supports_fast_decode(lm)
+    for batch in batches:
+        runner = _decode_batch if fast and batch[0].params.num_beams == 1 else _hf_generate_batch
+        for event in runner(lm, batch):
+            if isinstance(event, Completion):
+                stats.prompt_tokens += event.prompt_tokens if event.sample == 0 else 0
+                stats.completion_tokens += event.completion_tokens
+                stats.decode_s += event.decode_s
+            elif stats.ttft_s is None and event.text:
+                stats.ttft_s = time.perf_counter() - started
+            yield event
+    stats.elapsed_s = time.perf_counter() - started
+    stats.peak_memory_bytes = peak_memory_bytes(lm.device)
+
+
+def _make_batches(seqs: list[_Seq], batch_size: int) -> list[list[_Seq]]:
+    """Group sequences with the same sampling settings, keeping input order within groups."""
+    groups: dict[tuple, list[_Seq]] = {}
+    for s in seqs:
+        groups.setdefault(_sampling_key(s.params), []).append(s)
+    batches = []
+    for group in groups.values():
+        for i in range(0, len(group), max(1, batch_size)):
+            batches.append(group[i:i + batch_size])
+    batches.sort(key=lambda b: (b[0].request, b[0].sample))
+    return batches
+
+
+def _completion(seq: _Seq, started: float) -> Completion:
+    now = time.perf_counter()
+    first = seq.first_token_at or now
+    return Completion(
+        request=seq.request,
+        sample=seq.sample,
+        text=seq.tracker.text,
+        prompt_tokens=len(seq.prompt_ids),
+        completion_tokens=len(seq.tracker.ids),
+        finish_reason=seq.finish_reason or "length",
+        seed=seq.seed,
+        ttft_s=first - started,
+        decode_s=(seq.last_token_at or first) - first,
+        elapsed_s=now - started,
+        token_ids=list(seq.tracker.ids),
+    )
+
+
+def _decode_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completion]:
+    import torch
+
+    model, device = lm.model, lm.device
+    started = time.perf_counter()
+    params = batch[0].params
+    pad = lm.pad_token_id if lm.pad_token_id is not None else (lm.eos_token_ids[0] if lm.eos_token_ids else 0)
+    eos = set(lm.eos_token_ids)
+    width = max(len(s.prompt_ids) for s in batch)
+    rows = [[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in batch]
+    mask_rows = [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch]
+    input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+    attention = torch.tensor(mask_rows, dtype=torch.long, device=device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    generators = []
+    for s in batch:
+        g = torch.Generator(device=device)
+        if s.seed is not None:
+            g.manual_seed(s.seed)
+        generators.append(g)
+    track_seen = params.repetition_penalty not in (None, 1.0)
+    seen = input_ids.clone() if track_seen else None
+    cache_name = _cache_kwarg(model)
+    cache = _new_cache(model)
+    accepts_positions = "position_ids" in inspect.signature(model.forward).parameters
+    max_steps = min(max(s.params.max_new_tokens for s in batch), lm.context_length - width)
+    active = list(range(len(batch)))  # batch rows still generating, in cache order
+    step_input = input_ids
+    with torch.inference_mode():
+        for step in range(max(max_steps, 0)):
+            kwargs = {cache_name: cache, "attention_mask": attention, "use_cache": True}
+            if accepts_positions:
+                kwargs["position_ids"] = positions[:, -step_input.shape[1]:]
+            out = model(input_ids=step_input, logits_to_keep=1, **kwargs)
+            cache = getattr(out, cache_name, None) or getattr(out, "past_key_values", None) or cache
+            logits = process_logits(out.logits[:, -1, :].float(), params, seen)
+            chosen = choose_tokens(logits, params, [generators[i] for i in active]).tolist()
+            now = time.perf_counter()
+            still = []
+            for row, token in zip(active, chosen):
+                seq = batch[row]
+                seq.first_token_at = seq.first_token_at or now
+                if token in eos:
+                    seq.finish_reason = "eos"
+                else:
+                    seq.last_token_at = now
+                    delta = seq.tracker.add(token)
+                    if seq.tracker.stopped:
+                        seq.finish_reason = "stop"
+                    elif len(seq.tracker.ids) >= seq.params.max_new_tokens:
+                        seq.finish_reason = "length"
+                    if delta:
+                        yield Piece(seq.request, seq.sample, delta)
+                if seq.finish_reason:
+                    tail = seq.tracker.finish()
+                    if tail:
+                        yield Piece(seq.request, seq.sample, tail)
+                    yield _completion(seq, started)
+                else:
+                    still.append(row)
+            if not still:
+                return
+            keep = [active.index(r) for r in still]
+            next_tokens = torch.tensor([[chosen[k]] for k in keep], dtype=torch.long, device=device)
+            if len(still) < len(active):
+                # Drop finished rows from the batch so they cost nothing from now on.
+                index = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.batch_select_indices(index)
+                attention, positions = attention[index], positions[index]
+                seen = seen[index] if seen is not None else None
+            active = still
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+            if seen is not None:
+                seen = torch.cat([seen, next_tokens], dim=1)
+            step_input = next_tokens
+    for row in active:  # ran out of context
+        seq = batch[row]
+        seq.finish_reason = "length"
+        tail = seq.tracker.finish()
+        if tail:
+            yield Piece(seq.request, seq.sample, tail)
+        yield _completion(seq, started)
+
+
+def _hf_generate_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completion]:
+    """Beam search and encoder-decoder models: delegate to `model.generate`, one batch at a time."""
+    import torch
+
+    model, tok, device = lm.model, lm.tokenizer, lm.device
+    params = batch[0].params
+    started = time.perf_counter()
+    if lm.is_encoder_decoder:
+        enc = tok([s.encoder_text or "" for s in batch], return_tensors="pt", padding=True, truncation=True,
+                  max_length=lm.context_length)
+        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        prompt_lens = enc["attention_mask"].sum(-1).tolist()
+    else:
+        pad = lm.pad_token_id if lm.pad_token_id is not None else 0
+        width = max(len(s.prompt_ids) for s in batch)
+        ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch], device=device)
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        prompt_lens = [len(s.prompt_ids) for s in batch]
+    if batch[0].seed is not None:
+        torch.manual_seed(batch[0].seed)
+    gen_kwargs = dict(
+        max_new_tokens=max(s.params.max_new_tokens for s in batch),
+        num_beams=params.num_beams,
+        do_sample=not params.is_greedy,
+        pad_token_id=lm.pad_token_id,
+        eos_token_id=lm.eos_token_ids or None,
+    )
+    if not params.is_greedy:
+        gen_kwargs.update(temperature=params.temperature, top_k=params.top_k or 0, top_p=params.top_p or 1.0)
+        if params.min_p:
+            gen_kwargs["min_p"] = params.min_p
+    if params.repetition_penalty:
+        gen_kwargs["repetition_penalty"] = params.repetition_penalty
+    with torch.inference_mode():
+        out = model.generate(**inputs, **gen_kwargs)
+    now = time.perf_counter()
+    new = out if lm.is_encoder_decoder else out[:, inputs["input_ids"].shape[1]:]
+    eos = set(lm.eos_token_ids)
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    for seq, row, plen in zip(batch, new.tolist(), prompt_lens):
+        seq.first_token_at = seq.first_token_at or now
+        seq.last_token_at = now
+        for token in row:
+            if token in eos and seq.tracker.ids:
+                seq.finish_reason = "eos"
+                break
+            if token in special:
+                continue  # decoder start and padding tokens
+            seq.tracker.add(token)
+            if seq.tracker.stopped:
+                seq.finish_reason = "stop"
+                break
+            if len(seq.tracker.ids) >= seq.params.max_new_tokens:
+                seq.finish_reason = "length"
+                break
+        seq.finish_reason = seq.finish_reason or ("eos" if any(t in eos for t in row) else "length")
+        seq.prompt_ids = seq.prompt_ids or [0] * int(plen)
+        text = seq.tracker.finish()
+        if text:
+            yield Piece(seq.request, seq.sample, text)
+        yield _completion(seq, started)

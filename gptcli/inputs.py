@@ -1,0 +1,142 @@
+"""Reading user input: prompt arguments, stdin, text files and JSON Lines.
+
+Every reader decodes strictly as UTF-8 and reports the byte offset of the first
+bad byte, so a user can find it with `head -c`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptcli.errors import InputError, UsageError
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source} is not valid UTF-8 (bad byte at offset {exc.start}).",
+                         hint="Convert it, e.g. with `iconv -t UTF-8`.") from exc
+    return text[1:] if text.startswith("\ufeff") else text  # drop a byte-order mark
+
+
+def stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is None or sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return True
+
+
+def read_stdin() -> str:
+    stream = getattr(sys.stdin, "buffer", None)
+    data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+    return decode_utf8(data, "stdin")
+
+
+def read_text_file(path: Path | str) -> str:
+    if str(path) == "-":
+        return read_stdin()
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise UsageError(f"file '{path}' does not exist.") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"'{path}' is a folder, not a file.") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read '{path}': {exc.strerror}.") from exc
+    return decode_utf8(data, str(path))
+
+
+def gather_prompt(argument: str | None) -> str:
+    """The prompt from the argument and/or stdin.
+
+    - argument `-` or no argument with piped stdin: stdin is the prompt;
+    - argument and piped stdin: stdin first, then a newline, then the argument
+      (like `llm`: `cat notes.txt | gptcli generate "Summary:"`);
+    - no argument and stdin a terminal, or both empty: a usage error.
+    """
+    piped = not stdin_is_tty()
+    if argument == "-":
+        if not piped:
+            raise UsageError("prompt '-' means stdin, but stdin is a terminal.", hint="Pipe text in, or give the prompt as an argument.")
+        text = read_stdin()
+        if not text.strip():
+            raise UsageError("stdin is empty: there is no prompt.", hint="Pipe some text in, or give the prompt as an argument.")
+        return text
+    stdin_text = read_stdin() if piped else ""
+    if argument is None:
+        if not piped:
+            raise UsageError("no prompt given.", hint='Pass one, e.g. gptcli generate "Once upon a time", or pipe text in.')
+        if not stdin_text.strip():
+            raise UsageError("stdin is empty: there is no prompt.", hint="Pipe some text in, or give the prompt as an argument.")
+        return stdin_text
+    if stdin_text.strip():
+        return stdin_text.rstrip("\n") + "\n" + argument
+    return argument
+
+
+@dataclass
+class Record:
+    """One input of a batch run: a prompt line or a JSONL object."""
+
+    prompt: str
+    id: Any = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] | None = None
+
+
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                 "greedy", "num_return_sequences", "stop", "seed", "num_beams")
+
+
+def looks_like_jsonl(path: Path | str, text: str) -> bool:
+    if str(path).endswith((".jsonl", ".ndjson")):
+        return True
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return bool(lines) and all(ln.lstrip().startswith("{") for ln in lines)
+
+
+def parse_jsonl(text: str, source: str) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source} line {number} is not valid JSON: {exc.msg}.") from exc
+        if not isinstance(value, dict):
+            raise InputError(f"{source} line {number} is not a JSON object.")
+        records.append({"__line__": number, **value})
+    return records
+
+
+def read_prompt_file(path: Path | str, text_field: str = "prompt") -> tuple[list[Record], bool]:
+    """Prompts from a file: one per line, or JSONL records. Returns (records, is_jsonl)."""
+    source = "stdin" if str(path) == "-" else str(path)
+    text = read_text_file(path)
+    if looks_like_jsonl(path, text):
+        records = []
+        for obj in parse_jsonl(text, source):
+            line = obj.pop("__line__")
+            if text_field not in obj or not isinstance(obj[text_field], str):
+                raise InputError(f"{source} line {line} has no \"{text_field}\" string.")
+            overrides = {k: obj[k] for k in SAMPLING_KEYS if k in obj and obj[k] is not None}
+            records.append(Record(obj[text_field], obj.get("id"), overrides, obj))
+        jsonl = True
+    else:
+        records = [Record(line) for line in text.splitlines() if line.strip()]
+        jsonl = False
+    if not records:
+        raise UsageError(f"{source} has no prompts.")
+    return records, jsonl
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,317 @@
+"""The model-loading layer every command shares.
+
+`resolve_source` turns what the user typed for `--model` into a local folder
+(bundled name, folder, or Hub id served from the cache or downloaded), checking
+safety rules before any weight byte is read. `load_model` then builds the model
+and tokenizer with transformers and reports what callers need to know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptcli import bundled
+from gptcli.errors import ModelLoadError, UsageError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What we fetch from the Hub: configs, tokenizers, safetensors weights. Pickle
+# weights are only fetched when the user allowed them.
+_HUB_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.model",
+    "*.txt",
+    "*.tiktoken",
+    "*.jinja",
+    "tokenizer*",
+    "*.py",
+]
+
+
+@dataclass
+class ModelSource:
+    spec: str  # what the user typed (or the default's name)
+    path: Path  # local folder with config and weights
+    kind: str  # "bundled", "folder" or "hub"
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    name: str
+    path: Path
+    runtime: Any
+    context_length: int
+    is_encoder_decoder: bool
+    has_chat_template: bool
+    eos_token_ids: list[int] = field(default_factory=list)
+    pad_token_id: int | None = None
+    is_adapter: bool = False
+
+    @property
+    def device(self):
+        return self.runtime.device
+
+
+def default_model_name() -> str | None:
+    env = os.environ.get("GPTCLI_MODEL")
+    if env:
+        return env
+    return bundled.DEFAULT_MODEL if bundled.path_of(bundled.DEFAULT_MODEL) else None
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", os.sep, 1)
+
+
+def resolve_source(spec: str | None, *, allow_pickle: bool = False) -> ModelSource:
+    spec = spec or default_model_name()
+    if not spec:
+        raise UsageError(
+            "no model given.",
+            hint="Pass --model PATH|HUB_ID (or set GPTCLI_MODEL); `gptcli models` lists bundled models.",
+        )
+    path = bundled.path_of(spec)
+    if path is not None:
+        return ModelSource(spec, path, "bundled")
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return ModelSource(spec, local.resolve(), "folder")
+    if local.exists():
+        raise UsageError(f"--model '{spec}' is a file; pass the folder that holds config.json.")
+    if _looks_like_path(spec) or not _HUB_ID_RE.match(spec):
+        raise UsageError(
+            f"model folder '{spec}' does not exist.",
+            hint="Pass an existing folder, a Hub id like 'gpt2', or a bundled name (`gptcli models`).",
+        )
+    return ModelSource(spec, _hub_snapshot(spec, allow_pickle), "hub")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = _HUB_PATTERNS + (["*.bin", "*.pt", "*.pth"] if allow_pickle else [])
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass  # not cached (or partially): try the network unless told not to
+    if _offline():
+        raise ModelLoadError(
+            f"model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set.",
+            hint="Download it once while online, or pass a local folder with --model.",
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
+    except Exception as exc:  # network errors come in many types; all mean the same here
+        name = type(exc).__name__
+        if "NotFound" in name or "RepositoryNotFound" in name:
+            raise ModelLoadError(
+                f"model '{repo_id}' was not found on the Hugging Face Hub.",
+                hint="Check the id, or pass a local folder with --model.",
+            ) from exc
+        raise ModelLoadError(
+            f"model '{repo_id}' is not cached and could not be downloaded ({name}).",
+            hint="Connect to the network once, or pass a local folder with --model.",
+        ) from exc
+
+
+def check_weights(folder: Path, *, allow_pickle: bool) -> list[Path]:
+    """Return the weight files to load, refusing pickle and catching truncation early."""
+    safetensors = sorted(folder.glob("*.safetensors"))
+    if safetensors:
+        for path in safetensors:
+            check_safetensors_file(path)
+        return safetensors
+    pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"{folder} only has pickle weights ({pickles[0].name}); loading pickle can run arbitrary code.",
+            hint="Convert them to safetensors, or pass --allow-pickle if you trust the source.",
+        )
+    if not pickles:
+        raise ModelLoadError(f"no weights (*.safetensors) found in {folder}.")
+    return pickles
+
+
+def check_safetensors_file(path: Path) -> None:
+    """Validate the header and size of a safetensors file without reading the tensors."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("file is shorter than its header")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise ValueError("header length is past the end of the file")
+            header = json.loads(f.read(n))
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+        if 8 + n + end > size:
+            raise ValueError(f"file is truncated ({size} bytes, needs {8 + n + end})")
+    except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"weight file {path} is corrupt: {exc}.") from exc
+
+
+def _context_length(config: Any, tokenizer: Any) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < 1_000_000:
+        return value
+    return 2048
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    gen_cfg = getattr(model, "generation_config", None)
+    for value in (getattr(gen_cfg, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            value = [value]
+        for v in value or []:
+            if v is not None and v not in ids:
+                ids.append(int(v))
+    return ids
+
+
+def quiet_transformers() -> None:
+    """Keep library chatter (progress bars, advisory warnings) off our stderr."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def load_config(folder: Path, *, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    quiet_transformers()
+
+    raw = _read_json(folder / "config.json")
+    if raw.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(
+            f"{folder.name} needs custom code from the model repository to load.",
+            hint="Pass --trust-remote-code only if you trust its author.",
+        )
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot read the config of {folder}: {str(exc).splitlines()[0]}") from exc
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelLoadError(f"{path.parent} has no {path.name}; it is not a Hugging Face model folder.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}.") from exc
+
+
+def load_tokenizer(folder: Path, *, trust_remote_code: bool = False, padding_side: str = "left") -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer in {folder}: {str(exc).splitlines()[0]}") from exc
+    tok.padding_side = padding_side
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    spec: str | None,
+    runtime: Any,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    for_training: bool = False,
+) -> LoadedModel:
+    """Load model + tokenizer from anything `--model` accepts, onto `runtime`'s device and dtype."""
+    source = resolve_source(spec, allow_pickle=allow_pickle)
+    folder = source.path
+    adapter_cfg = folder / "adapter_config.json"
+    if adapter_cfg.is_file():
+        return _load_adapter(source, runtime, allow_pickle, trust_remote_code, for_training)
+
+    config = load_config(folder, trust_remote_code=trust_remote_code)
+    check_weights(folder, allow_pickle=allow_pickle)
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    model = _instantiate(folder, config, runtime, allow_pickle, trust_remote_code)
+    if not for_training:
+        model.eval()
+    return _describe(model, tokenizer, source, runtime, config)
+
+
+def _instantiate(folder: Path, config: Any, runtime: Any, allow_pickle: bool, trust_remote_code: bool) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(
+            folder,
+            config=config,
+            dtype=runtime.dtype,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load the model in {folder}: {first}") from exc
+    return model.to(runtime.device)
+
+
+def _describe(model: Any, tokenizer: Any, source: ModelSource, runtime: Any, config: Any, **extra) -> LoadedModel:
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=source.spec,
+        path=source.path,
+        runtime=runtime,
+        context_length=_context_length(config, tokenizer),
+        is_encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        eos_token_ids=_eos_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def _load_adapter(source: ModelSource, runtime: Any, allow_pickle: bool, trust_remote_code: bool, for_training: bool) -> LoadedModel:
+    """A LoRA adapter folder (from `gptcli finetune --lora`): load its base, then apply it."""
+    raw = _read_json(source.path / "adapter_config.json")
+    base_spec = raw.get("base_model_name_or_path")
+    if not base_spec:
+        raise ModelLoadError(f"{source.path}/adapter_config.json does not name its base model.")
+    base = load_model(
+        base_spec, runtime, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, for_training=for_training
+    )
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base.model, source.path, is_trainable=for_training)
+    if not for_training:
+        model = model.merge_and_unload()  # plain weights decode faster than the adapter detour
+        model.eval()
+    tokenizer = base.tokenizer
+    if (source.path / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(source.path, trust_remote_code=trust_remote_code)
+    return _describe(model, tokenizer, source, runtime, base.model.config, is_adapter=True)
