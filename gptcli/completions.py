@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import enum
+import inspect
+import types
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from gptcli.runtime import DTYPE_CHOICES
 
@@ -41,37 +45,54 @@ def _first_line(text: str | None) -> str:
 
 
 def _tree(app) -> tuple[list[Opt], list[Cmd]]:
-    import typer.main
-
-    root = typer.main.get_command(app)
-    ctx_names = lambda cmd: [_opt(p) for p in cmd.params if getattr(p, "opts", None) and p.param_type_name == "option"]  # noqa: E731
-    root_opts = ctx_names(root) + [Opt(["--help", "-h"], "Show help and exit.", False)]
+    """Read commands and options from the functions registered on the app (our own signatures)."""
+    root_opts = [Opt(["--version"], "Print the version and exit.", False), Opt(["--help", "-h"], "Show help and exit.", False)]
     cmds = []
-    for name in sorted(root.commands):
-        sub = root.commands[name]
-        if getattr(sub, "hidden", False):
+    for info in sorted(app.registered_commands, key=lambda i: i.name or i.callback.__name__):
+        if getattr(info, "hidden", False):
             continue
-        opts = ctx_names(sub) + [Opt(["--help", "-h"], "Show help and exit.", False)]
-        args_are_paths = any(
-            p.param_type_name == "argument" and "path" in type(p.type).__name__.lower() for p in sub.params
-        )
-        cmds.append(Cmd(name, _first_line(sub.help), opts, args_are_paths))
+        opts, args_are_paths = _params(info.callback)
+        opts.append(Opt(["--help", "-h"], "Show help and exit.", False))
+        cmds.append(Cmd(info.name or info.callback.__name__, _first_line(info.help or info.callback.__doc__), opts, args_are_paths))
     return root_opts, cmds
 
 
-def _opt(param) -> Opt:
-    names = list(param.opts) + list(param.secondary_opts)
-    values = tuple(getattr(param.type, "choices", ()) or ())
-    for n in names:
-        values = values or KNOWN_VALUES.get(n, ())
-    type_name = type(param.type).__name__.lower()
-    return Opt(
-        names=names,
-        help=_first_line(param.help),
-        takes_value=not param.is_flag and not getattr(param, "count", False),
-        values=tuple(str(v) for v in values),
-        is_path="path" in type_name or "file" in type_name,
-    )
+def _params(callback) -> tuple[list[Opt], bool]:
+    import typing
+
+    hints = typing.get_type_hints(callback, include_extras=True)
+    opts, args_are_paths = [], False
+    for name in inspect.signature(callback).parameters:
+        hint = hints.get(name)
+        meta = [m for m in getattr(hint, "__metadata__", ()) if hasattr(m, "param_decls")]
+        if not meta:
+            continue
+        info = meta[0]
+        base = _unwrap(typing.get_args(hint)[0])
+        is_path = isinstance(base, type) and issubclass(base, PurePath)
+        if type(info).__name__ == "ArgumentInfo":
+            args_are_paths = args_are_paths or is_path
+            continue
+        # With Annotated, Typer may keep the first declaration in `default`.
+        first = [info.default] if isinstance(info.default, str) and info.default.startswith("-") else []
+        decls = [d for d in [*first, *info.param_decls] if d.startswith("-")] or ["--" + name.replace("_", "-")]
+        values: tuple = ()
+        if isinstance(base, type) and issubclass(base, enum.Enum):
+            values = tuple(str(m.value) for m in base)
+        for d in decls:
+            values = values or tuple(KNOWN_VALUES.get(d, ()))
+        opts.append(Opt(decls, _first_line(info.help), base is not bool, values, is_path))
+    return opts, args_are_paths
+
+
+def _unwrap(tp):
+    """Optional[X] / list[X] -> X."""
+    import typing
+
+    while typing.get_origin(tp) in (typing.Union, list, tuple, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None) and a is not Ellipsis]
+        tp = args[0] if args else str
+    return tp
 
 
 def render(app, shell: str) -> str:
