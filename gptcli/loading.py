@@ -69,7 +69,8 @@ def default_model_name() -> str | None:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", os.sep, 1)
+    # Hub ids have at most one slash ("org/name"); anything else is meant as a path.
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec)
 
 
 def resolve_source(spec: str | None, *, allow_pickle: bool = False) -> ModelSource:

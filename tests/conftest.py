@@ -50,3 +50,42 @@ def run_cli(*args, input: bytes | str | None = None, env: dict | None = None, ti
         timeout=timeout,
         **kw,
     )
+
+
+class CliResult:
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.exit_code, self.stdout, self.stderr = code, stdout, stderr
+
+    def json_lines(self) -> list:
+        import json
+
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the CLI in-process through its real error boundary (gptcli.cli.app.run).
+
+    stdin: None means a terminal (isatty True, nothing to read); bytes/str are piped.
+    """
+    import io
+
+    from gptcli.cli.app import run
+
+    def invoke(*args, stdin: bytes | str | None = None, env: dict | None = None) -> CliResult:
+        for k, v in (env or {}).items():
+            monkeypatch.setenv(k, v)
+        if stdin is None:
+            fake = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
+            fake.isatty = lambda: True  # type: ignore[method-assign]
+        else:
+            data = stdin.encode() if isinstance(stdin, str) else stdin
+            fake = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+            fake.isatty = lambda: False  # type: ignore[method-assign]
+        monkeypatch.setattr("sys.stdin", fake)
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return invoke

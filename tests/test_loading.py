@@ -1,0 +1,95 @@
+"""The shared model-loading layer: safety rules, corrupt files, offline Hub ids, adapters."""
+
+import json
+import shutil
+
+import pytest
+
+
+def copy_model(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_pickle_weights_refused_without_flag(cli, gpt2_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    d = copy_model(gpt2_dir, tmp_path / "pickled")
+    state = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    torch.save(state, d / "pytorch_model.bin")
+    r = cli("generate", "hi", "-m", d, "-t", 2)
+    assert r.exit_code == 1
+    assert "pickle" in r.stderr and "--allow-pickle" in r.stderr
+    r = cli("generate", "hi", "-m", d, "-t", 2, "--allow-pickle", "--json", "--seed", 1)
+    assert r.exit_code == 0, r.stderr
+
+
+def test_truncated_safetensors_is_named(cli, gpt2_dir, tmp_path):
+    d = copy_model(gpt2_dir, tmp_path / "truncated")
+    f = d / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    r = cli("generate", "hi", "-m", d, "-t", 2)
+    assert r.exit_code == 1
+    assert str(f) in r.stderr and "corrupt" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_remote_code_needs_explicit_flag(cli, gpt2_dir, tmp_path):
+    d = copy_model(gpt2_dir, tmp_path / "remote")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    r = cli("generate", "hi", "-m", d, "-t", 2)
+    assert r.exit_code == 1 and "--trust-remote-code" in r.stderr
+
+
+def test_uncached_hub_id_offline_fails_in_one_line(cli, tmp_path):
+    r = cli("generate", "hi", "-m", "someone/not-a-cached-model", env={"HF_HOME": str(tmp_path / "hf")})
+    assert r.exit_code == 1
+    assert "not in the local Hugging Face cache" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_no_model_and_no_default_is_a_usage_error(cli, monkeypatch):
+    from gptcli import bundled
+
+    monkeypatch.setattr(bundled, "DEFAULT_MODEL", "no-such-bundled-model")
+    r = cli("generate", "hi")
+    assert r.exit_code == 2 and "--model" in r.stderr
+
+
+def test_loaded_model_describes_itself(gpt2_dir, llama_dir):
+    from gptcli.loading import load_model
+    from gptcli.runtime import resolve_runtime
+
+    rt = resolve_runtime("cpu", "float32")
+    for d in (gpt2_dir, llama_dir):
+        lm = load_model(str(d), rt)
+        assert lm.context_length == 64
+        assert not lm.is_encoder_decoder and not lm.has_chat_template
+        assert lm.eos_token_ids == [lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+        assert lm.tokenizer.padding_side == "left"
+
+
+def test_fast_path_keeps_logits(gpt2_dir, llama_dir):
+    """The packed-weight CPU fast path gives the same logits (bf16 exactly, fp32 within rounding)."""
+    import torch
+
+    from gptcli.fastpath import optimize_for_inference
+    from gptcli.loading import load_model
+    from gptcli.runtime import resolve_runtime
+
+    for d in (gpt2_dir, llama_dir):
+        for dtype, tol in (("float32", 1e-4), ("bfloat16", 0.0)):
+            rt = resolve_runtime("cpu", dtype)
+            plain, packed = load_model(str(d), rt), load_model(str(d), rt)
+            n = optimize_for_inference(packed.model, rt)
+            if n == 0:
+                pytest.skip("oneDNN packing unavailable on this CPU")
+            ids = plain.tokenizer("Once upon a time", return_tensors="pt")["input_ids"]
+            with torch.inference_mode():
+                a, b = plain.model(ids).logits.float(), packed.model(ids).logits.float()
+            assert (a - b).abs().max().item() <= tol * max(1.0, a.abs().max().item())
