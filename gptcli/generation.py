@@ -57,6 +57,7 @@ class Completion:
     decode_s: float  # time from the first token to the last
     elapsed_s: float
     token_ids: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from a PromptCache, not computed
 
     @property
     def tokens_per_s(self) -> float:
@@ -120,7 +121,7 @@ def fit_prompt(ids: list[int], context: int, max_new_tokens: int, truncate: bool
 
 
 def process_logits(logits: Any, params: SamplingParams, seen: Any | None) -> Any:
-    """Apply repetition penalty, temperature, top-k, top-p and min-p to (B, V) float logits."""
+    """Apply repetition penalty and temperature to (B, V) float logits."""
     import torch
 
     if params.repetition_penalty not in (None, 1.0) and seen is not None:
@@ -129,31 +130,37 @@ def process_logits(logits: Any, params: SamplingParams, seen: Any | None) -> Any
         logits = logits.scatter(1, seen, score)
     if params.is_greedy:
         return logits
-    logits = logits / params.temperature
-    vocab = logits.shape[-1]
-    if params.top_k and params.top_k < vocab:
-        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p is not None and params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= params.top_p  # keep the token that crosses p
-        drop = drop_sorted.scatter(1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    if params.min_p:
-        probs = logits.softmax(-1)
-        floor = probs.max(dim=-1, keepdim=True).values * params.min_p
-        logits = logits.masked_fill(probs < floor, float("-inf"))
-    return logits
+    return logits / params.temperature
 
 
 def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) -> Any:
+    """Pick one token per row: argmax, or a sample after top-k, top-p and min-p.
+
+    Sampling happens among the top-k candidates only (sorted, so top-p is a cumulative
+    sum): drawing from 50 candidates instead of a 50k vocabulary saves ~0.7 ms a token.
+    The distribution is the same as masking the full vocabulary.
+    """
     import torch
 
     if params.is_greedy:
         return logits.argmax(dim=-1)
-    probs = logits.softmax(-1)
-    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    vocab = logits.shape[-1]
+    top_p = params.top_p if params.top_p is not None and params.top_p < 1.0 else None
+    if params.top_k and params.top_k < vocab:
+        values, index = torch.topk(logits, params.top_k, dim=-1)
+    elif top_p is not None or params.min_p:
+        values, index = torch.sort(logits, descending=True, dim=-1)
+    else:
+        values, index = logits, None
+    probs = values.softmax(-1)
+    if top_p is not None:
+        drop = (probs.cumsum(-1) - probs) >= top_p  # keep the token that crosses p
+        probs = probs.masked_fill(drop, 0.0)
+    if params.min_p:
+        floor = probs.max(dim=-1, keepdim=True).values * params.min_p
+        probs = probs.masked_fill(probs < floor, 0.0)
+    picks = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    return index.gather(1, picks[:, None]).squeeze(1) if index is not None else picks
 
 
 # --------------------------------------------------------------------------- text streaming
@@ -247,6 +254,7 @@ class _Seq:
     finish_reason: str | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
+    cached_tokens: int = 0
 
 
 def resolve_seed(params: SamplingParams) -> int | None:
@@ -264,8 +272,13 @@ def stream_generate(
     truncate: bool = False,
     stats: RunStats | None = None,
     on_truncate: Any = None,
+    prompt_cache: "PromptCache | None" = None,
 ) -> Iterator[Piece | Completion]:
-    """Generate for every request; yields Pieces as text appears and a Completion per sequence."""
+    """Generate for every request; yields Pieces as text appears and a Completion per sequence.
+
+    `prompt_cache` (one request, one sequence, decoder-only, no beams) keeps the key-value cache
+    after the call, so the next call whose prompt extends this one feeds only its new tokens.
+    """
     stats = stats if stats is not None else RunStats()
     started = time.perf_counter()
     seqs: list[_Seq] = []
@@ -290,9 +303,17 @@ def stream_generate(
             )
     batches = _make_batches(seqs, batch_size)
     fast = supports_fast_decode(lm)
+    reuse = prompt_cache is not None and fast and len(seqs) == 1 and seqs[0].params.num_beams == 1
+    if prompt_cache is not None and not reuse:
+        prompt_cache.reset()  # it could not follow this call; never hand back a stale cache
     for batch in batches:
-        runner = _decode_batch if fast and batch[0].params.num_beams == 1 else _hf_generate_batch
-        for event in runner(lm, batch):
+        if reuse:
+            events = _decode_batch(lm, batch, prompt_cache)
+        elif fast and batch[0].params.num_beams == 1:
+            events = _decode_batch(lm, batch)
+        else:
+            events = _hf_generate_batch(lm, batch)
+        for event in events:
             if isinstance(event, Completion):
                 stats.prompt_tokens += event.prompt_tokens if event.sample == 0 else 0
                 stats.completion_tokens += event.completion_tokens
@@ -332,10 +353,11 @@ def _completion(seq: _Seq, started: float) -> Completion:
         decode_s=(seq.last_token_at or first) - first,
         elapsed_s=now - started,
         token_ids=list(seq.tracker.ids),
+        cached_tokens=seq.cached_tokens,
     )
 
 
-def _decode_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completion]:
+def _decode_batch(lm: Any, batch: list[_Seq], prompt_cache: "PromptCache | None" = None) -> Iterator[Piece | Completion]:
     import torch
 
     model, device = lm.model, lm.device
@@ -358,18 +380,31 @@ def _decode_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completion]:
     track_seen = params.repetition_penalty not in (None, 1.0)
     seen = input_ids.clone() if track_seen else None
     cache_name = _cache_kwarg(model)
-    cache = _new_cache(model)
     accepts_positions = "position_ids" in inspect.signature(model.forward).parameters
     max_steps = min(max(s.params.max_new_tokens for s in batch), lm.context_length - width)
     active = list(range(len(batch)))  # batch rows still generating, in cache order
     step_input = input_ids
+    fed = list(batch[0].prompt_ids)  # tokens the cache will hold (tracked for prompt_cache only)
     with torch.inference_mode():
+        if prompt_cache is not None:
+            # One row, no padding: skip the prefix whose keys/values are already cached.
+            batch[0].cached_tokens = prompt_cache.prepare(model, fed)
+            cache = prompt_cache.cache
+            step_input = input_ids[:, batch[0].cached_tokens:]
+        else:
+            cache = _new_cache(model)
         for step in range(max(max_steps, 0)):
             kwargs = {cache_name: cache, "attention_mask": attention, "use_cache": True}
             if accepts_positions:
                 kwargs["position_ids"] = positions[:, -step_input.shape[1]:]
+            if prompt_cache is not None:
+                prompt_cache.consistent = False  # an interrupt inside the forward leaves layers half-written
             out = model(input_ids=step_input, logits_to_keep=1, **kwargs)
             cache = getattr(out, cache_name, None) or getattr(out, "past_key_values", None) or cache
+            if prompt_cache is not None:
+                if step:
+                    fed.append(int(step_input[0, 0]))
+                prompt_cache.cache, prompt_cache.ids, prompt_cache.consistent = cache, list(fed), True
             logits = process_logits(out.logits[:, -1, :].float(), params, seen)
             chosen = choose_tokens(logits, params, [generators[i] for i in active]).tolist()
             now = time.perf_counter()
@@ -418,6 +453,55 @@ def _decode_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completion]:
         if tail:
             yield Piece(seq.request, seq.sample, tail)
         yield _completion(seq, started)
+
+
+class PromptCache:
+    """A key-value cache kept from one `stream_generate` call to the next (chat turns).
+
+    When the next prompt starts with tokens already cached, only the rest is fed; when it
+    diverges (an edited reply, a dropped exchange), the cache is cut back to the longest shared
+    prefix, or rebuilt when the cache type cannot be cut.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache: Any = None
+        self.ids: list[int] = []  # the tokens whose keys/values `cache` holds, in order
+        self.consistent = True  # False while a forward pass is writing into the cache
+        self._owner: int | None = None
+
+    def prepare(self, model: Any, prompt_ids: list[int]) -> int:
+        """Make the cache a prefix of `prompt_ids`; returns how many leading tokens it covers."""
+        if self.cache is None or not self.consistent or self._owner != id(model):
+            return self._fresh(model)
+        limit = min(len(self.ids), len(prompt_ids) - 1)  # feed at least one token: we need its logits
+        common = 0
+        while common < limit and self.ids[common] == prompt_ids[common]:
+            common += 1
+        if common == 0 or not _crop_cache(self.cache, len(self.ids), common):
+            return self._fresh(model)
+        self.ids = self.ids[:common]
+        return common
+
+    def _fresh(self, model: Any) -> int:
+        self.reset()
+        self.cache, self._owner = _new_cache(model), id(model)
+        return 0
+
+
+def _crop_cache(cache: Any, current: int, keep: int) -> bool:
+    """Cut a DynamicCache back to its first `keep` positions; False when that is not possible."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or not hasattr(cache, "crop") or cache.get_seq_length() != current:
+        return False
+    if keep < current:
+        # Sliding-window and linear-attention layers drop old states: they cannot be cut back.
+        if any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            return False
+        cache.crop(keep - current)  # a negative count removes that many tokens from the end
+    return cache.get_seq_length() == keep
 
 
 def _hf_generate_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completion]:

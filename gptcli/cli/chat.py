@@ -1,10 +1,108 @@
-"""`gptcli chat` (issue 6; being built)."""
+"""`gptcli chat`: an interactive conversation in a terminal, or one reply per input in a script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 from gptcli.cli import options as opt
 
 
-def chat(model: opt.Model = None) -> None:
-    """Chat with a model in the terminal or from a script."""
-    from gptcli.errors import UsageError
+def chat(
+    message: Annotated[
+        Optional[str],
+        typer.Argument(help="Send this one message and print the reply (piped stdin comes before it).",
+                       show_default=False),
+    ] = None,
+    system: Annotated[
+        Optional[str],
+        typer.Option("--system", "-s", help="System prompt (replaces the one in --history).", show_default=False),
+    ] = None,
+    history: Annotated[
+        Optional[Path],
+        typer.Option("--history", help="Conversation file (JSONL role/content records): loaded first, and every "
+                     "new exchange is appended to it.", dir_okay=False, show_default=False),
+    ] = None,
+    jsonl: Annotated[
+        bool,
+        typer.Option("--jsonl", help="stdin holds JSONL messages {\"role\", \"content\"}; each user message gets "
+                     "one reply."),
+    ] = False,
+    max_new_tokens: opt.MaxNewTokens = None,
+    temperature: opt.Temperature = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
+    min_p: opt.MinP = None,
+    repetition_penalty: opt.RepetitionPenalty = None,
+    greedy: opt.Greedy = False,
+    stop: opt.Stop = None,
+    seed: opt.Seed = None,
+    as_json: opt.Json = False,
+    stats: opt.Stats = False,
+    model: opt.Model = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    threads: opt.Threads = None,
+    allow_pickle: opt.AllowPickle = False,
+    trust_remote_code: opt.TrustRemoteCode = False,
+) -> None:
+    """Chat with a model. In a terminal: an interactive chat (/help lists its commands).
+    From a script: each message on stdin (or MESSAGE) gets one reply on stdout.
 
-    raise UsageError("chat is not available yet.")
+    Examples: gptcli chat · gptcli chat --system "Answer briefly." ·
+    echo "and then?" | gptcli chat --history story.jsonl · gptcli chat --jsonl --json < messages.jsonl
+    """
+    from gptcli import console
+    from gptcli.chat.history import HistoryFile, Message, parse_messages
+    from gptcli.errors import UsageError
+    from gptcli.inputs import gather_prompt, read_stdin, stdin_is_tty
+    from gptcli.runtime import parse_device, parse_dtype
+    from gptcli.sampling import SamplingParams
+
+    # Everything the user typed or piped is checked before any model loads.
+    params = SamplingParams().updated(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, greedy=greedy or None, stop=stop or None, seed=seed,
+    )
+    parse_device(device), parse_dtype(dtype)
+    interactive = message is None and stdin_is_tty()
+    if interactive and (jsonl or as_json):
+        raise UsageError(f"{'--jsonl' if jsonl else '--json'} is for scripted use, but stdin is a terminal.",
+                         hint="Pipe messages in, e.g. echo \"Hi\" | gptcli chat --json")
+    inputs: list[Message] = []
+    if jsonl:
+        if message is not None:
+            raise UsageError("give either MESSAGE or --jsonl messages on stdin, not both.")
+        inputs = parse_messages(read_stdin(), "stdin", default_role="user")
+        if not any(m.role == "user" for m in inputs):
+            raise UsageError("stdin has no user message to reply to.")
+    elif not interactive:
+        text = gather_prompt(message).strip()
+        if not text:
+            raise UsageError("the message is empty.")
+        inputs = [Message("user", text)]
+    history_file = HistoryFile(history) if history is not None else None
+    conversation = history_file.load() if history_file else None
+
+    from gptcli.chat.session import ChatSession
+    from gptcli.session import describe_load, open_model
+
+    lm, load_s = open_model(model, device=device, dtype=dtype, threads=threads,
+                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if stats:
+        console.info(describe_load(lm, load_s))
+    session = ChatSession(lm, params, conversation, history_file, notice=console.info)
+    if system is not None:
+        session.conv.system = system or None  # written to --history with the first exchange
+    if interactive:
+        from gptcli.chat.repl import Repl
+
+        if conversation and conversation.messages:
+            console.info(f"Continuing the conversation in {history} ({len(conversation.messages)} messages).")
+        Repl(session, stats=stats).run()
+    else:
+        from gptcli.chat.scripted import run_scripted
+
+        run_scripted(session, inputs, as_json=as_json, stats=stats)

@@ -1,0 +1,190 @@
+"""One conversation with a loaded model: turns, context trimming and KV-cache reuse.
+
+`ChatSession.send` adds the user's message, builds the prompt for the part of the
+conversation that fits the context, streams the reply through the shared generation core and
+records it (in memory and in the `--history` file). The same `PromptCache` follows every turn,
+so a turn costs only the tokens that are new since the previous one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gptcli.chat.history import Conversation, HistoryFile, Message
+from gptcli.chat.prompt import ChatFormat
+from gptcli.errors import InputError, UsageError
+from gptcli.sampling import SamplingParams, coerce
+
+# Sampling settings that make no sense for a single chat reply.
+NOT_SETTABLE = ("num_return_sequences", "num_beams")
+
+
+@dataclass
+class Turn:
+    reply: Message
+    completion: Any  # gptcli.generation.Completion, or None when interrupted
+    stats: Any  # gptcli.generation.RunStats of this turn
+
+    @property
+    def interrupted(self) -> bool:
+        return self.reply.interrupted
+
+
+class TrimmedStream:
+    """Passes streamed text on without leading or trailing whitespace: exactly the stored reply."""
+
+    def __init__(self, write: Callable[[str], None]):
+        self.write = write
+        self.started = False
+        self.pending = ""  # whitespace held back until something follows it
+
+    def __call__(self, text: str) -> None:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return
+            self.started = True
+        body = text.rstrip()
+        if body:
+            self.write(self.pending + body)
+            self.pending = text[len(body):]
+        else:
+            self.pending += text
+
+
+class ChatSession:
+    def __init__(
+        self,
+        lm: Any,
+        params: SamplingParams,
+        conversation: Conversation | None = None,
+        history: HistoryFile | None = None,
+        notice: Callable[[str], None] | None = None,
+    ):
+        from gptcli.generation import PromptCache
+
+        self.lm = lm
+        self.params = params
+        self.conv = conversation or Conversation()
+        self.history = history
+        self.notice = notice or (lambda text: None)
+        self.format = ChatFormat(lm)
+        self.cache = PromptCache()
+        self.window_start = 0  # index of the first message the model still sees (older ones were dropped)
+
+    # ------------------------------------------------------------------ conversation edits
+
+    def set_system(self, text: str | None) -> None:
+        self.conv.system = text or None
+        self._sync()
+
+    def reset(self) -> None:
+        self.conv.messages.clear()
+        self.window_start = 0
+        self._sync()
+
+    def replace(self, conv: Conversation) -> None:
+        self.conv = conv
+        self.window_start = 0
+        self._sync()
+
+    def undo(self) -> bool:
+        """Drop the last exchange (the last user message and what followed it)."""
+        msgs = self.conv.messages
+        users = [i for i, m in enumerate(msgs) if m.role == "user"]
+        if not users:
+            return False
+        del msgs[users[-1]:]
+        self.window_start = min(self.window_start, len(msgs))
+        self._sync()
+        return True
+
+    def set_option(self, name: str, value: str) -> None:
+        name = name.replace("-", "_")
+        if name in NOT_SETTABLE:
+            raise UsageError(f"{name} cannot be changed in chat: it always gives one reply.")
+        self.params = self.params.updated(**{name: coerce(name, value)})
+
+    def _sync(self) -> None:
+        if self.history is not None:
+            self.history.sync(self.conv)
+
+    # ------------------------------------------------------------------ prompts
+
+    def prompt_ids(self) -> list[int]:
+        """Token ids of the conversation's newest part that fits the context with room for a reply.
+
+        Whole exchanges are dropped from the front, never the system prompt or the newest message.
+        Once dropped they stay dropped, so later turns share a prefix and the cache stays useful.
+        """
+        msgs, system = self.conv.messages, self.conv.system
+        context = self.lm.context_length
+        budget = context - min(self.params.max_new_tokens, context // 2)
+        starts = [i for i, m in enumerate(msgs) if m.role == "user"]
+        start = self.window_start if self.window_start < len(msgs) else (starts[-1] if starts else 0)
+        while True:
+            ids = self.format.ids(system, msgs[start:])
+            if len(ids) <= budget:
+                break
+            later = [i for i in starts if i > start]
+            if not later:
+                raise InputError(
+                    f"the message is too long: with the system prompt it is {len(ids)} tokens, and the model's "
+                    f"context of {context} tokens must keep {context - budget} for the reply.",
+                    hint="Shorten it, or lower --max-new-tokens.",
+                )
+            start = later[0]
+        if start > self.window_start:
+            dropped = sum(1 for m in msgs[:start] if m.role == "user")
+            self.notice(
+                f"Note: the conversation is longer than the model's context ({context} tokens); the oldest "
+                f"{dropped} exchange{'s' if dropped != 1 else ''} no longer reach{'' if dropped != 1 else 'es'} "
+                "the model (the system prompt is kept)."
+            )
+        self.window_start = start
+        return ids
+
+    # ------------------------------------------------------------------ turns
+
+    def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Turn:
+        """Add a user message and generate the reply. Ctrl-C keeps the partial reply, marked interrupted."""
+        from gptcli.generation import Completion, Request, RunStats, stream_generate
+
+        self.conv.messages.append(Message("user", text))
+        try:
+            ids = self.prompt_ids()
+        except BaseException:
+            self.conv.messages.pop()  # nothing was generated: the conversation stays as it was
+            raise
+        stop = tuple(dict.fromkeys(tuple(self.params.stop) + self.format.stop))
+        params = self.params.updated(stop=stop)
+        if self.lm.is_encoder_decoder:
+            request = Request(prompt=self.format.text(self.conv.system, self.conv.messages[self.window_start:]),
+                              params=params)
+        else:
+            request = Request(prompt_ids=ids, params=params)
+        stats, parts, done = RunStats(), [], None
+        try:
+            for event in stream_generate(self.lm, [request], stats=stats, prompt_cache=self.cache):
+                if isinstance(event, Completion):
+                    done = event
+                elif event.text:
+                    parts.append(event.text)
+                    if on_text:
+                        on_text(event.text)
+        except KeyboardInterrupt:
+            reply = Message("assistant", "".join(parts).strip(), interrupted=True)
+            self._add(reply)
+            return Turn(reply, None, stats)
+        reply = Message("assistant", done.text.strip() if done else "".join(parts).strip())
+        self._add(reply)
+        return Turn(reply, done, stats)
+
+    def add(self, message: Message) -> None:
+        """Add a message without generating (an assistant turn from a script, a few-shot example)."""
+        self._add(message)
+
+    def _add(self, message: Message) -> None:
+        self.conv.messages.append(message)
+        self._sync()
