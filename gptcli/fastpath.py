@@ -60,7 +60,12 @@ def _packed_linear_class():
     return PackedLinear
 
 
-def optimize_for_inference(model: Any, runtime: Any) -> int:
+# Below this many weights a packed call's fixed cost (tens of microseconds) outweighs the
+# bandwidth it saves: small layers stay on the plain path.
+MIN_PACKED_WEIGHTS = 256 * 1024
+
+
+def optimize_for_inference(model: Any, runtime: Any, min_weights: int = MIN_PACKED_WEIGHTS) -> int:
     """Swap linear layers for packed ones on CPU. Returns how many layers were packed."""
     import torch
 
@@ -82,9 +87,11 @@ def optimize_for_inference(model: Any, runtime: Any) -> int:
                 swaps.append((parent, name, child.weight, child.bias))
             elif Conv1D and type(child) is Conv1D:  # GPT-2 stores (in, out); packing wants (out, in)
                 swaps.append((parent, name, child.weight.t(), child.bias))
+    packed = 0
     with torch.no_grad():
         for parent, name, weight, bias in swaps:
-            if weight.dtype != runtime.dtype or weight.dim() != 2:
+            if weight.dtype != runtime.dtype or weight.dim() != 2 or weight.numel() < min_weights:
                 continue
             setattr(parent, name, PackedLinear(weight, bias))
-    return len(swaps)
+            packed += 1
+    return packed
