@@ -8,9 +8,22 @@ _gptcli() {
         "") COMPREPLY=($(compgen -W "chat completion eval finetune generate models train translate --version --help -h" -- "$cur")); return ;;
         chat)
             case "$prev" in
+                --system|-s) return ;;
+                --history) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-new-tokens|-t) return ;;
+                --temperature) return ;;
+                --top-k) return ;;
+                --top-p) return ;;
+                --min-p) return ;;
+                --repetition-penalty) return ;;
+                --stop) return ;;
+                --seed) return ;;
                 --model|-m) return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
+                --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--system -s --history --jsonl --max-new-tokens -t --temperature --top-k --top-p --min-p --repetition-penalty --greedy --stop --seed --json --stats -v --model -m --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         completion)
             case "$prev" in
@@ -20,14 +33,55 @@ _gptcli() {
         eval)
             case "$prev" in
                 --model|-m) return ;;
+                --text-field) return ;;
+                --stride) return ;;
+                --max-docs) return ;;
+                --max-tokens) return ;;
+                --batch-size|-b) return ;;
+                --seed) return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
+                --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --stride --concat --max-docs --max-tokens --per-doc --json --batch-size -b --seed --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=() || COMPREPLY=($(compgen -f -- "$cur")); fi
             ;;
         finetune)
             case "$prev" in
                 --model|-m) return ;;
+                --text-field) return ;;
+                --format) return ;;
+                --val-split) return ;;
+                --val-data) return ;;
+                --block-size) return ;;
+                --lora-r) return ;;
+                --lora-alpha) return ;;
+                --lora-dropout) return ;;
+                --lora-targets) return ;;
+                --steps) return ;;
+                --epochs) return ;;
+                --batch-size|-b) return ;;
+                --grad-accum) return ;;
+                --lr) return ;;
+                --min-lr) return ;;
+                --warmup) return ;;
+                --schedule) COMPREPLY=($(compgen -W "cosine linear constant" -- "$cur")); return ;;
+                --weight-decay) return ;;
+                --beta2) return ;;
+                --grad-clip) return ;;
+                --precision) COMPREPLY=($(compgen -W "auto fp32 bf16 fp16" -- "$cur")); return ;;
+                --eval-every) return ;;
+                --eval-batches) return ;;
+                --save-every) return ;;
+                --keep-checkpoints) return ;;
+                --log-every) return ;;
+                --seed) return ;;
+                --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --resume) return ;;
+                --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --format --val-split --val-data --block-size --lora --lora-r --lora-alpha --lora-dropout --lora-targets --merge --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         generate)
             case "$prev" in
@@ -56,15 +110,68 @@ _gptcli() {
             ;;
         train)
             case "$prev" in
-                --model|-m) return ;;
+                --text-field) return ;;
+                --val-split) return ;;
+                --val-data) return ;;
+                --tokenizer) return ;;
+                --tokenizer-type) COMPREPLY=($(compgen -W "bpe char bytes" -- "$cur")); return ;;
+                --vocab-size) return ;;
+                --arch) COMPREPLY=($(compgen -W "gpt2 llama" -- "$cur")); return ;;
+                --preset) return ;;
+                --n-layer) return ;;
+                --n-head) return ;;
+                --n-embd) return ;;
+                --block-size) return ;;
+                --dropout) return ;;
+                --model-config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --steps) return ;;
+                --epochs) return ;;
+                --batch-size|-b) return ;;
+                --grad-accum) return ;;
+                --lr) return ;;
+                --min-lr) return ;;
+                --warmup) return ;;
+                --schedule) COMPREPLY=($(compgen -W "cosine linear constant" -- "$cur")); return ;;
+                --weight-decay) return ;;
+                --beta2) return ;;
+                --grad-clip) return ;;
+                --precision) COMPREPLY=($(compgen -W "auto fp32 bf16 fp16" -- "$cur")); return ;;
+                --eval-every) return ;;
+                --eval-batches) return ;;
+                --save-every) return ;;
+                --keep-checkpoints) return ;;
+                --log-every) return ;;
+                --seed) return ;;
+                --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --resume) return ;;
+                --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--text-field --val-split --val-data --tokenizer --tokenizer-type --vocab-size --arch --preset --n-layer --n-head --n-embd --block-size --dropout --model-config --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         translate)
             case "$prev" in
+                --to) return ;;
+                --from) return ;;
+                --file|-f) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --references|-r) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size|-b) return ;;
+                --max-new-tokens|-t) return ;;
+                --num-beams) return ;;
+                --temperature) return ;;
+                --top-k) return ;;
+                --top-p) return ;;
+                --min-p) return ;;
+                --repetition-penalty) return ;;
+                --seed) return ;;
                 --model|-m) return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
+                --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--to --from --file -f --output -o --references -r --list-languages --batch-size -b --max-new-tokens -t --num-beams --temperature --top-k --top-p --min-p --repetition-penalty --seed --json --stats -v --model -m --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
     esac
 }

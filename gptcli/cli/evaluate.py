@@ -1,10 +1,107 @@
-"""`gptcli eval` (issue 5; being built)."""
+"""`gptcli eval`: perplexity and bits per byte of one or more models on the same text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 from gptcli.cli import options as opt
 
+EVAL_PANEL = "Evaluation"
 
-def evaluate(model: opt.Model = None) -> None:
-    """Measure how well a model predicts text."""
+
+def evaluate(
+    files: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Text files (.txt, .jsonl, .csv, .tsv, .parquet, .json) or folders; '-' or piped stdin reads stdin.",
+                       show_default=False),
+    ] = None,
+    models: Annotated[
+        Optional[list[str]],
+        typer.Option("--model", "-m",
+                     help="Bundled model name, local Hugging Face folder, or Hub id. Repeat to compare models. Default: $GPTCLI_MODEL, else the bundled model.",
+                     rich_help_panel=opt.MODEL_PANEL, show_default=False),
+    ] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="Field or column holding the text in .jsonl/.csv/.parquet/.json.")] = "text",
+    stride: Annotated[
+        Optional[int],
+        typer.Option("--stride", help="New tokens scored per window; the rest of the context is earlier text. [default: the model's context]",
+                     rich_help_panel=EVAL_PANEL, show_default=False),
+    ] = None,
+    concat: Annotated[bool, typer.Option("--concat", help="Score all documents as one text (joined by a blank line) instead of independently.", rich_help_panel=EVAL_PANEL)] = False,
+    max_docs: Annotated[Optional[int], typer.Option("--max-docs", help="Evaluate only the first N documents.", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option("--max-tokens", help="Evaluate only the first N tokens (per model; the document that crosses the limit is cut).",
+                     rich_help_panel=EVAL_PANEL, show_default=False),
+    ] = None,
+    per_doc: Annotated[bool, typer.Option("--per-doc", help="JSON Lines on stdout, one record per document (the summary table goes to stderr).", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The summary as JSON on stdout, one line per model.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    batch_size: opt.BatchSize = None,
+    seed: opt.Seed = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    threads: opt.Threads = None,
+    allow_pickle: opt.AllowPickle = False,
+    trust_remote_code: opt.TrustRemoteCode = False,
+) -> None:
+    """Measure how well models predict text: NLL per token, perplexity, bits per byte.
+
+    Examples: gptcli eval story.txt · cat book.txt | gptcli eval --stride 256 ·
+    gptcli eval data.jsonl -m tinystories -m ./my-model --json
+    """
+    from gptcli import console
+    from gptcli.data import load_documents
     from gptcli.errors import UsageError
+    from gptcli.inputs import stdin_is_tty
+    from gptcli.runtime import parse_device, parse_dtype
 
-    raise UsageError("eval is not available yet.")
+    # Everything the user typed is checked before any model loads.
+    parse_device(device), parse_dtype(dtype)
+    for name, value in (("--batch-size", batch_size), ("--stride", stride), ("--max-docs", max_docs), ("--max-tokens", max_tokens)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1 (got {value}).")
+    if max_tokens is not None and max_tokens < 2:
+        raise UsageError("--max-tokens must be at least 2: a token is scored from the ones before it.")
+    sources = [str(f) for f in files or []]
+    if not sources:
+        if stdin_is_tty():
+            raise UsageError("no text to evaluate.", hint="Pass files or folders, or pipe text in: cat book.txt | gptcli eval")
+        sources = ["-"]
+    if sources.count("-") > 1:
+        raise UsageError("'-' (stdin) can be given only once.")
+    documents = load_documents(sources, text_field=text_field, max_docs=max_docs)
+    if not any(d.text.strip() for d in documents):
+        where = "stdin" if sources == ["-"] else ", ".join(sources)
+        raise UsageError(f"no text to evaluate in {where}.")
+
+    from gptcli.evaluation import evaluate_model, prepare_documents
+    from gptcli.evaluation.report import doc_record, print_table, progress_display, summary_record, write_jsonl
+    from gptcli.runtime import seed_everything
+    from gptcli.session import open_model
+
+    documents = prepare_documents(documents, concat)
+    seed_everything(seed)
+    scores = []
+    for spec in models or [None]:
+        lm, _ = open_model(spec, device=device, dtype=dtype, threads=threads,
+                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        with progress_display(f"eval {lm.name}") as bar:
+            score = evaluate_model(lm, documents, stride=stride, batch_size=batch_size or 8, max_tokens=max_tokens,
+                                   progress=bar.advance, on_plan=bar.plan)
+        del lm  # free the weights before the next model loads
+        if not score.tokens:
+            raise UsageError(f"nothing to score: all {len(score.docs)} documents are shorter than 2 tokens for {score.model}.")
+        if score.skipped:
+            console.warn(f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} shorter than 2 tokens.")
+        if per_doc:  # stream per-document records as each model finishes
+            write_jsonl(doc_record(score.model, d) for d in score.docs)
+        scores.append(score)
+    if as_json:
+        write_jsonl(summary_record(s) for s in scores)
+    elif per_doc:
+        print_table(scores, stderr=True)
+    else:
+        print_table(scores)

@@ -1,0 +1,285 @@
+"""Score text with a causal language model: NLL per token, perplexity, bits per byte.
+
+Each document is tokenized the way the model's tokenizer does by default (so a
+BOS token is added when the tokenizer adds one), cut into sliding windows
+(windows.py), and every window is scored exactly once. Windows of all
+documents are sorted by length and run in batches, right-padded: in a causal
+model a token never attends to positions after it, so padding on the right
+changes nothing for the real tokens and needs no attention mask.
+
+Bytes for bits per byte: the UTF-8 bytes of the text the scored tokens stand
+for, i.e. the document's text minus the bytes of its first token (which is
+only context). When the first token is a special token the tokenizer added
+(BOS), that is the whole text. When --max-tokens cuts a document, the text ends
+with the last kept token.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from gptcli.data import Document
+from gptcli.errors import UsageError
+from gptcli.evaluation.windows import Window, plan_windows
+
+# Most logits one forward pass may return (elements): bounds memory with big
+# vocabularies (GPT-2: 50,257 x 1,024 tokens = 51 M per full window).
+LOGIT_BUDGET = 1 << 27
+CONCAT_SEPARATOR = "\n\n"
+LN2 = math.log(2.0)
+
+
+@dataclass
+class DocScore:
+    id: str
+    source: str
+    tokens: int = 0  # tokens scored (the first token of a document is context only)
+    nll_sum: float = 0.0  # nats, summed over the scored tokens
+    bytes: int = 0  # UTF-8 bytes of the text the scored tokens stand for
+    truncated: bool = False  # cut by --max-tokens
+    skipped: str | None = None  # why nothing was scored
+
+    @property
+    def nll(self) -> float | None:
+        return self.nll_sum / self.tokens if self.tokens else None
+
+    @property
+    def ppl(self) -> float | None:
+        return _exp(self.nll)
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return self.nll_sum / LN2 / self.bytes if self.tokens and self.bytes else None
+
+
+@dataclass
+class ModelScore:
+    model: str
+    device: str
+    dtype: str
+    context: int
+    stride: int
+    docs: list[DocScore] = field(default_factory=list)
+    seconds: float = 0.0  # tokenizing + scoring (not loading)
+
+    @property
+    def scored(self) -> list[DocScore]:
+        return [d for d in self.docs if not d.skipped]
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for d in self.docs if d.skipped)
+
+    @property
+    def tokens(self) -> int:
+        return sum(d.tokens for d in self.scored)
+
+    @property
+    def nll_sum(self) -> float:
+        return math.fsum(d.nll_sum for d in self.scored)
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.scored)
+
+    @property
+    def nll(self) -> float | None:
+        return self.nll_sum / self.tokens if self.tokens else None
+
+    @property
+    def ppl(self) -> float | None:
+        return _exp(self.nll)
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return self.nll_sum / LN2 / self.bytes if self.tokens and self.bytes else None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def _exp(x: float | None) -> float | None:
+    if x is None:
+        return None
+    return math.exp(x) if x < 700 else math.inf
+
+
+def prepare_documents(documents: list[Document], concat: bool) -> list[Document]:
+    """`--concat`: one document, the texts joined by a blank line (the separator's bytes count)."""
+    if not concat or len(documents) <= 1:
+        return documents
+    sources = sorted({d.source for d in documents})
+    source = sources[0] if len(sources) == 1 else f"{len(sources)} sources"
+    return [Document("concat", CONCAT_SEPARATOR.join(d.text for d in documents), source)]
+
+
+@dataclass
+class _Tokenized:
+    doc: DocScore
+    ids: list[int]
+    windows: list[Window]
+
+
+def evaluate_model(
+    lm,
+    documents: list[Document],
+    *,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> ModelScore:
+    """Score every document with `lm` (a LoadedModel). `progress(n)` is called as tokens are scored;
+    `on_plan(total)` once with the number of tokens that will be scored."""
+    if lm.is_encoder_decoder:
+        raise UsageError(
+            f"{lm.name} is an encoder-decoder model; perplexity here is for causal (decoder-only) models."
+        )
+    context = int(lm.context_length)
+    if context < 2:
+        raise UsageError(f"{lm.name} has a context of {context} token; at least 2 are needed.")
+    if stride is None:
+        stride = context
+    if stride > context:
+        raise UsageError(f"--stride {stride} is longer than the context of {lm.name} ({context} tokens).",
+                         hint=f"Use at most {context}.")
+    started = time.perf_counter()
+    items = _tokenize(lm.tokenizer, documents, max_tokens)
+    for item in items:
+        item.windows = plan_windows(len(item.ids), context, stride)
+        if not item.windows:
+            item.doc.skipped = "shorter than 2 tokens"
+    if on_plan is not None:
+        on_plan(sum(w.targets for it in items for w in it.windows))
+    _score(lm, items, batch_size, progress)
+    score = ModelScore(
+        model=lm.name,
+        device=str(lm.runtime.device),
+        dtype=str(lm.runtime.dtype).replace("torch.", ""),
+        context=context,
+        stride=stride,
+        docs=[it.doc for it in items],
+    )
+    score.seconds = time.perf_counter() - started
+    return score
+
+
+# --- tokenizing and byte accounting -------------------------------------------
+
+
+def _tokenize(tokenizer, documents: list[Document], max_tokens: int | None) -> list[_Tokenized]:
+    texts = [d.text for d in documents]
+    with_offsets = bool(getattr(tokenizer, "is_fast", False))
+    enc = tokenizer(texts, add_special_tokens=True, return_attention_mask=False,
+                    return_offsets_mapping=with_offsets, verbose=False) if texts else {"input_ids": []}
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    items: list[_Tokenized] = []
+    budget = max_tokens
+    for i, doc in enumerate(documents):
+        ids = list(enc["input_ids"][i])
+        offsets = enc["offset_mapping"][i] if with_offsets else None
+        cut = False
+        if budget is not None:
+            if budget < 2:
+                break  # the sample is full; later documents are not part of it
+            if len(ids) > budget:
+                ids, cut = ids[:budget], True
+            budget -= len(ids)
+        score = DocScore(id=doc.id, source=doc.source, truncated=cut)
+        if len(ids) >= 2:
+            score.bytes = _kept_bytes(tokenizer, doc.text, ids, offsets, cut) - _first_token_bytes(
+                tokenizer, doc.text, ids[0], offsets, special)
+        items.append(_Tokenized(score, ids, []))
+    return items
+
+
+def _first_token_bytes(tokenizer, text: str, first_id: int, offsets, special: set[int]) -> int:
+    """Bytes of the text the (unscored) first token covers; 0 for an added BOS."""
+    if first_id in special and (offsets is None or tuple(offsets[0]) == (0, 0)):
+        return 0
+    piece = tokenizer.decode([first_id])
+    if piece and "\ufffd" not in piece and text.startswith(piece):
+        return len(piece.encode("utf-8"))
+    if offsets is not None:  # a fragment of a multi-byte character: count the whole character
+        return len(text[: offsets[0][1]].encode("utf-8"))
+    return len(piece.encode("utf-8"))
+
+
+def _kept_bytes(tokenizer, text: str, ids: list[int], offsets, cut: bool) -> int:
+    if not cut:
+        return len(text.encode("utf-8"))
+    if offsets is not None:
+        return len(text[: offsets[len(ids) - 1][1]].encode("utf-8"))
+    return len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
+
+
+# --- scoring ------------------------------------------------------------------
+
+
+def _vocab_size(model) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "vocab_size", 0) or 32000)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _batches(jobs: list[tuple[int, Window]], batch_size: int, vocab: int) -> Iterable[list[tuple[int, Window]]]:
+    """Longest windows first, so a batch holds windows of similar length (little padding)."""
+    jobs = sorted(jobs, key=lambda j: -j[1].length)
+    batch: list[tuple[int, Window]] = []
+    for job in jobs:
+        width = batch[0][1].length if batch else job[1].length
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width * vocab > LOGIT_BUDGET):
+            yield batch
+            batch = []
+        batch.append(job)
+    if batch:
+        yield batch
+
+
+def _score(lm, items: list[_Tokenized], batch_size: int, progress: Callable[[int], None] | None) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    model, device = lm.model, lm.runtime.device
+    keep_ok = _accepts_logits_to_keep(model)
+    jobs = [(i, w) for i, it in enumerate(items) for w in it.windows]
+    sums = [0.0] * len(items)
+    with torch.inference_mode():
+        for batch in _batches(jobs, batch_size, _vocab_size(model)):
+            width = batch[0][1].length
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (i, w) in enumerate(batch):
+                ids[row, : w.length] = torch.tensor(items[i].ids[w.begin : w.end], dtype=torch.long)
+            # Logits are needed from the position before each window's first target on.
+            first_needed = min(w.length - w.targets - 1 for _, w in batch)
+            kwargs = {"logits_to_keep": width - first_needed} if keep_ok else {}
+            logits = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits  # (B, K, V)
+            shift = width - logits.shape[1]  # position of logits[:, 0]
+            done = 0
+            for row, (i, w) in enumerate(batch):
+                start = w.length - w.targets - 1 - shift
+                # float32 log-softmax even for bf16/fp16 models: the sum must not lose precision.
+                pred = logits[row, start : start + w.targets].float()  # (targets, V)
+                labels = ids[row, w.length - w.targets : w.length].to(pred.device)
+                nll = F.cross_entropy(pred, labels, reduction="sum")
+                sums[i] += float(nll.double())
+                done += w.targets
+            del logits
+            if progress is not None:
+                progress(done)
+    for it, total in zip(items, sums):
+        if it.windows:
+            it.doc.nll_sum = total
+            it.doc.tokens = sum(w.targets for w in it.windows)
