@@ -1,0 +1,11 @@
+"""The training engine shared by `gptcli train` and `gptcli finetune`.
+
+Modules, one job each: settings (flags, defaults, precedence), configfile
+(--config YAML/TOML), tokenizer (bpe/char/bytes), presets (model shapes and
+configs), packing (token streams -> blocks), sampler (batches as a function
+of the step), sft (prompt/completion and chat data with loss masks), lora
+(peft adapters), engine (the accelerate loop), checkpoint (atomic saves,
+resume), signals (Ctrl-C), progress/metrics (stderr and metrics.jsonl),
+manifest (run.json), outdir (the --out rule), export (final folder),
+runner (glue shared by both commands), pretrain and finetune (the commands).
+"""

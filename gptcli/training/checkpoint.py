@@ -1,0 +1,153 @@
+"""Atomic checkpoints: everything needed to continue a run exactly.
+
+A checkpoint is OUT/checkpoints/step-NNNNNNNN/: the model (or LoRA adapter)
+and tokenizer in Hugging Face format, so it also loads with `--model`, plus
+trainer_state.pt (optimizer, scheduler, RNG states, step = data position).
+It is written into a hidden temporary folder and renamed into place only when
+complete, so a crash, a second Ctrl-C or a full disk never leaves a folder
+that `--resume` would pick up; a failed save removes its temporary folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from gptcli.errors import GptcliError, InputError, UsageError
+
+STATE_FILE = "trainer_state.pt"
+MARKER = "checkpoint.json"
+PREFIX = "step-"
+
+
+def checkpoints_dir(out: Path) -> Path:
+    return out / "checkpoints"
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save(out: Path, step: int, write_model: Callable[[Path], None], state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint `step` atomically, then keep only the `keep` newest."""
+    import torch
+
+    root = checkpoints_dir(out)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write_model(tmp)
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / MARKER).write_text(json.dumps({"step": step, "complete": True}) + "\n", encoding="utf-8")
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving the same step (resume then immediate stop): replace it
+            old = root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise GptcliError(f"disk full while saving the checkpoint of step {step}; it was not written.",
+                              hint="Earlier checkpoints are intact; free space and --resume auto.") from exc
+        if isinstance(exc, (RuntimeError, OSError)) and "No space left" in str(exc):
+            raise GptcliError(f"disk full while saving the checkpoint of step {step}; it was not written.",
+                              hint="Earlier checkpoints are intact; free space and --resume auto.") from exc
+        raise
+    prune(root, keep)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def prune(root: Path, keep: int) -> None:
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):  # left by a run that was killed mid-save
+        if not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_resume(out: Path, spec: str) -> Path:
+    """`--resume auto` -> newest complete checkpoint in OUT; `--resume PATH` -> that checkpoint."""
+    if spec == "auto":
+        found = list_checkpoints(checkpoints_dir(out))
+        if not found:
+            raise UsageError(f"--resume auto: {out} has no complete checkpoint to resume from.",
+                             hint="Start a new run without --resume (or with --overwrite).")
+        return found[-1]
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "checkpoints").is_dir() and not (path / MARKER).exists():
+        found = list_checkpoints(path / "checkpoints")
+        if found:
+            return found[-1]
+    if not path.is_dir():
+        raise UsageError(f"--resume '{spec}' does not exist (use 'auto' or a checkpoint folder).")
+    if not (path / MARKER).is_file() or not (path / STATE_FILE).is_file():
+        raise InputError(f"--resume '{spec}' is not a complete gptcli checkpoint (no {MARKER}/{STATE_FILE}).",
+                         hint="Pass OUT/checkpoints/step-N or --resume auto.")
+    return path
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """trainer_state.pt, with truncated or foreign files reported as one line."""
+    import torch
+
+    from gptcli.loading import check_safetensors_file
+    from gptcli.errors import ModelLoadError
+
+    for weights in path.glob("*.safetensors"):
+        try:
+            check_safetensors_file(weights)
+        except ModelLoadError as exc:
+            raise InputError(f"checkpoint {path} is damaged: {exc}") from exc
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, wrong format: all mean "not usable"
+        raise InputError(f"checkpoint {path} is damaged: {path / STATE_FILE} cannot be read "
+                         f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}).") from exc
+    if not isinstance(state, dict) or "step" not in state:
+        raise InputError(f"checkpoint {path} is damaged: {STATE_FILE} has no step.")
+    return state

@@ -1,0 +1,36 @@
+"""Writing a model folder that `--model` loads: weights (safetensors), config, tokenizer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def save_model_folder(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Hugging Face layout; bos/eos in the generation config are the tokenizer's real ids."""
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and tokenizer.eos_token_id is not None:
+        gen.eos_token_id = tokenizer.eos_token_id
+        gen.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def publish(out: Path, write: Any) -> None:
+    """Write the final model into OUT without ever leaving a half-written weight file there.
+
+    Files are written to a hidden folder inside OUT first, then each one is
+    renamed into place (a rename within one file system is atomic).
+    """
+    tmp = out / f".tmp-final-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

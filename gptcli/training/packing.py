@@ -1,0 +1,90 @@
+"""Packing token streams into fixed-size training blocks.
+
+Documents are concatenated, each followed by the end-of-text token, into one
+stream. Block i covers stream[i*T : i*T+T+1]: inputs are its first T tokens,
+targets the T tokens after each (so no prediction is wasted at block edges).
+An optional mask marks which target tokens count in the loss (finetuning on
+completions only); masked targets become -100, which cross-entropy ignores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gptcli.errors import InputError, UsageError
+
+IGNORE = -100
+
+
+@dataclass
+class Blocks:
+    ids: Any  # (L,) int64 token stream
+    mask: Any | None  # (L,) bool: True where the token is a loss target; None = all
+    block_size: int
+
+    def __len__(self) -> int:
+        return max(0, (len(self.ids) - 1) // self.block_size)
+
+    def batch(self, indices: Any) -> tuple[Any, Any]:
+        """Inputs and targets (B, T) for block indices (B,)."""
+        import torch
+
+        T = self.block_size
+        offsets = indices.unsqueeze(1) * T + torch.arange(T + 1)  # (B, T+1)
+        window = self.ids[offsets]
+        x, y = window[:, :-1], window[:, 1:]
+        if self.mask is not None:
+            y = y.masked_fill(~self.mask[offsets][:, 1:], IGNORE)
+        return x, y
+
+    @property
+    def tokens(self) -> int:
+        return len(self) * self.block_size
+
+
+def stream(token_lists: list[list[int]], eot: int, masks: list[list[bool]] | None = None) -> tuple[Any, Any | None]:
+    """One int64 stream (and mask) with eot after each document."""
+    import torch
+
+    ids: list[int] = []
+    flags: list[bool] = []
+    for i, toks in enumerate(token_lists):
+        ids.extend(toks)
+        ids.append(eot)
+        if masks is not None:
+            flags.extend(masks[i])
+            flags.append(True)  # learning to stop is part of the answer
+    t = torch.tensor(ids, dtype=torch.long)
+    return t, (torch.tensor(flags, dtype=torch.bool) if masks is not None else None)
+
+
+def split(ids: Any, mask: Any | None, val_fraction: float, block_size: int) -> tuple[Blocks, Blocks | None]:
+    """Hold out the last `val_fraction` of the stream for validation (nanoGPT's 90/10 split)."""
+    if val_fraction <= 0:
+        return _check_train(Blocks(ids, mask, block_size)), None
+    cut = int(len(ids) * (1 - val_fraction))
+    train = Blocks(ids[:cut], None if mask is None else mask[:cut], block_size)
+    val = Blocks(ids[cut:], None if mask is None else mask[cut:], block_size)
+    _check_train(train)
+    if len(val) < 1:
+        raise UsageError(
+            f"the validation split ({len(ids) - cut:,} tokens) is smaller than one block of {block_size + 1} tokens.",
+            hint="Raise --val-split, lower --block-size, add data, or pass --val-data.",
+        )
+    return train, val
+
+
+def _check_train(train: Blocks) -> Blocks:
+    if len(train) < 1:
+        raise InputError(
+            f"the training data ({len(train.ids):,} tokens) is smaller than one block of {train.block_size + 1} tokens.",
+            hint="Add data or lower --block-size.",
+        )
+    if train.mask is not None and not bool(train.mask[1:].any()):
+        raise InputError("no training tokens carry a loss (every completion/assistant part is empty).")
+    return train
+
+
+def max_token_id(ids: Any) -> int:
+    return int(ids.max()) if len(ids) else -1

@@ -1,0 +1,125 @@
+"""What `train` and `finetune` share around the engine: settings, output folder, run records, export.
+
+A command builds its tokenizer, model and blocks (pretrain.py, finetune.py)
+and hands them to `execute`, which writes the manifest and effective config,
+runs the engine and publishes the final model folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from gptcli import console
+from gptcli.errors import InputError, UsageError
+from gptcli.training import checkpoint, configfile, engine, manifest, outdir
+from gptcli.training.settings import INVOCATION_KEYS, TrainSettings, merge, validate
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment, before any process group exists."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def settings_from(cli: dict[str, Any], config_path: str | None, command: str) -> TrainSettings:
+    """Command line > --config file > the run's saved config (when resuming) > defaults."""
+    layers: dict[str, Any] = {}
+    out, resume = cli.get("out"), cli.get("resume")
+    if resume and out:
+        saved = Path(out).expanduser() / outdir.EFFECTIVE_CONFIG
+        if saved.is_file():
+            layers.update(configfile.load(saved, command))
+    if config_path:
+        layers.update(configfile.load(config_path, command))
+    s = merge(cli, layers, source=str(config_path or outdir.EFFECTIVE_CONFIG))
+    return validate(s, command=command)
+
+
+def resume_command(command: str, s: TrainSettings) -> str:
+    return f"gptcli {command} --out {shlex.quote(str(s.out))} --resume auto"
+
+
+def load_texts(paths: list[str], text_field: str, what: str = "training data") -> list[str]:
+    from gptcli.data import load_documents
+
+    docs = load_documents(paths, text_field=text_field)
+    texts = [d.text for d in docs if d.text.strip()]
+    if not texts:
+        raise InputError(f"the {what} ({', '.join(map(str, paths))}) holds no text.")
+    return texts
+
+
+def steps_for(s: TrainSettings, n_blocks: int, world_size: int) -> int:
+    if s.steps is not None:
+        return s.steps
+    if s.epochs is not None:
+        return max(1, math.ceil(s.epochs * n_blocks / (s.batch_size * s.grad_accum * world_size)))
+    return 1000
+
+
+def check_block_size(block_size: int, context: int, what: str) -> None:
+    if block_size > context:
+        raise UsageError(f"--block-size {block_size} is larger than the model's context ({context} tokens) of {what}.",
+                         hint=f"Use --block-size {context} or less.")
+
+
+def execute(
+    command: str,
+    s: TrainSettings,
+    *,
+    model: Any,
+    tokenizer: Any,
+    train: Any,
+    val: Any,
+    lr: float,
+    resume_from: Path | None,
+    write_model: Callable[[Any, Path], None],
+    export: Callable[[Any, Path], None],
+    describe: dict[str, Any],
+    progress: bool = True,
+) -> dict[str, Any]:
+    out = Path(s.out).expanduser()
+    rank, world_size = world()
+    steps = steps_for(s, len(train), world_size)
+    if rank == 0:
+        saved = {k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS}
+        configfile.dump(saved, out / outdir.EFFECTIVE_CONFIG)
+        manifest.write(out, command=command, settings=saved, device=str(s.device), world_size=world_size,
+                       extra={"steps": steps, **describe})
+        params = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if progress:
+            console.info(
+                f"{command}: {params / 1e6:.2f} M parameters"
+                + (f" ({trainable / 1e6:.3f} M trainable)" if trainable != params else "")
+                + f" | {len(train):,} training blocks of {train.block_size} tokens"
+                + (f" | {len(val):,} validation blocks" if val is not None else "")
+                + f" | {steps:,} steps of {s.batch_size * s.grad_accum * world_size} sequences"
+            )
+    job = engine.Job(model=model, train=train, val=val, settings=s, out=out, steps=steps, lr=lr,
+                     write_model=write_model, resume_from=resume_from,
+                     resume_command=resume_command(command, s), extra_summary={"command": command})
+    summary = engine.run(job, reporter_enabled=progress)
+    if job.is_main:  # type: ignore[attr-defined]
+        from gptcli.training.export import publish
+
+        publish(out, lambda folder: export(job.final_model, folder))  # type: ignore[attr-defined]
+    return summary
+
+
+def argv_for_hint() -> str:
+    return " ".join(shlex.quote(a) for a in ["gptcli", *sys.argv[1:]])
+
+
+def resume_point(s: TrainSettings) -> Path | None:
+    if s.resume is None:
+        return None
+    return checkpoint.find_resume(Path(s.out).expanduser(), s.resume)
