@@ -75,26 +75,32 @@ def table_rows(scores: list[ModelScore]) -> list[list[str]]:
 
 
 def print_table(scores: list[ModelScore], *, stderr: bool = False) -> None:
-    """A Rich table; on a pipe, plain columns with no box characters or escapes."""
+    """A Rich table on a terminal; elsewhere plain space-aligned columns, never cut or styled."""
+    from gptcli import console
+
+    rows = table_rows(scores)
+    out = console.err_console() if stderr else console.out_console()
+    if not out.is_terminal:
+        text = _plain_table([list(COLUMNS), *rows])
+        console.info(text) if stderr else console.write(text + "\n")
+        return
     from rich import box
     from rich.table import Table
 
-    from gptcli import console
-
-    out = console.err_console() if stderr else console.out_console()
-    styled = out.is_terminal and not out.no_color
-    table = Table(box=box.SIMPLE_HEAD if styled else None, show_edge=styled, pad_edge=False,
-                  header_style="bold" if styled else None)
+    table = Table(box=box.SIMPLE_HEAD, header_style=None if out.no_color else "bold")
     for i, name in enumerate(COLUMNS):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
-    for row in table_rows(scores):
+        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
+    for row in rows:
         table.add_row(*row)
-    if stderr:
-        out.print(table)
-        return
-    with out.capture() as cap:
-        out.print(table)
-    console.write("\n".join(line.rstrip() for line in cap.get().splitlines()) + "\n")
+    out.print(table)
+
+
+def _plain_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
+        for r in rows
+    )
 
 
 @contextmanager
