@@ -137,10 +137,10 @@ class ChatSession:
             start = later[0]
         if start > self.window_start:
             dropped = sum(1 for m in msgs[:start] if m.role == "user")
+            which = "oldest exchange" if dropped == 1 else f"oldest {dropped} exchanges"
             self.notice(
-                f"Note: the conversation is longer than the model's context ({context} tokens); the oldest "
-                f"{dropped} exchange{'s' if dropped != 1 else ''} no longer reach{'' if dropped != 1 else 'es'} "
-                "the model (the system prompt is kept)."
+                f"Note: the conversation is longer than the model's context ({context} tokens): the model no "
+                f"longer sees the {which} (the system prompt is kept)."
             )
         self.window_start = start
         return ids
