@@ -1,0 +1,103 @@
+"""`gptcli chat` in a real pseudo-terminal (pexpect): the prompt, streamed replies, slash commands,
+Ctrl-C during a reply and Ctrl-D to leave."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pytest
+from conftest import cli_env
+from tiny import build_model
+
+pexpect = pytest.importorskip("pexpect")
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]")
+# prompt_toolkit turns bracketed paste on while it reads a line and off when the line is accepted:
+# reliable markers for "waiting for input" and "input taken", whatever the reply's text.
+READING, TAKEN = "\x1b[?2004h", "\x1b[?2004l"
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text).replace("\r", "")
+
+
+def spawn(*args, timeout=60):
+    env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")  # no terminal answers cursor-position requests here
+    child = pexpect.spawn(sys.executable, ["-m", "gptcli", "chat", *map(str, args)], env=env, encoding="utf-8",
+                          timeout=timeout, dimensions=(40, 200))
+    child.expect_exact(READING)
+    return child
+
+
+def say(child, line: str) -> str:
+    """Type a line, wait until the next prompt; returns what was printed in between (plain text)."""
+    child.sendline(line)
+    child.expect_exact(TAKEN)
+    child.expect_exact(READING)
+    return plain(child.before)
+
+
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory):
+    # Context 1024: room for a long reply to interrupt.
+    return build_model(tmp_path_factory.mktemp("tiny-gpt2-1k"), "gpt2", context=1024)
+
+
+def test_session_with_slash_commands(gpt2_dir, tmp_path):
+    saved = tmp_path / "chat.jsonl"
+    child = spawn("--model", gpt2_dir, "--greedy", "-t", "6")
+    try:
+        assert "/help" in plain(child.before)  # the banner points at /help
+        first = say(child, "Hello Max")
+        out = say(child, "/bogus")
+        assert "Unknown command /bogus" in out and "/help" in out
+        assert "System prompt set." in say(child, "/system Be brief.")
+        assert "Sampling" in say(child, "/set")
+        assert "temperature = 0.7" in say(child, "/set temperature 0.7")
+        assert "Error:" in say(child, "/set temperature hot")  # a bad value: an error, the chat goes on
+        assert "Saved 3 messages" in say(child, f"/save {saved}")
+        records = [json.loads(line) for line in saved.read_text().splitlines()]
+        assert [r["role"] for r in records] == ["system", "user", "assistant"]
+        assert records[0]["content"] == "Be brief." and records[1]["content"] == "Hello Max"
+        assert records[2]["content"] in first  # the reply that was streamed to the screen
+        assert "New conversation" in say(child, "/reset")
+        assert "Nothing to undo" in say(child, "/undo")
+        assert "Loaded 3 messages" in say(child, f"/load {saved}")
+        # A multi-line block between lines of three quotes is one message.
+        child.sendline('"""')
+        child.expect_exact(READING)
+        child.sendline("line one")
+        child.expect_exact(READING)
+        say(child, '"""')
+        assert "Saved 5 messages" in say(child, f"/save {saved}")
+        records = [json.loads(line) for line in saved.read_text().splitlines()]
+        assert records[3] == {"role": "user", "content": "line one"}
+        assert "Dropped the last exchange" in say(child, "/undo")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_keeps_partial_reply_and_ctrl_d_leaves(long_model, tmp_path):
+    saved = tmp_path / "chat.jsonl"
+    child = spawn("--model", long_model, "--greedy", "-t", "1000")
+    try:
+        child.sendline("Tell me a long story")
+        child.expect_exact(TAKEN)
+        child.expect(r"\S{8}")  # the reply is streaming: text shows up before it is finished
+        child.sendintr()
+        child.expect_exact("[interrupted")
+        child.expect_exact(READING)
+        assert "Saved 2 messages" in say(child, f"/save {saved}")  # the user's message and the partial reply
+        child.sendeof()  # Ctrl-D
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    reply = json.loads(saved.read_text().splitlines()[-1])
+    assert reply["role"] == "assistant" and reply["interrupted"] is True
+    assert 8 <= len(reply["content"])
