@@ -1,10 +1,183 @@
-"""`gptcli translate` (issue 7; being built)."""
+"""`gptcli translate`: a line-aligned translation filter (one output line per input line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 from gptcli.cli import options as opt
 
 
-def translate(model: opt.Model = None) -> None:
-    """Translate text line by line."""
-    from gptcli.errors import UsageError
+def translate(
+    text: Annotated[
+        Optional[str],
+        typer.Argument(help="Text to translate (each line separately). '-' or no text with piped stdin reads stdin.", show_default=False),
+    ] = None,
+    target: Annotated[Optional[str], typer.Option("--to", help="Target language: ISO 639-1 code or name (fr, French).", show_default=False)] = None,
+    source: Annotated[Optional[str], typer.Option("--from", help="Source language; optional when the model can tell.", show_default=False)] = None,
+    file: opt.InputFile = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the translations to this file (complete or not at all).", show_default=False, dir_okay=False)] = None,
+    references: Annotated[
+        Optional[Path],
+        typer.Option("--references", "-r", help="Score against references: one per input line, or a .tsv of source<TAB>reference pairs. Prints BLEU and chrF.", show_default=False, dir_okay=False),
+    ] = None,
+    list_languages: Annotated[bool, typer.Option("--list-languages", help="List the language codes and names, and exit.")] = False,
+    batch_size: opt.BatchSize = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-t", help="Most tokens per translated piece. [default: twice the source, plus 10]", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
+    num_beams: opt.NumBeams = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Above 0 samples instead of greedy decoding. [default: 0]", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
+    top_k: opt.TopK = None,
+    top_p: opt.TopP = None,
+    min_p: opt.MinP = None,
+    repetition_penalty: opt.RepetitionPenalty = None,
+    seed: opt.Seed = None,
+    as_json: opt.Json = False,
+    stats: opt.Stats = False,
+    model: opt.Model = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    threads: opt.Threads = None,
+    allow_pickle: opt.AllowPickle = False,
+    trust_remote_code: opt.TrustRemoteCode = False,
+) -> None:
+    """Translate text line by line: exactly one output line per input line, in order.
 
-    raise UsageError("translate is not available yet.")
+    Examples: gptcli translate "I like tea." --to fr · cat notes.txt | gptcli translate --to fr > notes.fr.txt ·
+    gptcli translate --file items.jsonl --to de -m Helsinki-NLP/opus-mt-en-de · gptcli translate -r pairs.tsv --from en --to fr
+    """
+    from gptcli import console
+    from gptcli.errors import UsageError
+    from gptcli.runtime import parse_device, parse_dtype
+    from gptcli.sampling import SamplingParams
+    from gptcli.translation import languages
+
+    if list_languages:
+        return _list_languages(as_json)
+    # Everything the user typed is checked before any model loads.
+    if target is None:
+        raise UsageError("--to is required: the language to translate into.", hint="For example --to fr or --to French.")
+    tgt = languages.resolve(target, "--to")
+    src = languages.resolve(source, "--from") if source is not None else None
+    if src is not None and src == tgt:
+        raise UsageError(f"--to and --from are both {tgt}; nothing to translate.")
+    # Translation decodes greedily unless --temperature asks for sampling.
+    params = SamplingParams(temperature=0.0).updated(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+        num_beams=num_beams, seed=seed, max_new_tokens=max_new_tokens,
+    )
+    parse_device(device), parse_dtype(dtype)
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
+    refs, feed = _inputs(text, file, references)
+
+    import warnings
+
+    from gptcli.session import describe_load, open_model
+    from gptcli.translation.defaults import default_model
+    from gptcli.translation.families import apply_plan, make_plan
+    from gptcli.translation.outputs import LineSink
+    from gptcli.translation.pipeline import Translator
+
+    spec = model
+    if not spec:
+        spec, bundled_src = default_model(src, tgt)
+        src = src or bundled_src
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library advice (e.g. "install sacremoses") is not the user's business
+        lm, load_s = open_model(spec, device=device, dtype=dtype, threads=threads,
+                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if stats:
+        console.info(describe_load(lm, load_s))
+    plan = make_plan(lm, src, tgt)
+    apply_plan(lm, plan)
+    for note in plan.notes:
+        console.warn(note)
+    translator = Translator(lm, plan, params, max_new_tokens=max_new_tokens, batch_size=batch_size or 16)
+
+    sink = LineSink(output) if (output is not None or refs is None) else None
+    hypotheses: list[str] = []
+    try:
+        for result in translator.run(feed):
+            if refs is not None:
+                hypotheses.append(result.text.strip())
+            if sink is not None:
+                # JSONL in gives JSONL out: the records come back with "translation" added.
+                structured = (as_json and refs is None) or result.line.record is not None
+                sink.write(json.dumps(result.record(lm.name, plan), ensure_ascii=False) if structured else result.text)
+        if sink is not None:
+            sink.commit()
+    finally:
+        if sink is not None:
+            sink.discard()
+        if stats:
+            console.info(translator.stats.line())
+    if refs is not None:
+        _report_scores(refs, hypotheses, lm.name, plan, translator.stats, as_json)
+
+
+def _inputs(text, file, references):
+    """(references or None, LineFeed) from the argument, --file, --references pairs or stdin."""
+    from gptcli.errors import InputError, UsageError
+    from gptcli.inputs import stdin_is_tty
+    from gptcli.translation.scoring import read_references
+    from gptcli.translation.sources import LineFeed, file_lines, stdin_lines, text_lines
+
+    refs = read_references(references) if references is not None else None
+    if text is not None and file is not None:
+        raise UsageError("give either text or --file, not both.")
+    if refs is not None and refs.sources is not None:
+        if text is not None or file is not None:
+            raise UsageError(f"{references} holds the sources to translate; don't pass text or --file too.")
+        return refs, LineFeed(refs.source_lines())
+    if file is not None:
+        lines = file_lines(file)
+    elif text is not None and text != "-":
+        lines = text_lines(text, "the text", jsonl=False)
+    elif text == "-" or not stdin_is_tty():
+        if text == "-" and stdin_is_tty():
+            raise UsageError("'-' means stdin, but stdin is a terminal.", hint="Pipe text in, or give it as an argument.")
+        if refs is not None:
+            lines = file_lines("-")  # scoring needs every line anyway
+        else:
+            return None, LineFeed(stdin_lines())
+    else:
+        raise UsageError("no text given.", hint='Pass it, e.g. gptcli translate "Good morning" --to fr, or pipe text in.')
+    if refs is not None and len(lines) != len(refs.refs):
+        raise InputError(f"{len(lines)} input lines but {len(refs.refs)} references in {references}: they must pair up line by line.")
+    return refs, LineFeed(lines)
+
+
+def _report_scores(refs, hypotheses, model_name, plan, run_stats, as_json) -> None:
+    from gptcli import console
+    from gptcli.translation.scoring import score
+
+    # Pairs whose source line was empty carry nothing to score.
+    pairs = [(h, r) for h, r in zip(hypotheses, refs.refs) if any(r)]
+    result = score([h for h, _ in pairs], [r for _, r in pairs])
+    result.update(model=model_name, to=plan.target.code, lines_per_s=round(run_stats.lines_per_s, 2))
+    if plan.source is not None:
+        result["from"] = plan.source.code
+    if as_json:
+        console.write(json.dumps(result, ensure_ascii=False) + "\n")
+        return
+    pair = f"{plan.source.code}→{plan.target.code}" if plan.source else f"→{plan.target.code}"
+    console.write(
+        f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})\n"
+        f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})\n"
+        f"{result['sentences']} sentences, {result['references']} references, model {model_name}, {pair}\n"
+    )
+
+
+def _list_languages(as_json: bool) -> None:
+    from gptcli import console
+    from gptcli.translation.languages import all_languages
+
+    for lang in all_languages():
+        if as_json:
+            console.write(json.dumps({"code": lang.code, "name": lang.name, "iso3": lang.iso3, "nllb": lang.nllb,
+                                      "mbart": lang.mbart}, ensure_ascii=False) + "\n")
+        else:
+            console.write(f"{lang.code}\t{lang.name}\n")

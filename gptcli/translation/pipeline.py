@@ -1,0 +1,222 @@
+"""The line-aligned translation pipeline: lines in, exactly one translation per line out, in order.
+
+Lines are gathered into batches of up to `batch_size` pieces (a line longer
+than the model's context is cut at sentence boundaries into several pieces),
+translated together through the shared generation core, and handed back in
+input order as soon as a line and every line before it are done. Empty lines
+cost nothing and come back empty.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from gptcli.errors import GptcliError, InputError, UsageError
+from gptcli.generation import Completion, Request, RunStats, stream_generate
+from gptcli.sampling import SamplingParams
+from gptcli.translation.families import Plan
+from gptcli.translation.languages import NO_SPACE
+from gptcli.translation.prompts import prompt_ids, stop_strings
+from gptcli.translation.sources import Line, LineFeed
+
+# After ., !, ?, … (then whitespace), or after CJK full stops (no space follows them).
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
+# Characters that some reader would count as a line break: never let one into a translation.
+_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
+# Output room for a causal model: the translation may be this many times the source's tokens.
+_OUTPUT_RATIO = 1.5
+
+
+@dataclass
+class Translation:
+    line: Line
+    text: str  # the translation, one line
+    pieces: int = 0  # how many generation requests it took (0 for an empty line)
+    completion_tokens: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+
+    def record(self, model: str, plan: Plan) -> dict:
+        """The --json object: the input record (or line number and text) plus "translation"."""
+        if self.line.record is not None:
+            out = dict(self.line.record)
+        else:
+            out = {"line": self.line.number, "text": self.line.text}
+        out["translation"] = self.text
+        out.update(model=model, to=plan.target.code)
+        if plan.source is not None:
+            out["from"] = plan.source.code
+        return out
+
+
+@dataclass
+class TranslateStats:
+    lines: int = 0
+    pieces: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def lines_per_s(self) -> float:
+        return self.lines / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"translated {self.lines} lines ({self.pieces} pieces, {self.prompt_tokens} prompt tokens, "
+                f"{self.completion_tokens} generated) in {self.elapsed_s:.2f} s: {self.lines_per_s:.1f} lines/s")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def one_line(text: str) -> str:
+    return " ".join(_BREAKS.sub(" ", text).split())
+
+
+class Translator:
+    """Translates lines with one loaded model and one plan (from `families.make_plan`)."""
+
+    def __init__(self, lm: Any, plan: Plan, params: SamplingParams, *, max_new_tokens: int | None = None,
+                 batch_size: int = 16):
+        self.lm, self.plan, self.params = lm, plan, params
+        self.max_new_tokens = max_new_tokens  # None: sized from each source's length
+        self.batch_size = batch_size
+        self.joiner = "" if plan.target.code in NO_SPACE else " "
+        self.stats = TranslateStats()
+        context = lm.context_length
+        if plan.seq2seq:
+            # Room for the prefix, a language token and end-of-sequence on the encoder side.
+            self.budget = context - self.count(plan.prefix) - 3
+        else:
+            overhead = len(prompt_ids(lm, plan, ""))
+            self.budget = int((context - overhead - 8) / (1 + _OUTPUT_RATIO))
+        if self.budget < 1:
+            raise UsageError(f"model '{lm.name}' has a context of {context} tokens: too short for a translation prompt.")
+
+    # ------------------------------------------------------------------ pieces
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def pieces(self, line: Line) -> list[str]:
+        """The text of a line as pieces that fit the context, cut at sentence boundaries."""
+        text = line.text.strip()
+        if not text:
+            return []
+        if self.count(text) <= self.budget:
+            return [text]
+        chunks: list[str] = []
+        current = ""
+        for sentence in split_sentences(text):
+            size = self.count(sentence)
+            if size > self.budget:
+                raise InputError(
+                    f"line {line.number} has a sentence of {size} tokens; the model's context "
+                    f"({self.lm.context_length} tokens) fits source pieces of at most {self.budget} tokens.",
+                    hint="Split that sentence, or use a model with a longer context.",
+                )
+            joined = f"{current} {sentence}" if current else sentence
+            if current and self.count(joined) > self.budget:
+                chunks.append(current)
+                joined = sentence
+            current = joined
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def request(self, text: str) -> Request:
+        wanted = self.max_new_tokens or 2 * self.count(text) + 10
+        context = self.lm.context_length
+        if self.plan.seq2seq:
+            params = self.params.updated(max_new_tokens=max(1, min(wanted, context - 2)))
+            return Request(encoder_text=self.plan.prefix + text, params=params)
+        ids = prompt_ids(self.lm, self.plan, text)
+        params = self.params.updated(max_new_tokens=max(1, min(wanted, context - len(ids))), stop=stop_strings(self.plan))
+        return Request(prompt_ids=ids, params=params)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, feed: LineFeed) -> Iterator[Translation]:
+        started = time.perf_counter()
+        try:
+            while True:
+                batch, error = self._gather(feed)
+                if batch:
+                    yield from self._translate(batch)
+                if error is not None:
+                    raise error
+                if not batch and feed.ended:
+                    return
+        finally:
+            self.stats.elapsed_s = time.perf_counter() - started
+
+    def _gather(self, feed: LineFeed) -> tuple[list[tuple[Line, list[str]]], GptcliError | None]:
+        """Lines for the next batch: at least one (waiting for it), then whatever is ready, up to batch_size pieces.
+
+        A failure (bad input line, a sentence too long) ends the batch; it is raised
+        after the lines before it are written.
+        """
+        batch: list[tuple[Line, list[str]]] = []
+        pieces = 0
+        try:
+            line = feed.get(timeout=None)
+            while line is not None:
+                chunks = self.pieces(line)
+                batch.append((line, chunks))
+                pieces += len(chunks)
+                if pieces >= self.batch_size:
+                    break
+                line = feed.get(timeout=0)
+                if line is None and not feed.ended:
+                    line = feed.get(timeout=0.005)  # a reader thread just behind us: give it a moment
+        except GptcliError as exc:
+            return batch, exc
+        return batch, None
+
+    def _translate(self, batch: list[tuple[Line, list[str]]]) -> Iterator[Translation]:
+        requests: list[Request] = []
+        owners: list[int] = []  # request index -> batch index
+        results = []
+        for i, (line, chunks) in enumerate(batch):
+            results.append(Translation(line, "", pieces=len(chunks)))
+            for chunk in chunks:
+                requests.append(self.request(chunk))
+                owners.append(i)
+        parts: list[list[str | None]] = [[None] * len(chunks) for _, chunks in batch]
+        first_piece = [owners.index(i) if chunks else -1 for i, (_, chunks) in enumerate(batch)]
+        remaining = [len(chunks) for _, chunks in batch]
+        done = 0
+
+        def ready() -> Iterator[Translation]:
+            nonlocal done
+            while done < len(batch) and remaining[done] == 0:
+                result = results[done]
+                line = result.line
+                lead = line.text[: len(line.text) - len(line.text.lstrip())]
+                body = self.joiner.join(p for p in parts[done] if p)
+                result.text = lead + body if body else ""
+                self.stats.lines += 1
+                done += 1
+                yield result
+
+        yield from ready()
+        if requests:
+            run_stats = RunStats()
+            for event in stream_generate(self.lm, requests, batch_size=self.batch_size, stats=run_stats):
+                if not isinstance(event, Completion):
+                    continue
+                i = owners[event.request]
+                parts[i][event.request - first_piece[i]] = one_line(event.text)
+                results[i].completion_tokens += event.completion_tokens
+                results[i].finish_reasons.append(event.finish_reason)
+                remaining[i] -= 1
+                yield from ready()
+            self.stats.pieces += len(requests)
+            self.stats.prompt_tokens += run_stats.prompt_tokens
+            self.stats.completion_tokens += run_stats.completion_tokens
+        yield from ready()

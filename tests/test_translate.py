@@ -1,0 +1,155 @@
+"""`gptcli translate` end to end, in real subprocesses: alignment, streaming, both model paths, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import cli_env, run_cli
+
+# One thread: these models are tiny, and the test machine's cores are shared.
+ENV = cli_env(GPTCLI_THREADS="1")
+
+
+def cli(*args, **kw):
+    return run_cli("translate", *args, env=ENV, **kw)
+
+
+@pytest.fixture(scope="module")
+def marian_dir(tmp_path_factory):
+    from tiny_translate import build_marian
+
+    return build_marian(tmp_path_factory.mktemp("marian-en-fr"))
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory):
+    from tiny_translate import build_causal
+
+    return build_causal(tmp_path_factory.mktemp("causal"), "gpt2", context=128)
+
+
+def lines_of(stdout: bytes) -> list[str]:
+    text = stdout.decode("utf-8")
+    assert text.endswith("\n")
+    return text[:-1].split("\n")
+
+
+MIXED = [
+    "Hello world.",
+    "",
+    "Café, naïve, jalapeño: déjà vu!",
+    "日本語のテキスト。🙂 emoji 🎉",
+    "   ",
+    "",
+    " ".join(["The cat is black.", "Where is the station?"] * 12),  # longer than the 64-token context
+    "Last line without a newline",
+]
+
+
+def test_marian_stdin_keeps_one_line_per_line(marian_dir):
+    res = cli("--to", "fr", "-m", marian_dir, "-b", "3", input="\n".join(MIXED))
+    assert res.returncode == 0, res.stderr
+    out = lines_of(res.stdout)
+    assert len(out) == len(MIXED)
+    assert [i for i, line in enumerate(out) if line == ""] == [i for i, line in enumerate(MIXED) if not line.strip()]
+    assert b"Traceback" not in res.stderr and res.stderr == b""
+
+
+def test_causal_plain_prompt_with_jsonl_records(causal_dir, tmp_path):
+    src = tmp_path / "items.jsonl"
+    records = [{"id": "a", "text": "I like tea."}, {"id": 7, "text": ""}, {"id": "c", "text": "Où est la gare ? 🙂", "extra": 1}]
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    res = cli("--from", "en", "--to", "French", "-m", causal_dir, "--file", src, "--seed", "1")
+    assert res.returncode == 0, res.stderr
+    got = [json.loads(line) for line in lines_of(res.stdout)]
+    assert [g["id"] for g in got] == ["a", 7, "c"]
+    assert [g["text"] for g in got] == [r["text"] for r in records] and got[2]["extra"] == 1
+    assert all(isinstance(g["translation"], str) and "\n" not in g["translation"] for g in got)
+    assert got[1]["translation"] == "" and got[0]["from"] == "en" and got[0]["to"] == "fr"
+
+
+def test_plain_lines_with_json_output_and_output_file(causal_dir, tmp_path):
+    out = tmp_path / "out.jsonl"
+    res = cli("I like tea.\n\nGood night.", "--from", "en", "--to", "fr", "-m", causal_dir, "--json", "-o", out, "-v")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b""
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(g["line"], g["text"]) for g in got] == [(1, "I like tea."), (2, ""), (3, "Good night.")]
+    assert b"lines/s" in res.stderr and not list(tmp_path.glob(".out.jsonl.*"))
+
+
+def test_head_n_1_stops_quietly(marian_dir, tmp_path):
+    src = tmp_path / "many.txt"
+    src.write_text("Hello world. The cat is black.\n" * 300, encoding="utf-8")
+    cmd = f'"{sys.executable}" -m gptcli translate --to fr -m "{marian_dir}" -t 4 < "{src}" | head -n 1; exit ${{PIPESTATUS[0]}}'
+    res = subprocess.run(["bash", "-c", cmd], capture_output=True, env=ENV, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 1
+    assert res.stderr == b""
+
+
+def test_references_print_bleu_and_chrf(marian_dir, tmp_path):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("Hello world.\tBonjour le monde.\nHello world.\tSalut le monde.\nThe cat is black.\tLe chat est noir.\n",
+                     encoding="utf-8")
+    hyps_file = tmp_path / "hyps.txt"
+    res = cli("-r", pairs, "--to", "fr", "-m", marian_dir, "--json", "-o", hyps_file)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    hyps = hyps_file.read_text(encoding="utf-8").splitlines()
+    assert len(hyps) == 2
+    refs = [["Bonjour le monde.", "Le chat est noir."], ["Salut le monde.", None]]
+    hyps = [h.strip() for h in hyps]
+    assert report["bleu"] == round(BLEU().corpus_score(hyps, refs).score, 2)
+    assert report["chrf"] == round(CHRF().corpus_score(hyps, refs).score, 2)
+    assert (report["sentences"], report["references"], report["from"], report["to"]) == (2, 3, "en", "fr")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_unknown_language_is_a_usage_error_with_close_matches():
+    res = cli("Hello", "--to", "frnch")
+    assert res.returncode == 2
+    err = res.stderr.decode()
+    assert err.startswith("Error: unknown language 'frnch'") and "French (fr)" in err and res.stdout == b""
+
+
+def test_to_equal_to_from_is_a_usage_error():
+    res = cli("Hello", "--from", "en", "--to", "English")
+    assert res.returncode == 2
+    assert "nothing to translate" in res.stderr.decode() and res.stdout == b""
+
+
+def test_model_that_cannot_translate_into_the_language(marian_dir):
+    res = cli("Hello", "--to", "de", "-m", marian_dir)
+    assert res.returncode == 2
+    err = res.stderr.decode()
+    assert err.count("\n") == 1 and "cannot translate into German" in err and "English to French" in err
+
+
+def test_pair_without_bundled_model_says_what_to_pass():
+    res = cli("Hello", "--from", "en", "--to", "de")
+    assert res.returncode == 2
+    err = res.stderr.decode()
+    assert "no bundled model translates English→German" in err and "opus-mt-en-de" in err
+
+
+def test_non_utf8_stdin_names_the_line_after_earlier_lines_are_out(marian_dir):
+    res = cli("--to", "fr", "-m", marian_dir, input=b"Hello world.\nCaf\xe9 au lait\nmore\n")
+    assert res.returncode == 1
+    assert "stdin line 2 is not valid UTF-8" in res.stderr.decode()
+    assert len(lines_of(res.stdout)) == 1 and b"Traceback" not in res.stderr
+
+
+def test_sentence_longer_than_the_context_is_a_clear_error(marian_dir):
+    res = cli("--to", "fr", "-m", marian_dir, input="Hello world.\n" + "word " * 200 + "\n")
+    assert res.returncode == 1
+    err = res.stderr.decode()
+    assert "line 2 has a sentence of" in err and err.count("\n") == 1
+    assert len(lines_of(res.stdout)) == 1
