@@ -28,28 +28,28 @@ def _opt(*names: str, help: str, panel: str = OPTIM_PANEL, kind=None):
 
 
 Data = Annotated[Optional[list[str]], typer.Argument(help="Text files or folders (.txt, .jsonl, .json, .csv, .tsv, .parquet); '-' is stdin.", show_default=False)]
-TextField = Annotated[Optional[str], _opt("--text-field", help="Field/column with the text in .jsonl/.json/.csv/.parquet. [default: text]", panel=DATA_PANEL)]
-ValSplit = Annotated[Optional[float], _opt("--val-split", help="Fraction of the tokens held out for validation (the end of the data). [default: 0.05]", panel=DATA_PANEL)]
+TextField = Annotated[Optional[str], _opt("--text-field", help="Field/column with the text in .jsonl/.json/.csv/.parquet. (default: text)", panel=DATA_PANEL)]
+ValSplit = Annotated[Optional[float], _opt("--val-split", help="Fraction of the tokens held out for validation (the end of the data). (default: 0.05)", panel=DATA_PANEL)]
 ValData = Annotated[Optional[list[str]], _opt("--val-data", help="Validation files instead of --val-split. Repeatable.", panel=DATA_PANEL)]
-BlockSize = Annotated[Optional[int], _opt("--block-size", help="Tokens per training sequence (train: also the model's context). [default: the preset's / the model's context, at most 1024]", panel=DATA_PANEL)]
-Steps = Annotated[Optional[int], _opt("--steps", help="Optimizer steps. [default: 1000, or from --epochs]")]
+BlockSize = Annotated[Optional[int], _opt("--block-size", help="Tokens per training sequence (train: also the model's context). (default: the preset's / the model's context, at most 1024)", panel=DATA_PANEL)]
+Steps = Annotated[Optional[int], _opt("--steps", help="Optimizer steps. (default: 1000, or from --epochs)")]
 Epochs = Annotated[Optional[float], _opt("--epochs", help="Passes over the training data (instead of --steps).")]
-TrainBatch = Annotated[Optional[int], _opt("--batch-size", "-b", help="Sequences per micro-batch per process. [default: 16]")]
-GradAccum = Annotated[Optional[int], _opt("--grad-accum", help="Micro-batches per optimizer step. [default: 1]")]
-Lr = Annotated[Optional[float], _opt("--lr", help="Peak learning rate. [default: train 1e-3; finetune 1e-4, LoRA 2e-4]")]
-MinLr = Annotated[Optional[float], _opt("--min-lr", help="Learning rate at the end of the decay. [default: lr/10]")]
-Warmup = Annotated[Optional[int], _opt("--warmup", help="Linear warmup steps. [default: 5% of the steps, at most 1000]")]
-Schedule = Annotated[Optional[str], _opt("--schedule", help="cosine, linear or constant decay after warmup. [default: cosine]")]
-WeightDecay = Annotated[Optional[float], _opt("--weight-decay", help="AdamW weight decay (matrices only). [default: 0.1]")]
-Beta2 = Annotated[Optional[float], _opt("--beta2", help="AdamW beta2. [default: 0.95]")]
-GradClip = Annotated[Optional[float], _opt("--grad-clip", help="Clip the gradient norm to this; 0 turns it off. [default: 1.0]")]
+TrainBatch = Annotated[Optional[int], _opt("--batch-size", "-b", help="Sequences per micro-batch per process. (default: 16)")]
+GradAccum = Annotated[Optional[int], _opt("--grad-accum", help="Micro-batches per optimizer step. (default: 1)")]
+Lr = Annotated[Optional[float], _opt("--lr", help="Peak learning rate. (default: train 1e-3; finetune 1e-4, LoRA 2e-4)")]
+MinLr = Annotated[Optional[float], _opt("--min-lr", help="Learning rate at the end of the decay. (default: lr/10)")]
+Warmup = Annotated[Optional[int], _opt("--warmup", help="Linear warmup steps. (default: 5% of the steps, at most 1000)")]
+Schedule = Annotated[Optional[str], _opt("--schedule", help="cosine, linear or constant decay after warmup. (default: cosine)")]
+WeightDecay = Annotated[Optional[float], _opt("--weight-decay", help="AdamW weight decay (matrices only). (default: 0.1)")]
+Beta2 = Annotated[Optional[float], _opt("--beta2", help="AdamW beta2. (default: 0.95)")]
+GradClip = Annotated[Optional[float], _opt("--grad-clip", help="Clip the gradient norm to this; 0 turns it off. (default: 1.0)")]
 Precision = Annotated[Optional[str], _opt("--precision", help="auto, fp32, bf16 or fp16 mixed precision (weights stay fp32). auto: bf16/fp16 on CUDA, fp32 on CPU.")]
-EvalEvery = Annotated[Optional[int], _opt("--eval-every", help="Steps between validation runs; 0: only at the end. [default: steps/10]", panel=RUN_PANEL)]
-EvalBatches = Annotated[Optional[int], _opt("--eval-batches", help="Validation batches per evaluation, at most. [default: 20]", panel=RUN_PANEL)]
-SaveEvery = Annotated[Optional[int], _opt("--save-every", help="Steps between checkpoints; 0: only at the end. [default: --eval-every]", panel=RUN_PANEL)]
-KeepCheckpoints = Annotated[Optional[int], _opt("--keep-checkpoints", help="Newest checkpoints kept. [default: 2]", panel=RUN_PANEL)]
-LogEvery = Annotated[Optional[int], _opt("--log-every", help="Steps between progress lines. [default: steps/50, 1..100]", panel=RUN_PANEL)]
-TrainSeed = Annotated[Optional[int], _opt("--seed", help="Seed for initial weights, data order and dropout. [default: 1337]", panel=RUN_PANEL)]
+EvalEvery = Annotated[Optional[int], _opt("--eval-every", help="Steps between validation runs; 0: only at the end. (default: steps/10)", panel=RUN_PANEL)]
+EvalBatches = Annotated[Optional[int], _opt("--eval-batches", help="Validation batches per evaluation, at most. (default: 20)", panel=RUN_PANEL)]
+SaveEvery = Annotated[Optional[int], _opt("--save-every", help="Steps between checkpoints; 0: only at the end. (default: steps/5)", panel=RUN_PANEL)]
+KeepCheckpoints = Annotated[Optional[int], _opt("--keep-checkpoints", help="Newest checkpoints kept. (default: 2)", panel=RUN_PANEL)]
+LogEvery = Annotated[Optional[int], _opt("--log-every", help="Steps between progress lines. (default: steps/50, 1..100)", panel=RUN_PANEL)]
+TrainSeed = Annotated[Optional[int], _opt("--seed", help="Seed for initial weights, data order and dropout. (default: 1337)", panel=RUN_PANEL)]
 Out = Annotated[Optional[Path], _opt("--out", "-o", help="Output folder: final model, checkpoints/, metrics.jsonl, run.json.", panel=RUN_PANEL)]
 Resume = Annotated[Optional[str], _opt("--resume", help="auto (newest checkpoint in --out) or a checkpoint folder: continue exactly.", panel=RUN_PANEL)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder from an earlier run.", rich_help_panel=RUN_PANEL)]
@@ -62,8 +62,9 @@ def _given(**values) -> dict:
 
 def _finish(summary: dict, as_json: bool) -> None:
     from gptcli import console
+    from gptcli.training.runner import is_main
 
-    if as_json:
+    if as_json and is_main():  # under torchrun only rank 0 prints
         console.write(json.dumps(summary) + "\n")
 
 
@@ -73,10 +74,10 @@ def train(
     val_split: ValSplit = None,
     val_data: ValData = None,
     tokenizer: Annotated[Optional[str], _opt("--tokenizer", help="Reuse this tokenizer (folder or Hub id) instead of training one.", panel=TOKENIZER_PANEL)] = None,
-    tokenizer_type: Annotated[Optional[str], _opt("--tokenizer-type", help="bpe (byte-level BPE trained on the data), char (one token per character) or bytes (256 byte tokens). [default: bpe]", panel=TOKENIZER_PANEL)] = None,
-    vocab_size: Annotated[Optional[int], _opt("--vocab-size", help="BPE vocabulary size, special tokens included. [default: 8192]", panel=TOKENIZER_PANEL)] = None,
-    arch: Annotated[Optional[str], _opt("--arch", help="gpt2 or llama. [default: gpt2]", panel=ARCH_PANEL)] = None,
-    preset: Annotated[Optional[str], _opt("--preset", help="Size: tiny, micro, mini (~5M), small, gpt2 (124M shape), gpt2-medium. [default: mini]", panel=ARCH_PANEL)] = None,
+    tokenizer_type: Annotated[Optional[str], _opt("--tokenizer-type", help="bpe (byte-level BPE trained on the data), char (one token per character) or bytes (256 byte tokens). (default: bpe)", panel=TOKENIZER_PANEL)] = None,
+    vocab_size: Annotated[Optional[int], _opt("--vocab-size", help="BPE vocabulary size, special tokens included. (default: 8192)", panel=TOKENIZER_PANEL)] = None,
+    arch: Annotated[Optional[str], _opt("--arch", help="gpt2 or llama. (default: gpt2)", panel=ARCH_PANEL)] = None,
+    preset: Annotated[Optional[str], _opt("--preset", help="Size: tiny, micro, mini (~5M), small, gpt2 (124M shape), gpt2-medium. (default: mini)", panel=ARCH_PANEL)] = None,
     n_layer: Annotated[Optional[int], _opt("--n-layer", help="Transformer blocks (overrides the preset).", panel=ARCH_PANEL)] = None,
     n_head: Annotated[Optional[int], _opt("--n-head", help="Attention heads (overrides the preset).", panel=ARCH_PANEL)] = None,
     n_embd: Annotated[Optional[int], _opt("--n-embd", help="Embedding width (overrides the preset).", panel=ARCH_PANEL)] = None,
@@ -136,15 +137,15 @@ def finetune(
     data: Data = None,
     model: opt.Model = None,
     text_field: TextField = None,
-    data_format: Annotated[Optional[str], _opt("--format", help="auto, text (plain LM loss), completion (prompt/completion JSONL) or chat (messages JSONL). [default: auto]", panel=DATA_PANEL)] = None,
+    data_format: Annotated[Optional[str], _opt("--format", help="auto, text (plain LM loss), completion (prompt/completion JSONL) or chat (messages JSONL). (default: auto)", panel=DATA_PANEL)] = None,
     val_split: ValSplit = None,
     val_data: ValData = None,
     block_size: BlockSize = None,
     lora: Annotated[bool, typer.Option("--lora", help="Train a LoRA adapter instead of all weights.", rich_help_panel=LORA_PANEL)] = False,
-    lora_r: Annotated[Optional[int], _opt("--lora-r", help="LoRA rank. [default: 8]", panel=LORA_PANEL)] = None,
-    lora_alpha: Annotated[Optional[float], _opt("--lora-alpha", help="LoRA alpha (scale = alpha / r). [default: 16]", panel=LORA_PANEL)] = None,
-    lora_dropout: Annotated[Optional[float], _opt("--lora-dropout", help="Dropout on the LoRA path. [default: 0.05]", panel=LORA_PANEL)] = None,
-    lora_targets: Annotated[Optional[list[str]], _opt("--lora-targets", help="Module names to adapt (repeatable). [default: the attention and MLP projections of the architecture]", panel=LORA_PANEL)] = None,
+    lora_r: Annotated[Optional[int], _opt("--lora-r", help="LoRA rank. (default: 8)", panel=LORA_PANEL)] = None,
+    lora_alpha: Annotated[Optional[float], _opt("--lora-alpha", help="LoRA alpha (scale = alpha / r). (default: 16)", panel=LORA_PANEL)] = None,
+    lora_dropout: Annotated[Optional[float], _opt("--lora-dropout", help="Dropout on the LoRA path. (default: 0.05)", panel=LORA_PANEL)] = None,
+    lora_targets: Annotated[Optional[list[str]], _opt("--lora-targets", help="Module names to adapt (repeatable). (default: the attention and MLP projections of the architecture)", panel=LORA_PANEL)] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Write a plain model with the adapter merged in.", rich_help_panel=LORA_PANEL)] = False,
     steps: Steps = None,
     epochs: Epochs = None,

@@ -9,6 +9,7 @@ back (`.item()`) only on logging steps.
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -154,7 +155,8 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
 
     sampler = BlockSampler(len(job.train), s.batch_size, s.grad_accum, acc.num_processes, acc.process_index, s.seed)
     eval_every = s.eval_every if s.eval_every is not None else max(1, job.steps // 10)
-    save_every = s.save_every if s.save_every is not None else eval_every
+    save_every = s.save_every if s.save_every is not None else max(1, job.steps // 5)
+    step_delay = float(os.environ.get("GPTCLI_TEST_STEP_DELAY", "0") or 0)  # tests: make a run slow enough to kill
     log_every = s.log_every or max(1, min(100, job.steps // 50))
     metrics = MetricsFile(job.out, enabled=main, resume_step=start if job.resume_from else None)
     reporter = Reporter(job.steps, start, enabled=main and reporter_enabled)
@@ -217,6 +219,8 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
             step += 1
             tokens_seen += tokens_per_step
             train_time += time.perf_counter() - t0
+            if step_delay:
+                time.sleep(step_delay)
 
             if step % log_every == 0 or step == job.steps:
                 last_loss = float(loss_sum) / max(loss_n, 1)

@@ -1,13 +1,107 @@
-"""`gptcli finetune` (being built)."""
+"""`gptcli finetune`: any loadable model -> (LoRA) -> masked, packed data -> engine -> model or adapter folder."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
+from gptcli import console
+from gptcli.errors import InputError
+from gptcli.training import lora as lora_mod
+from gptcli.training import outdir, packing, runner, sft
 from gptcli.training.settings import TrainSettings
+
+DEFAULT_MAX_BLOCK = 1024
 
 
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
-    from gptcli.errors import UsageError
+    from gptcli.loading import load_model, quiet_transformers, resolve_source
+    from gptcli.runtime import resolve_runtime, seed_everything
 
-    raise UsageError("finetune is not available yet.")
+    quiet_transformers()
+    runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
+    fmt = sft.detect_format(s.data, s.format)
+    out = Path(s.out).expanduser()
+    outdir.prepare(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())
+    resume_from = runner.resume_point(s)
+    seed_everything(s.seed)
+    say = console.info if progress and runner.is_main() else (lambda _m: None)
+
+    t0 = time.perf_counter()
+    source = resolve_source(s.model, allow_pickle=s.allow_pickle)
+    lm = load_model(s.model, runtime, allow_pickle=s.allow_pickle, trust_remote_code=s.trust_remote_code, for_training=True)
+    if lm.is_encoder_decoder:
+        raise InputError(f"finetune trains decoder-only (causal) models; '{lm.name}' is an encoder-decoder model.")
+    model, tok = lm.model, lm.tokenizer
+    if lm.is_adapter:  # finetuning an adapter folder: start from base + adapter merged
+        model = model.merge_and_unload()
+    tok.padding_side = "right"
+    if tok.eos_token_id is None:
+        raise InputError(f"the tokenizer of '{lm.name}' has no end-of-text (eos) token to separate examples.")
+    say(f"model: {lm.name} ({model.config.model_type}) loaded in {time.perf_counter() - t0:.1f} s")
+
+    examples, masks = sft.build(tok, s.data, fmt, s.text_field)
+    ids, mask = packing.stream(examples, tok.eos_token_id, masks)
+    val_ids = val_mask = None
+    if s.val_data:
+        v_examples, v_masks = sft.build(tok, s.val_data, sft.detect_format(s.val_data, fmt), s.text_field)
+        val_ids, val_mask = packing.stream(v_examples, tok.eos_token_id, v_masks)
+    block = _block_size(s, lm.context_length, len(ids), s.val_split if val_ids is None else 0.0)
+    if val_ids is not None:
+        train = packing.split(ids, mask, 0.0, block)[0]
+        val = packing.Blocks(val_ids, val_mask, block)
+        if len(val) < 1:
+            raise InputError(f"the validation data ({len(val_ids):,} tokens) is smaller than one block of {block + 1} tokens.")
+    else:
+        train, val = packing.split(ids, mask, s.val_split, block)
+    too_big = packing.max_token_id(ids)
+    if too_big >= model.get_input_embeddings().num_embeddings:
+        raise InputError(f"token id {too_big} is outside the model's vocabulary; tokenizer and model do not match.")
+    say(f"data: {len(examples):,} {fmt} examples, {len(ids):,} tokens, blocks of {block}")
+
+    base_name = source.spec if source.kind != "folder" else str(source.path)
+    if s.lora:
+        model = lora_mod.wrap(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout,
+                              targets=s.lora_targets, base_name=base_name)
+    model.train()
+    s.block_size = block
+
+    def write(m: Any, folder: Path) -> None:  # checkpoints: adapter or full model, plus tokenizer
+        from gptcli.training.export import save_model_folder
+
+        if s.lora:
+            m.save_pretrained(folder, safe_serialization=True)
+            tok.save_pretrained(folder)
+        else:
+            save_model_folder(m, tok, folder)
+
+    def export(m: Any, folder: Path) -> None:
+        from gptcli.training.export import save_model_folder
+
+        if s.lora and s.merge:
+            save_model_folder(m.merge_and_unload(), tok, folder)
+        else:
+            write(m, folder)
+
+    lr = s.lr or (2e-4 if s.lora else 1e-4)
+    return runner.execute(
+        "finetune", s, model=model, tokenizer=tok, train=train, val=val, lr=lr, resume_from=resume_from,
+        write_model=write, export=export, progress=progress,
+        describe={"base_model": base_name, "format": fmt, "lora": s.lora, "block_size": block,
+                  "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},
+    )
+
+
+def _block_size(s: TrainSettings, context: int, n_tokens: int, val_fraction: float) -> int:
+    """--block-size as given (checked against the context), else the context capped at 1024,
+    shrunk to fit small datasets so a few hundred examples still make blocks."""
+    if s.block_size is not None:
+        runner.check_block_size(s.block_size, context, "the base model")
+        return s.block_size
+    block = min(context, DEFAULT_MAX_BLOCK)
+    train_tokens = int(n_tokens * (1 - val_fraction))
+    val_tokens = n_tokens - train_tokens
+    while block > 16 and (train_tokens - 1 < block * 4 or (val_fraction > 0 and val_tokens - 1 < block)):
+        block //= 2
+    return block

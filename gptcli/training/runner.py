@@ -92,7 +92,9 @@ def execute(
     if rank == 0:
         saved = {k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS}
         configfile.dump(saved, out / outdir.EFFECTIVE_CONFIG)
-        manifest.write(out, command=command, settings=saved, device=str(s.device), world_size=world_size,
+        from gptcli.runtime import resolve_device
+
+        manifest.write(out, command=command, settings=saved, device=str(resolve_device(s.device)), world_size=world_size,
                        extra={"steps": steps, **describe})
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

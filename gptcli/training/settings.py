@@ -67,7 +67,7 @@ class TrainSettings:
     # --- evaluation, checkpoints, output ---
     eval_every: int | None = None  # steps between validation runs; default ~10 per run; 0: only at the end
     eval_batches: int = 20  # validation batches per evaluation (at most)
-    save_every: int | None = None  # steps between checkpoints; default: at each evaluation; 0: only at the end
+    save_every: int | None = None  # steps between checkpoints; default: steps/5; 0: only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept
     log_every: int | None = None  # steps between progress lines
     seed: int = 1337

@@ -48,7 +48,7 @@ def build_char(texts: Iterable[str]) -> Any:
     for ch in sorted(chars):
         vocab[ch] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token=EOT))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"(?s)."), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character, newlines too
     tok.decoder = decoders.Fuse()
     return _wrap(tok)
 

@@ -1,0 +1,194 @@
+"""`gptcli train`: the whole path from text to a model folder that `generate` loads."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from test_train_support import TINY, cli, corpus, metrics
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = corpus(root)
+    out = root / "run"
+    code, stdout, stderr = cli("train", data, *TINY, "--steps", "12", "--eval-every", "4", "--seed", "3",
+                               "--out", out, "--json")
+    assert code == 0, stderr
+    return out, stdout, stderr
+
+
+def test_train_writes_a_loadable_model_folder(trained):
+    out, stdout, stderr = trained
+    summary = json.loads(stdout)  # stdout is the JSON summary and nothing else
+    for key in ("best_val_loss", "final_val_loss", "final_loss", "tokens_seen", "wall_s", "ms_per_step", "steps"):
+        assert key in summary
+    assert summary["steps"] == 12
+    assert summary["tokens_seen"] == 12 * 4 * 32  # steps x batch x block
+    vals = [r["val_loss"] for r in metrics(out) if "val_loss" in r]
+    assert len(vals) == 3  # steps 4, 8 and the end
+    assert summary["best_val_loss"] == pytest.approx(min(vals), abs=1e-6)
+    assert "step 12/12" in stderr and "Error" not in stderr
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "run.json", "gptcli-train.yaml"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    tok = json.loads((out / "tokenizer.json").read_text())
+    eot = next(t["id"] for t in tok["added_tokens"] if t["content"] == "<|endoftext|>")
+    assert config["bos_token_id"] == config["eos_token_id"] == eot
+    assert config["vocab_size"] == 300 and config["n_layer"] == 1 and config["n_embd"] == 32
+    assert config["n_positions"] == 32 and config["activation_function"] == "gelu"
+
+    code, gen_out, gen_err = cli("generate", "Tom saw", "--model", out, "-t", "5", "--seed", "1", "--json")
+    assert code == 0, gen_err
+    assert json.loads(gen_out)["completion_tokens"] >= 1
+
+
+def test_manifest_records_the_run(trained):
+    out, _, _ = trained
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["seed"] == 3
+    assert manifest["device"] == "cpu"
+    assert set(manifest["versions"]) >= {"gptcli", "torch", "transformers"}
+    import hashlib
+
+    data = manifest["data"][0]
+    assert data["sha256"] == hashlib.sha256(open(data["path"], "rb").read()).hexdigest()
+    assert manifest["config"]["steps"] == 12
+
+
+def test_loss_goes_down(trained):
+    out, _, _ = trained
+    losses = [r["loss"] for r in metrics(out) if "loss" in r]
+    assert losses[-1] < losses[0] - 0.3
+
+
+def test_config_file_and_precedence(tmp_path):
+    data = corpus(tmp_path)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("steps: 7\nlr: 0.002\nn-layer: 2\nschedule: linear\nwarmup: 1\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("train", data, *TINY, "--config", cfg, "--steps", "3", "--out", out, "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["steps"] == 3  # command line beats the file
+    import yaml
+
+    effective = yaml.safe_load((out / "gptcli-train.yaml").read_text())
+    assert effective["steps"] == 3 and effective["lr"] == 0.002 and effective["schedule"] == "linear"
+    assert json.loads((out / "config.json").read_text())["n_layer"] == 1  # TINY's --n-layer 1 beats n-layer: 2
+    lrs = [r["lr"] for r in metrics(out) if "lr" in r]
+    # linear decay from 0.002 to 0.0002 after one warmup step: 0.002 * (1 - 0.9 * progress)
+    assert lrs[-1] == pytest.approx(0.0002, rel=1e-6)
+
+
+def test_toml_config(tmp_path):
+    from gptcli.training import configfile
+    from gptcli.training.settings import merge
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[train]\nsteps = 5\ntokenizer-type = "char"\n[finetune]\nsteps = 9\n', encoding="utf-8")
+    s = merge({"out": "x"}, configfile.load(cfg, "train"))
+    assert s.steps == 5 and s.tokenizer_type == "char"
+    assert merge({}, configfile.load(cfg, "finetune")).steps == 9
+
+
+def test_non_empty_out_needs_overwrite(tmp_path):
+    data = corpus(tmp_path)
+    out = tmp_path / "out"
+    assert cli("train", data, *TINY, "--steps", "2", "--out", out)[0] == 0
+    code, stdout, stderr = cli("train", data, *TINY, "--steps", "2", "--out", out)
+    assert code == 2 and stdout == ""
+    assert stderr.strip().splitlines()[-1].startswith("Error: output folder")
+    code, _, stderr = cli("train", data, *TINY, "--steps", "3", "--out", out, "--overwrite", "--json")
+    assert code == 0, stderr
+    assert [r["step"] for r in metrics(out) if "loss" in r][-1] == 3  # old metrics are gone
+
+
+def test_overwrite_refuses_foreign_folder(tmp_path):
+    data = corpus(tmp_path)
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"x")
+    code, _, stderr = cli("train", data, *TINY, "--steps", "2", "--out", out, "--overwrite")
+    assert code == 2 and "refusing to delete" in stderr
+    assert (out / "holiday.jpg").exists()
+
+
+def test_epochs_grad_accum_and_keep_checkpoints(tmp_path):
+    data = corpus(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("train", data, *TINY, "--epochs", "0.5", "--grad-accum", "2", "--save-every", "1",
+                               "--keep-checkpoints", "2", "--out", out, "--json")
+    assert code == 0, stderr
+    manifest = json.loads((out / "run.json").read_text())
+    blocks = manifest["train_tokens"] // 32
+    steps = math.ceil(0.5 * blocks / (4 * 2))
+    assert json.loads(stdout)["steps"] == steps
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == [f"step-{steps - 1:08d}", f"step-{steps:08d}"]
+
+
+@pytest.mark.parametrize("kind", ["char", "bytes"])
+def test_char_and_bytes_tokenizers_round_trip(kind):
+    from gptcli.training.tokenizer import encode_documents, make_tokenizer
+
+    texts = ["Hello, world!\nSecond line\n", "Café 日本"]
+    tok = make_tokenizer(kind, texts, vocab_size=1000)
+    if kind == "char":
+        assert len(tok) == len(set("".join(texts))) + 1
+    else:
+        assert len(tok) == 257
+    for text, ids in zip(texts, encode_documents(tok, texts)):
+        assert tok.decode(ids) == text
+    if kind == "bytes":
+        assert len(encode_documents(tok, ["é"])[0]) == 2  # two UTF-8 bytes
+
+
+def test_llama_char_model(tmp_path):
+    path = tmp_path / "shake.txt"
+    path.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40, encoding="utf-8")
+    out = tmp_path / "out"
+    code, stdout, stderr = cli("train", path, *TINY, "--arch", "llama", "--tokenizer-type", "char", "--steps", "4",
+                               "--out", out, "--json")
+    assert code == 0, stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    assert config["vocab_size"] == len(set(path.read_text())) + 1
+
+
+def test_gpt2_preset_has_the_124m_shape():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gptcli.training.presets import PRESETS, build_config
+
+    config = build_config("gpt2", PRESETS["gpt2"], 50257, 50256)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808  # GPT-2 small
+
+
+def test_schedule_warmup_cosine_floor():
+    from gptcli.training.engine import lr_lambda
+
+    f = lr_lambda(steps=2000, warmup=100, schedule="cosine", min_ratio=0.1)
+    assert f(0) == pytest.approx(1 / 101)
+    assert f(99) == pytest.approx(100 / 101)
+    assert f(100) == pytest.approx(1.0)
+    assert f(1050) == pytest.approx(0.55)  # halfway through the decay
+    assert f(2000) == pytest.approx(0.1)
+
+
+def test_sampler_covers_each_epoch_once_and_depends_only_on_the_step():
+    from gptcli.training.sampler import BlockSampler
+
+    s = BlockSampler(n_blocks=10, batch_size=3, grad_accum=1, world_size=1, rank=0, seed=1)
+    seen = [int(i) for step in range(10) for i in s.indices(step, 0)]  # 30 samples = 3 epochs
+    for e in range(3):
+        assert sorted(seen[e * 10:(e + 1) * 10]) == list(range(10))
+    again = BlockSampler(10, 3, 1, 1, 0, seed=1)
+    assert [int(i) for i in again.indices(7, 0)] == seen[21:24]
+    # two processes split each step's samples without overlap
+    r0, r1 = (BlockSampler(10, 2, 1, 2, r, seed=1) for r in (0, 1))
+    assert set(map(int, r0.indices(0, 0))).isdisjoint(map(int, r1.indices(0, 0)))
