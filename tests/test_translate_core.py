@@ -239,3 +239,13 @@ def test_scores_match_sacrebleu_with_several_references(tmp_path):
     assert (got["sentences"], got["references"]) == (2, 3)
     with pytest.raises(InputError):
         score(["a"], [["a"], ["b"]])
+
+
+def test_big_inputs_and_blank_lines_cost_no_generation(marian):
+    from gptcli.translation.sources import Line, LineFeed
+
+    lines = [Line(i, "" if i % 5000 else "Hello world.") for i in range(1, 12_001)]  # more than the reader's queue holds
+    tr = _translator(marian, max_new_tokens=4)
+    out = list(tr.run(LineFeed(lines)))
+    assert len(out) == 12_000 and [r.line.number for r in out[:3]] == [1, 2, 3]
+    assert tr.stats.pieces == 2 and sum(1 for r in out if r.text) <= 2

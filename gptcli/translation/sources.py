@@ -88,8 +88,9 @@ class LineFeed:
     """Lines waiting to be translated, filled by a background reader thread (or all at once)."""
 
     def __init__(self, lines: Iterator[Line] | list[Line]):
-        self._queue: queue.Queue = queue.Queue(maxsize=10_000)
         self.ended = False
+        # A reader thread stays at most 10,000 lines ahead; a list is already in memory.
+        self._queue: queue.Queue = queue.Queue(maxsize=0 if isinstance(lines, list) else 10_000)
         if isinstance(lines, list):
             for line in lines:
                 self._queue.put(line)
