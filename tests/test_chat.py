@@ -112,6 +112,27 @@ def test_piped_message_continues_history_and_appends(gpt2_long, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["story.jsonl"]  # no temporary file left
 
 
+def test_ctrl_c_in_a_script_keeps_the_partial_reply(gpt2_long, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    hist = tmp_path / "h.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "gptcli", "chat", "Tell me a story", "--history", str(hist),
+                          "--model", str(gpt2_long), "--greedy", "-t", "480"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        head = os.read(p.stdout.fileno(), 64)  # unbuffered: the reply is streaming
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    records = [json.loads(line) for line in hist.read_text().splitlines()]
+    assert records[-1]["interrupted"] is True and records[-1]["role"] == "assistant"
+    assert (head + out).decode() == records[-1]["content"] + "\n"  # what was printed is what was kept
+
+
 def test_history_created_when_missing(cli, gpt2_dir, tmp_path):
     hist = tmp_path / "new.jsonl"
     r = cli("chat", "Hello", "--history", hist, "--system", "Be short.", "--model", gpt2_dir, "-t", "3", stdin="")

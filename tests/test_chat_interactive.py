@@ -3,6 +3,7 @@ Ctrl-C during a reply and Ctrl-D to leave."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
@@ -23,8 +24,14 @@ def plain(text: str) -> str:
     return ANSI.sub("", text).replace("\r", "")
 
 
-def spawn(*args, timeout=60):
+# A colour or bold/underline SGR sequence (prompt_toolkit's plain resets, ESC[0m, do not count).
+STYLED = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:1|4|3[0-7]|9[0-7]|38;[0-9;]+)m")
+
+
+def spawn(*args, color=False, timeout=60):
     env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")  # no terminal answers cursor-position requests here
+    if color:
+        env.pop("NO_COLOR")
     child = pexpect.spawn(sys.executable, ["-m", "gptcli", "chat", *map(str, args)], env=env, encoding="utf-8",
                           timeout=timeout, dimensions=(40, 200))
     child.expect_exact(READING)
@@ -48,6 +55,8 @@ def long_model(tmp_path_factory):
 def test_session_with_slash_commands(gpt2_dir, tmp_path):
     saved = tmp_path / "chat.jsonl"
     child = spawn("--model", gpt2_dir, "--greedy", "-t", "6")
+    transcript = io.StringIO()
+    child.logfile_read = transcript
     try:
         assert "/help" in plain(child.before)  # the banner points at /help
         first = say(child, "Hello Max")
@@ -80,17 +89,19 @@ def test_session_with_slash_commands(gpt2_dir, tmp_path):
     finally:
         child.close()
     assert child.exitstatus == 0
+    assert not STYLED.search(transcript.getvalue())  # NO_COLOR: no colour, no bold anywhere
 
 
 def test_ctrl_c_keeps_partial_reply_and_ctrl_d_leaves(long_model, tmp_path):
     saved = tmp_path / "chat.jsonl"
-    child = spawn("--model", long_model, "--greedy", "-t", "1000")
+    child = spawn("--model", long_model, "--greedy", "-t", "1000", color=True)
     try:
         child.sendline("Tell me a long story")
         child.expect_exact(TAKEN)
         child.expect(r"\S{8}")  # the reply is streaming: text shows up before it is finished
         child.sendintr()
         child.expect_exact("[interrupted")
+        assert STYLED.search(child.before[-20:])  # on a terminal without NO_COLOR, notices are styled
         child.expect_exact(READING)
         assert "Saved 2 messages" in say(child, f"/save {saved}")  # the user's message and the partial reply
         child.sendeof()  # Ctrl-D

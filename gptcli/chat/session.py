@@ -8,6 +8,7 @@ so a turn costs only the tokens that are new since the previous one.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -51,6 +52,23 @@ class TrimmedStream:
             self.pending = text[len(body):]
         else:
             self.pending += text
+
+
+@contextmanager
+def _ctrl_c_held():
+    """Hold Ctrl-C while a piece is recorded and printed, so the partial reply that is kept is
+    exactly what was shown (an interrupt inside a write can cut a character in half)."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending Ctrl-C is delivered here
 
 
 class ChatSession:
@@ -170,9 +188,10 @@ class ChatSession:
                 if isinstance(event, Completion):
                     done = event
                 elif event.text:
-                    parts.append(event.text)
-                    if on_text:
-                        on_text(event.text)
+                    with _ctrl_c_held():
+                        parts.append(event.text)
+                        if on_text:
+                            on_text(event.text)
         except KeyboardInterrupt:
             reply = Message("assistant", "".join(parts).strip(), interrupted=True)
             self._add(reply)
