@@ -112,6 +112,9 @@ class Repl:
         except GptcliError as exc:
             self.error(exc)
             return
+        except KeyboardInterrupt:  # before generation began: nothing to keep
+            self.notice("[interrupted]", style="yellow")
+            return
         console.write("\n")
         if turn.interrupted:
             self.notice("[interrupted: the partial reply is kept]", style="yellow")
