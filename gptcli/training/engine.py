@@ -39,6 +39,7 @@ class Job:
     lr: float
     write_model: Callable[[Any, Path], None]  # (unwrapped model, folder) -> HF files + tokenizer
     resume_from: Path | None = None
+    resume_state: dict[str, Any] | None = None  # checkpoint.load_state(resume_from)
     resume_command: str = ""
     extra_summary: dict[str, Any] = field(default_factory=dict)
 
@@ -146,7 +147,7 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
 
     start, tokens_seen, best_val, last_val = 0, 0, None, None
     if job.resume_from is not None:
-        state = checkpoint.load_state(job.resume_from)
+        state = job.resume_state or checkpoint.load_state(job.resume_from)
         job_load_weights(raw_model, job.resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

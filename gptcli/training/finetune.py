@@ -23,8 +23,8 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
     fmt = sft.detect_format(s.data, s.format)
     out = Path(s.out).expanduser()
-    outdir.prepare(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())
-    resume_from = runner.resume_point(s)
+    outdir.check(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())
+    resume_from, resume_state = runner.resume_point(s)
     seed_everything(s.seed)
     say = console.info if progress and runner.is_main() else (lambda _m: None)
 
@@ -86,7 +86,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     lr = s.lr or (2e-4 if s.lora else 1e-4)
     return runner.execute(
-        "finetune", s, model=model, tokenizer=tok, train=train, val=val, lr=lr, resume_from=resume_from,
+        "finetune", s, model=model, tokenizer=tok, train=train, val=val, lr=lr, resume_from=resume_from, resume_state=resume_state,
         write_model=write, export=export, progress=progress,
         describe={"base_model": base_name, "format": fmt, "lora": s.lora, "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},

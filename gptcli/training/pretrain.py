@@ -19,8 +19,8 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     quiet_transformers()
     runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
     out = Path(s.out).expanduser()
-    outdir.prepare(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())
-    resume_from = runner.resume_point(s)
+    outdir.check(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())
+    resume_from, resume_state = runner.resume_point(s)
     seed_everything(s.seed)
     say = console.info if progress and runner.is_main() else (lambda _m: None)
 
@@ -71,7 +71,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     return runner.execute(
         "train", s, model=model, tokenizer=tokenizer, train=train, val=val, lr=s.lr or 1e-3,
-        resume_from=resume_from, write_model=write, export=write, progress=progress,
+        resume_from=resume_from, resume_state=resume_state, write_model=write, export=write, progress=progress,
         describe={"tokenizer": kind, "vocab_size": len(tokenizer), "model_type": config.model_type,
                   "parameters": sum(p.numel() for p in model.parameters()), "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},

@@ -81,6 +81,7 @@ def execute(
     val: Any,
     lr: float,
     resume_from: Path | None,
+    resume_state: dict[str, Any] | None,
     write_model: Callable[[Any, Path], None],
     export: Callable[[Any, Path], None],
     describe: dict[str, Any],
@@ -90,6 +91,7 @@ def execute(
     rank, world_size = world()
     steps = steps_for(s, len(train), world_size)
     if rank == 0:
+        outdir.prepare(out, resume=resume_from is not None, overwrite=s.overwrite)
         saved = {k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS}
         configfile.dump(saved, out / outdir.EFFECTIVE_CONFIG)
         from gptcli.runtime import resolve_device
@@ -107,7 +109,7 @@ def execute(
                 + f" | {steps:,} steps of {s.batch_size * s.grad_accum * world_size} sequences"
             )
     job = engine.Job(model=model, train=train, val=val, settings=s, out=out, steps=steps, lr=lr,
-                     write_model=write_model, resume_from=resume_from,
+                     write_model=write_model, resume_from=resume_from, resume_state=resume_state,
                      resume_command=resume_command(command, s), extra_summary={"command": command})
     summary = engine.run(job, reporter_enabled=progress)
     if job.is_main:  # type: ignore[attr-defined]
@@ -121,7 +123,9 @@ def argv_for_hint() -> str:
     return " ".join(shlex.quote(a) for a in ["gptcli", *sys.argv[1:]])
 
 
-def resume_point(s: TrainSettings) -> Path | None:
+def resume_point(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from and its state, read (and checked) before any data or model loads."""
     if s.resume is None:
-        return None
-    return checkpoint.find_resume(Path(s.out).expanduser(), s.resume)
+        return None, None
+    path = checkpoint.find_resume(Path(s.out).expanduser(), s.resume)
+    return path, checkpoint.load_state(path)
