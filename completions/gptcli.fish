@@ -34,7 +34,7 @@ complete -c gptcli -n '__fish_seen_subcommand_from chat' -l help -s h -d 'Show h
 complete -c gptcli -n '__fish_seen_subcommand_from completion' -l help -s h -d 'Show help and exit.'
 complete -c gptcli -n '__fish_seen_subcommand_from eval' -l model -s m -r -d 'Bundled model name, local Hugging Face folder, or Hub id. Repeat to compare models. Default: $GPTCLI_MODEL, else the bundled model.'
 complete -c gptcli -n '__fish_seen_subcommand_from eval' -l text-field -r -d 'Field or column holding the text in .jsonl/.csv/.parquet/.json.'
-complete -c gptcli -n '__fish_seen_subcommand_from eval' -l stride -r -d 'New tokens scored per window; the rest of the context is earlier text. [default: the model\'s context]'
+complete -c gptcli -n '__fish_seen_subcommand_from eval' -l stride -r -d 'New tokens scored per window; the rest of the context is earlier text. (default: the model\'s context)'
 complete -c gptcli -n '__fish_seen_subcommand_from eval' -l concat -d 'Score all documents as one text (joined by a blank line) instead of independently.'
 complete -c gptcli -n '__fish_seen_subcommand_from eval' -l max-docs -r -d 'Evaluate only the first N documents.'
 complete -c gptcli -n '__fish_seen_subcommand_from eval' -l max-tokens -r -d 'Evaluate only the first N tokens (per model; the document that crosses the limit is cut).'

@@ -27,7 +27,7 @@ def evaluate(
     text_field: Annotated[str, typer.Option("--text-field", help="Field or column holding the text in .jsonl/.csv/.parquet/.json.")] = "text",
     stride: Annotated[
         Optional[int],
-        typer.Option("--stride", help="New tokens scored per window; the rest of the context is earlier text. [default: the model's context]",
+        typer.Option("--stride", help="New tokens scored per window; the rest of the context is earlier text. (default: the model's context)",
                      rich_help_panel=EVAL_PANEL, show_default=False),
     ] = None,
     concat: Annotated[bool, typer.Option("--concat", help="Score all documents as one text (joined by a blank line) instead of independently.", rich_help_panel=EVAL_PANEL)] = False,
@@ -65,6 +65,7 @@ def evaluate(
             raise UsageError(f"{name} must be at least 1 (got {value}).")
     if max_tokens is not None and max_tokens < 2:
         raise UsageError("--max-tokens must be at least 2: a token is scored from the ones before it.")
+    # `--translation` (BLEU/chrF, owned by translate) dispatches here, before the perplexity path.
     sources = [str(f) for f in files or []]
     if not sources:
         if stdin_is_tty():

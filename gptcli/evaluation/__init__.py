@@ -4,9 +4,9 @@
 - perplexity.py tokenize documents, score the windows in batches, add up per document
 - report.py     JSON records, the comparison table and the progress display
 
-Translation metrics (BLEU/chrF for `gptcli eval --translation`) belong in a
-sibling module `translation.py`; the command dispatches to it before the
-perplexity path, and can reuse report.py's table.
+Translation metrics (BLEU/chrF for `gptcli eval --translation`) are the
+translate command's (gptcli/translation/); `gptcli eval` dispatches to them
+before the perplexity path and they can reuse report.py's plain/Rich table.
 """
 
 from gptcli.evaluation.perplexity import DocScore, ModelScore, evaluate_model, prepare_documents
