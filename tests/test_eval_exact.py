@@ -56,6 +56,20 @@ def corpus_dir(tmp_path_factory):
     return folder
 
 
+@pytest.mark.parametrize("n, context, stride", [(1, 8, 8), (2, 8, 8), (8, 8, 8), (9, 8, 8), (50, 8, 8), (50, 8, 3),
+                                                 (50, 8, 1), (17, 8, 100), (7, 2, 1)])
+def test_window_plan_scores_every_token_once_within_the_context(n, context, stride):
+    from gptcli.evaluation.windows import plan_windows
+
+    windows = plan_windows(n, context, min(stride, context))
+    scored = [t for w in windows for t in range(w.end - w.targets, w.end)]
+    assert scored == list(range(1, n))  # each token after the first, once, in order
+    for w in windows:
+        assert 0 <= w.begin < w.end - w.targets and w.length <= context
+        # every window but the first has min(stride, context - 1) new tokens (the last may have fewer)
+    assert all(w.targets == min(stride, context - 1) for w in windows[1:-1])
+
+
 def per_doc(cli, *args):
     r = cli("eval", *args, "--per-doc", "--dtype", "float32")
     assert r.exit_code == 0, r.stderr

@@ -105,12 +105,13 @@ def _plain_table(rows: list[list[str]]) -> str:
 
 @contextmanager
 def progress_display(label: str) -> Iterator["_Progress"]:
-    """A transient progress bar on a terminal stderr; silent otherwise (stderr stays clean for logs)."""
+    """A transient progress bar on a terminal stderr; elsewhere (a log file) a plain line at most
+    every LOG_EVERY_S seconds, so short runs stay quiet and long ones show they are alive."""
     from gptcli import console
 
     err = console.err_console()
     if not err.is_terminal:
-        yield _Progress(None, None)
+        yield _LogProgress(label)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -124,9 +125,30 @@ class _Progress:
         self.bar, self.task = bar, task
 
     def plan(self, total: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, total=total)
+        self.bar.update(self.task, total=total)
 
     def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
+        self.bar.advance(self.task, n)
+
+
+LOG_EVERY_S = 30.0
+
+
+class _LogProgress:
+    def __init__(self, label: str):
+        import time
+
+        self.label, self.total, self.done = label, 0, 0
+        self.clock = time.monotonic
+        self.last = self.clock()
+
+    def plan(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, n: int) -> None:
+        from gptcli import console
+
+        self.done += n
+        if self.clock() - self.last >= LOG_EVERY_S and self.done < self.total:
+            self.last = self.clock()
+            console.info(f"{self.label}: {self.done:,}/{self.total:,} tokens ({100 * self.done / max(self.total, 1):.0f}%)")
