@@ -35,6 +35,7 @@ _gptcli() {
                 --model|-m) return ;;
                 --text-field) return ;;
                 --stride) return ;;
+                --context) return ;;
                 --max-docs) return ;;
                 --max-tokens) return ;;
                 --batch-size|-b) return ;;
@@ -43,7 +44,7 @@ _gptcli() {
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --stride --concat --max-docs --max-tokens --per-doc --json --batch-size -b --seed --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=() || COMPREPLY=($(compgen -f -- "$cur")); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --stride --context --concat --max-docs --max-tokens --per-doc --json --batch-size -b --seed --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=() || COMPREPLY=($(compgen -f -- "$cur")); fi
             ;;
         finetune)
             case "$prev" in

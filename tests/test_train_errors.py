@@ -97,6 +97,7 @@ def test_device_cuda_without_cuda(tmp_path):
     (["--lr", "-1"], "--lr must be positive"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
     (["--resume", "auto", "--overwrite"], "contradict"),
+    (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a GPU"),
 ])
 def test_bad_flag_values(tmp_path, args, message):
     data = tmp_path / "d.txt"

@@ -43,7 +43,7 @@ Schedule = Annotated[Optional[str], _opt("--schedule", help="cosine, linear or c
 WeightDecay = Annotated[Optional[float], _opt("--weight-decay", help="AdamW weight decay (matrices only). (default: 0.1)")]
 Beta2 = Annotated[Optional[float], _opt("--beta2", help="AdamW beta2. (default: 0.95)")]
 GradClip = Annotated[Optional[float], _opt("--grad-clip", help="Clip the gradient norm to this; 0 turns it off. (default: 1.0)")]
-Precision = Annotated[Optional[str], _opt("--precision", help="auto, fp32, bf16 or fp16 mixed precision (weights stay fp32). auto: bf16/fp16 on CUDA, fp32 on CPU.")]
+Precision = Annotated[Optional[str], _opt("--precision", help="auto, fp32, bf16 or fp16 mixed precision (weights stay fp32). auto: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")]
 EvalEvery = Annotated[Optional[int], _opt("--eval-every", help="Steps between validation runs; 0: only at the end. (default: steps/10)", panel=RUN_PANEL)]
 EvalBatches = Annotated[Optional[int], _opt("--eval-batches", help="Validation batches per evaluation, at most. (default: 20)", panel=RUN_PANEL)]
 SaveEvery = Annotated[Optional[int], _opt("--save-every", help="Steps between checkpoints; 0: only at the end. (default: steps/5)", panel=RUN_PANEL)]

@@ -45,13 +45,26 @@ class Job:
 
 
 def mixed_precision(precision: str, device_type: str) -> str:
-    """accelerate's name for --precision on this device. auto: bf16/fp16 on CUDA, fp32 elsewhere."""
+    """accelerate's name for --precision on this device.
+
+    auto: bf16 (else fp16) on CUDA; bf16 on CPUs that compute it natively (AVX512-BF16/AMX),
+    where the nanoGPT baby model trains ~1.25x faster per step (benchmarks/train_speed.py);
+    fp32 elsewhere. Weights and optimizer state stay fp32 either way.
+    """
     if precision == "auto":
         if device_type == "cuda":
             import torch
 
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device_type == "cpu":
+            from gptcli.runtime import cpu_has_native_bf16
+
+            return "bf16" if cpu_has_native_bf16() else "no"
         return "no"
+    if precision == "fp16" and device_type == "cpu":
+        from gptcli.errors import UsageError
+
+        raise UsageError("--precision fp16 needs a GPU; on CPU use bf16 (or fp32).")
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 
@@ -270,6 +283,7 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
         "ms_per_step": round(1000 * train_time / steps_done, 3) if steps_done else None,
         "tokens_per_s": round(steps_done * tokens_per_step / train_time, 1) if train_time > 0 else None,
         "world_size": acc.num_processes,
+        "precision": {"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision),
         **job.extra_summary,
     }
     job.final_model = raw_model  # type: ignore[attr-defined]

@@ -18,9 +18,11 @@ DEFAULT_MAX_BLOCK = 1024
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     from gptcli.loading import load_model, quiet_transformers, resolve_source
     from gptcli.runtime import resolve_runtime, seed_everything
+    from gptcli.training.engine import mixed_precision
 
     quiet_transformers()
     runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
+    mixed_precision(s.precision, runtime.device.type)  # an impossible --precision fails before any work
     fmt = sft.detect_format(s.data, s.format)
     out = Path(s.out).expanduser()
     outdir.check(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())

@@ -15,9 +15,11 @@ from gptcli.training.settings import TrainSettings
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     from gptcli.loading import quiet_transformers
     from gptcli.runtime import resolve_runtime, seed_everything
+    from gptcli.training.engine import mixed_precision
 
     quiet_transformers()
     runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
+    mixed_precision(s.precision, runtime.device.type)  # an impossible --precision fails before any work
     out = Path(s.out).expanduser()
     outdir.check(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())
     resume_from, resume_state = runner.resume_point(s)
