@@ -142,6 +142,8 @@ def test_non_utf8_bytes_name_file_and_offset(cli, tmp_path):
     (("--stride", "0"), "--stride must be at least 1"),
     (("--batch-size", "0"), "--batch-size must be at least 1"),
     (("--max-tokens", "1"), "--max-tokens must be at least 2"),
+    (("--context", "1"), "--context must be at least 2"),
+    (("--context", "16", "--stride", "17"), "longer than --context 16"),
     (("--dtype", "float8"), "unknown dtype"),
 ])
 def test_bad_options_fail_before_loading(cli, tmp_path, args, message):
@@ -154,3 +156,5 @@ def test_stride_longer_than_context(cli, gpt2_dir, tmp_path):
     (tmp_path / "a.txt").write_text(TEXT, encoding="utf-8")
     r = cli("eval", tmp_path / "a.txt", "-m", gpt2_dir, "--stride", 65)
     assert r.exit_code == 2 and "context" in r.stderr
+    r = cli("eval", tmp_path / "a.txt", "-m", gpt2_dir, "--context", 65)
+    assert r.exit_code == 2 and "(64 tokens)" in r.stderr

@@ -95,13 +95,14 @@ def test_single_window_nll_equals_full_forward_cross_entropy(cli, gpt2_dir, refe
     assert abs(rec["bits_per_byte"] - want * (len(ids) - 1) / math.log(2) / n_bytes) < 1e-5
 
 
-@pytest.mark.parametrize("stride", [64, 16])
-def test_sliding_window_matches_reference_loop(cli, gpt2_dir, reference, corpus_dir, stride):
+@pytest.mark.parametrize("stride, context", [(64, None), (16, None), (20, 32)])
+def test_sliding_window_matches_reference_loop(cli, gpt2_dir, reference, corpus_dir, stride, context):
     tok, model = reference
-    got = per_doc(cli, corpus_dir, "-m", gpt2_dir, "--stride", stride)
+    extra = ("--context", context) if context else ()
+    got = per_doc(cli, corpus_dir, "-m", gpt2_dir, "--stride", stride, *extra)
     for name, text in (("b_long.txt", LONG), ("a_short.txt", SHORT), ("c_medium.txt", MEDIUM)):
         ids = tok(text)["input_ids"]
-        total, count = reference_loop(model, ids, CONTEXT, stride)
+        total, count = reference_loop(model, ids, context or CONTEXT, stride)
         assert count == len(ids) - 1  # every token but the first, once
         assert got[name]["tokens"] == count
         assert abs(got[name]["nll"] - total / count) < 1e-5, name

@@ -27,7 +27,12 @@ def evaluate(
     text_field: Annotated[str, typer.Option("--text-field", help="Field or column holding the text in .jsonl/.csv/.parquet/.json.")] = "text",
     stride: Annotated[
         Optional[int],
-        typer.Option("--stride", help="New tokens scored per window; the rest of the context is earlier text. (default: the model's context)",
+        typer.Option("--stride", help="New tokens scored per window; the rest of the window is earlier text. (default: the window length, --context)",
+                     rich_help_panel=EVAL_PANEL, show_default=False),
+    ] = None,
+    context: Annotated[
+        Optional[int],
+        typer.Option("--context", help="Tokens per window, at most the model's. (default: the model's context, at most 4096)",
                      rich_help_panel=EVAL_PANEL, show_default=False),
     ] = None,
     concat: Annotated[bool, typer.Option("--concat", help="Score all documents as one text (joined by a blank line) instead of independently.", rich_help_panel=EVAL_PANEL)] = False,
@@ -60,9 +65,13 @@ def evaluate(
 
     # Everything the user typed is checked before any model loads.
     parse_device(device), parse_dtype(dtype)
-    for name, value in (("--batch-size", batch_size), ("--stride", stride), ("--max-docs", max_docs), ("--max-tokens", max_tokens)):
+    for name, value in (("--batch-size", batch_size), ("--stride", stride), ("--context", context), ("--max-docs", max_docs), ("--max-tokens", max_tokens)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1 (got {value}).")
+    if context is not None and context < 2:
+        raise UsageError("--context must be at least 2: a token is scored from the ones before it.")
+    if stride is not None and context is not None and stride > context:
+        raise UsageError(f"--stride {stride} is longer than --context {context}.")
     if max_tokens is not None and max_tokens < 2:
         raise UsageError("--max-tokens must be at least 2: a token is scored from the ones before it.")
     # `--translation` (BLEU/chrF, owned by translate) dispatches here, before the perplexity path.
@@ -90,7 +99,7 @@ def evaluate(
         lm, _ = open_model(spec, device=device, dtype=dtype, threads=threads,
                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         with progress_display(f"eval {lm.name}") as bar:
-            score = evaluate_model(lm, documents, stride=stride, batch_size=batch_size or 8, max_tokens=max_tokens,
+            score = evaluate_model(lm, documents, stride=stride, context=context, batch_size=batch_size or 8, max_tokens=max_tokens,
                                    progress=bar.advance, on_plan=bar.plan)
         del lm  # free the weights before the next model loads
         if not score.tokens:

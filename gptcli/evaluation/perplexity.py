@@ -32,6 +32,10 @@ from gptcli.evaluation.windows import Window, plan_windows
 # windows ran ~1.1-1.4x faster per window than one at a time.
 LOGIT_BUDGET_BYTES = 512 << 20
 CONCAT_SEPARATOR = "\n\n"
+# Default window cap: models with 32k-128k positions would need tens of GB of
+# logits and attention per window; past a few thousand tokens of left context
+# the scores barely move. `--context` sets it explicitly.
+MAX_DEFAULT_CONTEXT = 4096
 LN2 = math.log(2.0)
 
 
@@ -132,24 +136,30 @@ def evaluate_model(
     documents: list[Document],
     *,
     stride: int | None = None,
+    context: int | None = None,
     batch_size: int = 8,
     max_tokens: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> ModelScore:
-    """Score every document with `lm` (a LoadedModel). `progress(n)` is called as tokens are scored;
+    """Score every document with `lm` (a LoadedModel) in windows of `context` tokens (default: the
+    model's context, at most MAX_DEFAULT_CONTEXT). `progress(n)` is called as tokens are scored;
     `on_plan(total)` once with the number of tokens that will be scored."""
     if lm.is_encoder_decoder:
         raise UsageError(
             f"{lm.name} is an encoder-decoder model; perplexity here is for causal (decoder-only) models."
         )
-    context = int(lm.context_length)
+    limit = int(lm.context_length)
+    if context is not None and context > limit:
+        raise UsageError(f"--context {context} is longer than the context of {lm.name} ({limit} tokens).",
+                         hint=f"Use at most {limit}.")
+    context = context or min(limit, MAX_DEFAULT_CONTEXT)
     if context < 2:
         raise UsageError(f"{lm.name} has a context of {context} token; at least 2 are needed.")
     if stride is None:
         stride = context
     if stride > context:
-        raise UsageError(f"--stride {stride} is longer than the context of {lm.name} ({context} tokens).",
+        raise UsageError(f"--stride {stride} is longer than the {context}-token context used for {lm.name}.",
                          hint=f"Use at most {context}.")
     started = time.perf_counter()
     items = _tokenize(lm.tokenizer, documents, max_tokens)
