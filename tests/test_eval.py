@@ -55,12 +55,15 @@ def test_jsonl_text_field_ids_and_max_docs(cli, gpt2_dir, tmp_path):
     assert "perplexity" in r.stderr
 
 
-def test_csv_column(cli, gpt2_dir, tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text('title,story\nA,"Max liked to run in the park."\nB,"The sun was warm."\n', encoding="utf-8")
-    r = cli("eval", path, "-m", gpt2_dir, "--text-field", "story", "--json")
+def test_csv_and_parquet_columns(cli, gpt2_dir, tmp_path):
+    import datasets
+
+    (tmp_path / "d.csv").write_text('title,story\nA,"Max liked to run in the park."\nB,"The sun was warm."\n', encoding="utf-8")
+    datasets.Dataset.from_dict({"story": ["Tom and Sue went to the sea.", "Mom said hi."]}).to_parquet(str(tmp_path / "e.parquet"))
+    r = cli("eval", tmp_path / "d.csv", tmp_path / "e.parquet", "-m", gpt2_dir, "--text-field", "story", "--per-doc")
     assert r.exit_code == 0, r.stderr
-    assert r.json_lines()[0]["documents"] == 2
+    assert [d["id"] for d in r.json_lines()] == [f"{tmp_path / 'd.csv'}:1", f"{tmp_path / 'd.csv'}:2",
+                                                f"{tmp_path / 'e.parquet'}:1", f"{tmp_path / 'e.parquet'}:2"]
 
 
 def test_max_tokens_cuts_the_sample(cli, gpt2_dir, tmp_path):
