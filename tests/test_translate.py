@@ -154,3 +154,15 @@ def test_sentence_longer_than_the_context_is_a_clear_error(marian_dir):
     err = res.stderr.decode()
     assert "line 2 has a sentence of" in err and err.count("\n") == 1
     assert len(lines_of(res.stdout)) == 1
+
+
+def test_bundled_model_is_the_default_for_english_to_french():
+    from gptcli import bundled
+
+    if bundled.path_of("tiny-en-fr") is None:
+        pytest.skip("the bundled tiny-en-fr model is not installed")
+    res = cli("I'm cold.\n\nGood night.", "--to", "fr", "--json")
+    assert res.returncode == 0, res.stderr
+    got = [json.loads(line) for line in lines_of(res.stdout)]
+    assert [(g["model"], g["from"], g["to"]) for g in got] == [("tiny-en-fr", "en", "fr")] * 3
+    assert got[0]["translation"].strip() and got[1]["translation"] == "" and got[2]["translation"].strip()
