@@ -166,3 +166,25 @@ def test_bundled_model_is_the_default_for_english_to_french():
     got = [json.loads(line) for line in lines_of(res.stdout)]
     assert [(g["model"], g["from"], g["to"]) for g in got] == [("tiny-en-fr", "en", "fr")] * 3
     assert got[0]["translation"].strip() and got[1]["translation"] == "" and got[2]["translation"].strip()
+
+
+def test_each_line_is_written_before_the_next_one_is_read(marian_dir):
+    """A real pipe: line 1's translation comes out while stdin is still open and line 2 unsent."""
+    import select
+
+    proc = subprocess.Popen([sys.executable, "-m", "gptcli", "translate", "--to", "fr", "-m", str(marian_dir), "-t", "6"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        proc.stdin.write(b"Hello world.\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no output for line 1 while stdin stayed open"
+        first = proc.stdout.readline()
+        assert first.endswith(b"\n")
+        proc.stdin.write(b"\nThe cat is black.\n")
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0
+        assert len(rest.splitlines()) == 2 and rest.splitlines()[0] == b""
+    finally:
+        proc.kill()
