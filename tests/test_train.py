@@ -192,3 +192,28 @@ def test_sampler_covers_each_epoch_once_and_depends_only_on_the_step():
     # two processes split each step's samples without overlap
     r0, r1 = (BlockSampler(10, 2, 1, 2, r, seed=1) for r in (0, 1))
     assert set(map(int, r0.indices(0, 0))).isdisjoint(map(int, r1.indices(0, 0)))
+
+
+def test_rich_progress_on_a_terminal(tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    import sys
+
+    from conftest import cli_env
+
+    data = corpus(tmp_path)
+    env = cli_env()
+    env.pop("NO_COLOR", None)
+    env["TERM"] = "xterm-256color"
+    child = pexpect.spawn(sys.executable, ["-m", "gptcli", "train", str(data), *TINY, "--steps", "8",
+                                           "--out", str(tmp_path / "out")], env=env, timeout=120)
+    child.expect(pexpect.EOF)
+    child.close()
+    text = child.before.decode(errors="replace")
+    assert child.exitstatus == 0, text
+    assert "\x1b[" in text and "8/8" in text  # a Rich bar with colours, not plain lines
+    assert "step 8/8 | loss" not in text
+
+
+def test_no_escape_codes_off_a_terminal(trained):
+    _, stdout, stderr = trained
+    assert "\x1b" not in stderr and "\x1b" not in stdout

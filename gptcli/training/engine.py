@@ -42,6 +42,9 @@ class Job:
     resume_state: dict[str, Any] | None = None  # checkpoint.load_state(resume_from)
     resume_command: str = ""
     extra_summary: dict[str, Any] = field(default_factory=dict)
+    # set by run(): the trained (unwrapped) model and whether this process writes the outputs
+    final_model: Any = None
+    is_main: bool = True
 
 
 def mixed_precision(precision: str, device_type: str) -> str:
@@ -86,6 +89,20 @@ def lr_lambda(steps: int, warmup: int, schedule: str, min_ratio: float) -> Calla
             return min_ratio + (1 - min_ratio) * (1 - progress)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
+
+
+def use_eager_attention(model: Any) -> None:
+    """On CPU under bf16 autocast, PyTorch's fused SDPA backward is the slowest op of a step
+    (45% of it for the nanoGPT baby model); plain matmul + softmax attention trains 1.5x faster
+    there (measured for 128- and 256-wide models). Only the training run changes: the saved
+    config does not record it, so inference keeps SDPA."""
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None:
+        return
+    try:
+        setter("eager")
+    except (ValueError, NotImplementedError, TypeError):
+        pass  # an architecture without an eager path keeps its default
 
 
 def make_optimizer(model: Any, s: TrainSettings, lr: float) -> Any:
@@ -151,6 +168,8 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
     acc = make_accelerator(s, device.type)
     main = acc.is_main_process
     model = job.model
+    if device.type == "cpu" and acc.mixed_precision == "bf16":
+        use_eager_attention(model)
     optimizer = make_optimizer(model, s, job.lr)
     min_ratio = (s.min_lr if s.min_lr is not None else job.lr / 10) / job.lr
     warmup = s.warmup if s.warmup is not None else min(1000, job.steps // 20)
@@ -286,8 +305,7 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
         "precision": {"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision),
         **job.extra_summary,
     }
-    job.final_model = raw_model  # type: ignore[attr-defined]
-    job.is_main = main  # type: ignore[attr-defined]
+    job.final_model, job.is_main = raw_model, main
     if main:
         reporter_line = (f"done: {step} steps in {format_duration(wall)}"
                          + (f" | best val loss {best_val:.4f}" if best_val is not None else "")

@@ -88,7 +88,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     lr = s.lr or (2e-4 if s.lora else 1e-4)
     return runner.execute(
-        "finetune", s, model=model, tokenizer=tok, train=train, val=val, lr=lr, resume_from=resume_from, resume_state=resume_state,
+        "finetune", s, model=model, train=train, val=val, lr=lr, resume_from=resume_from, resume_state=resume_state,
         write_model=write, export=export, progress=progress,
         describe={"base_model": base_name, "format": fmt, "lora": s.lora, "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},

@@ -72,7 +72,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         save_model_folder(m, tokenizer, folder)
 
     return runner.execute(
-        "train", s, model=model, tokenizer=tokenizer, train=train, val=val, lr=s.lr or 1e-3,
+        "train", s, model=model, train=train, val=val, lr=s.lr or 1e-3,
         resume_from=resume_from, resume_state=resume_state, write_model=write, export=write, progress=progress,
         describe={"tokenizer": kind, "vocab_size": len(tokenizer), "model_type": config.model_type,
                   "parameters": sum(p.numel() for p in model.parameters()), "block_size": block,

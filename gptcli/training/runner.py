@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import shlex
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,7 +75,6 @@ def execute(
     s: TrainSettings,
     *,
     model: Any,
-    tokenizer: Any,
     train: Any,
     val: Any,
     lr: float,
@@ -112,15 +110,11 @@ def execute(
                      write_model=write_model, resume_from=resume_from, resume_state=resume_state,
                      resume_command=resume_command(command, s), extra_summary={"command": command})
     summary = engine.run(job, reporter_enabled=progress)
-    if job.is_main:  # type: ignore[attr-defined]
+    if job.is_main:
         from gptcli.training.export import publish
 
-        publish(out, lambda folder: export(job.final_model, folder))  # type: ignore[attr-defined]
+        publish(out, lambda folder: export(job.final_model, folder))
     return summary
-
-
-def argv_for_hint() -> str:
-    return " ".join(shlex.quote(a) for a in ["gptcli", *sys.argv[1:]])
 
 
 def resume_point(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:

@@ -146,8 +146,6 @@ def validate(s: TrainSettings, *, command: str) -> TrainSettings:
         bad("--out is required: the folder the model and checkpoints are written to.")
     if not 0 <= s.val_split < 1:
         bad(f"--val-split must be in [0, 1) (got {s.val_split}).")
-    if s.val_split == 0 and not s.val_data:
-        pass  # no validation: allowed, the summary then has no validation loss
     _choice("--tokenizer-type", s.tokenizer_type, TOKENIZER_TYPES)
     _choice("--arch", s.arch, ARCHS)
     _choice("--schedule", s.schedule, SCHEDULES)
