@@ -149,6 +149,30 @@ def _translator(lm, source=None, target=FR, batch_size=16, max_new_tokens=None):
                       max_new_tokens=max_new_tokens)
 
 
+def test_m2m100_sets_source_token_and_forces_the_target_token(tmp_path):
+    import torch
+    from tiny_translate import build_m2m100
+
+    from gptcli.session import open_model
+    from gptcli.translation.sources import Line, LineFeed
+
+    lm, _ = open_model(str(build_m2m100(tmp_path / "m2m")), device="cpu", dtype="float32", threads=1)
+    tok = lm.tokenizer
+    assert detect_kind(lm) == "m2m100"
+    with pytest.raises(UsageError, match="no language token for Latin"):
+        make_plan(lm, EN, find("la"))
+    plan = make_plan(lm, DE, FR)
+    apply_plan(lm, plan)
+    assert tok("Hello world.")["input_ids"][0] == tok.convert_tokens_to_ids("__de__")
+    fr = tok.convert_tokens_to_ids("__fr__")
+    assert plan.forced_bos_token_id == fr
+    with torch.inference_mode():
+        out = lm.model.generate(**tok(["Hello world."], return_tensors="pt"), max_new_tokens=3)
+    assert out[0, 1].item() == fr  # decoder start, then the target language
+    results = list(_translator(lm, DE, FR, max_new_tokens=4).run(LineFeed([Line(1, "Hello world."), Line(2, "")])))
+    assert len(results) == 2 and "__fr__" not in results[0].text and results[1].text == ""
+
+
 def test_marian_plan_reads_tokenizer_languages(marian):
     assert detect_kind(marian) == "marian"
     plan = make_plan(marian, None, FR)

@@ -59,6 +59,45 @@ def build_marian(folder: Path, source_lang: str | None = "en", target_lang: str 
     return folder
 
 
+def _spm(folder: Path, **special) -> bytes:
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=360, hard_vocab_limit=False,
+        character_coverage=1.0, byte_fallback=True, model_type="unigram", minloglevel=2, **special,
+    )
+    return buf.getvalue()
+
+
+def build_m2m100(folder: Path, context: int = 64, seed: int = 0) -> Path:
+    """A tiny M2M100 (language tokens __en__, __fr__, … outside its vocab.json, as in the real ones)."""
+    import sentencepiece as spm
+    import torch
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, M2M100Tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _spm(folder, pad_id=-1, bos_id=-1, eos_id=-1, unk_id=0)
+    (folder / "sentencepiece.bpe.model").write_bytes(model)
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for i in range(sp.get_piece_size()):
+        vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    tok = M2M100Tokenizer(str(folder / "vocab.json"), str(folder / "sentencepiece.bpe.model"), src_lang="en", tgt_lang="fr")
+    tok.save_pretrained(folder)
+    size = max(tok.convert_tokens_to_ids(t) for t in tok.lang_code_to_token.values()) + 1
+    config = M2M100Config(
+        vocab_size=size, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=context,
+        pad_token_id=1, eos_token_id=2, bos_token_id=0, decoder_start_token_id=2,
+    )
+    torch.manual_seed(seed)
+    M2M100ForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
 def build_causal(folder: Path, arch: str = "gpt2", context: int = 128, chat: bool = False) -> Path:
     from tiny import build_model
 

@@ -49,6 +49,24 @@ def _vocab(tok: Any) -> dict[str, int]:
     return vocab
 
 
+def _token_id(tok: Any, vocab: dict[str, int], token: str | None) -> int | None:
+    """The id of a (language) token, or None when the tokenizer does not know it.
+
+    Some tokenizers (M2M100) keep language tokens outside get_vocab(), so ask the tokenizer too.
+    """
+    if not token:
+        return None
+    if token in vocab:
+        return int(vocab[token])
+    try:
+        found = tok.convert_tokens_to_ids(token)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+    if not isinstance(found, int) or (found == getattr(tok, "unk_token_id", None) and token != getattr(tok, "unk_token", None)):
+        return None
+    return found
+
+
 def model_card(lm: Any) -> dict:
     """The gptcli-model.json beside a model (bundled models have one), or {}."""
     path = lm.path / CARD
@@ -69,8 +87,8 @@ def detect_kind(lm: Any) -> str:
     if model_type in T5_TYPES:
         return "t5"
     if model_type in ("m2m_100", "nllb-moe"):
-        return "nllb" if "eng_Latn" in vocab else "m2m100"
-    if model_type == "mbart" and "en_XX" in vocab:
+        return "nllb" if _token_id(lm.tokenizer, vocab, "eng_Latn") is not None else "m2m100"
+    if model_type == "mbart" and _token_id(lm.tokenizer, vocab, "en_XX") is not None:
         return "mbart"
     if model_type == "fsmt":
         return "fsmt"
@@ -128,7 +146,7 @@ def _marian(lm, kind, source, target):
         # Multilingual target side: the source text starts with a >>lang<< token.
         wanted = [f">>{target.iso3}<<", f">>{target.code}<<"]
         wanted += [t for t in tokens if t.startswith(f">>{target.iso3}_")]
-        chosen = next((t for t in wanted if t in vocab), None)
+        chosen = next((t for t in wanted if _token_id(tok, vocab, t) is not None), None)
         if chosen is None:
             langs = ", ".join(t[2:-2] for t in tokens[:12]) + (" …" if len(tokens) > 12 else "")
             raise _cannot(lm, f"writes only {langs}", f"into {target.name}")
@@ -171,11 +189,13 @@ def _language_token_plan(lm, kind, source, target, code_of) -> Plan:
     vocab = _vocab(tok)
     source = _need_source(lm, kind, source)
     tgt_token, src_token = code_of(target), code_of(source)
+    ids = {}
     for lang, token in ((target, tgt_token), (source, src_token)):
-        if token is None or token not in vocab:
+        ids[lang.code] = _token_id(tok, vocab, token)
+        if ids[lang.code] is None:
             raise _cannot(lm, f"has no language token for {lang.name}", _pair_text(source, target))
     src_code = src_token.strip("_") if kind == "m2m100" else src_token
-    return Plan(kind, target, source, src_lang_code=src_code, forced_bos_token_id=int(vocab[tgt_token]))
+    return Plan(kind, target, source, src_lang_code=src_code, forced_bos_token_id=ids[target.code])
 
 
 def _m2m100(lm, kind, source, target):

@@ -139,6 +139,14 @@ class Translator:
         params = self.params.updated(max_new_tokens=max(1, min(wanted, context - len(ids))), stop=stop_strings(self.plan))
         return Request(prompt_ids=ids, params=params)
 
+    def _text(self, event: Completion) -> str:
+        forced = self.plan.forced_bos_token_id
+        if forced is None or forced not in event.token_ids:
+            return event.text
+        # Some tokenizers (M2M100) don't count their language tokens as special, so the
+        # forced target-language token would be decoded as text: drop it.
+        return self.lm.tokenizer.decode([t for t in event.token_ids if t != forced], skip_special_tokens=True)
+
     # ------------------------------------------------------------------ the loop
 
     def run(self, feed: LineFeed) -> Iterator[Translation]:
@@ -211,7 +219,7 @@ class Translator:
                 if not isinstance(event, Completion):
                     continue
                 i = owners[event.request]
-                parts[i][event.request - first_piece[i]] = one_line(event.text)
+                parts[i][event.request - first_piece[i]] = one_line(self._text(event))
                 results[i].completion_tokens += event.completion_tokens
                 results[i].finish_reasons.append(event.finish_reason)
                 remaining[i] -= 1
