@@ -9,14 +9,14 @@
 #   4. copy the final model into the package with its card and licence;
 #   5. score it on the held-out pairs with `gptcli translate --references`.
 #
-# Usage: benchmarks/make_en_fr.sh [WORKDIR]   (default /tmp/gptcli-en-fr; about 12 minutes of one CPU core)
+# Usage: [STEPS=800] [MODEL=folder] benchmarks/make_en_fr.sh [WORKDIR]   (default /tmp/gptcli-en-fr; about 12 minutes of one CPU core)
 # Deterministic: fixed split seed and training seed (same machine and versions give the same weights).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DATA="${DATA:-$ROOT/../shared/data/eng-fra.txt}"
 WORK="${1:-/tmp/gptcli-en-fr}"
-MODEL="$ROOT/gptcli/bundled/tiny-en-fr"
+MODEL="${MODEL:-$ROOT/gptcli/bundled/tiny-en-fr}"  # MODEL=/tmp/x for a trial run
 HELDOUT="$ROOT/benchmarks/data/eng-fra-heldout.tsv"
 STEPS="${STEPS:-800}"
 mkdir -p "$WORK" "$(dirname "$HELDOUT")"
@@ -58,4 +58,4 @@ cp "$ROOT/benchmarks/data/tiny-en-fr.card.json" "$MODEL.new/gptcli-model.json"
 cp "$ROOT/benchmarks/data/tiny-en-fr.LICENSE.txt" "$MODEL.new/LICENSE.txt"
 rm -rf "$MODEL" && mv "$MODEL.new" "$MODEL"
 
-gptcli translate --references "$HELDOUT" --from en --to fr --json -o "$WORK/heldout.fr.txt" | tee "$WORK/score.json"
+gptcli translate --references "$HELDOUT" -m "$MODEL" --from en --to fr --json -o "$WORK/heldout.fr.txt" | tee "$WORK/score.json"
