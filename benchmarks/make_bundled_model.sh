@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Reproduce the bundled default model, gptcli/bundled/tinystories, with gptcli itself.
+#
+#   bash benchmarks/make_bundled_model.sh [path/to/tinystories-sample.txt]
+#
+# Trains a tokenizer and a 4.2 M-parameter Llama-style model on the 2,316-story TinyStories
+# sample (the last 5% of tokens held out for validation), evaluates it on the held-out
+# stories, then copies it into the package with float16 weights and its card.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data/tinystories-sample.txt}
+RUN=runs/tinystories
+mkdir -p runs
+gptcli train "$DATA" --arch llama --preset mini --vocab-size 4096 --block-size 256 --batch-size 16 \
+    --steps 400 --lr 2e-3 --warmup 20 --dropout 0.1 --eval-every 100 --save-every 100 --seed 1337 --precision fp32 \
+    --out "$RUN" --overwrite --json > "$RUN.json"
+python tools/bundle_model.py "$RUN" gptcli/bundled/tinystories \
+    --card tools/cards/tinystories.json --license-file tools/cards/tinystories-LICENSE.txt
+# Held-out quality: the stories whose tokens formed the validation split (the last 5%).
+python tools/tail_documents.py "$DATA" 0.05 > runs/tinystories-heldout.txt
+gptcli eval runs/tinystories-heldout.txt --model tinystories --dtype float32 --json
