@@ -281,18 +281,18 @@ def _score(lm, items: list[_Tokenized], batch_size: int, progress: Callable[[int
             kwargs = {"logits_to_keep": width - first_needed} if keep_ok else {}
             logits = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits  # (B, K, V)
             shift = width - logits.shape[1]  # position of logits[:, 0]
-            done = 0
+            labels = ids.to(logits.device)
+            row_sums = []
             for row, (i, w) in enumerate(batch):
                 start = w.length - w.targets - 1 - shift
                 # float32 log-softmax even for bf16/fp16 models: the sum must not lose precision.
                 pred = logits[row, start : start + w.targets].float()  # (targets, V)
-                labels = ids[row, w.length - w.targets : w.length].to(pred.device)
-                nll = F.cross_entropy(pred, labels, reduction="sum")
-                sums[i] += float(nll.double())
-                done += w.targets
+                row_sums.append(F.cross_entropy(pred, labels[row, w.length - w.targets : w.length], reduction="sum"))
             del logits
+            for (i, _), value in zip(batch, torch.stack(row_sums).double().tolist()):  # one device sync per batch
+                sums[i] += value
             if progress is not None:
-                progress(done)
+                progress(sum(w.targets for _, w in batch))
     for it, total in zip(items, sums):
         if it.windows:
             it.doc.nll_sum = total
