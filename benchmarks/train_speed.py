@@ -73,11 +73,11 @@ def plain_loop(iters: int) -> dict:
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(iters, WARMUP, "cosine", MIN_LR / LR))
-    sampler = BlockSampler(len(train), BATCH, 1, 1, 0, SEED)
+    sampler = BlockSampler(len(train), BATCH, 1, 1, 0, SEED, block_size=SHAPE["block_size"], stream_len=len(train.ids))
     model.train()
     t0 = time.perf_counter()
     for it in range(iters):
-        x, y = train.batch(sampler.indices(it, 0))
+        x, y = train.batch_at(sampler.starts(it, 0))
         logits = model(input_ids=x).logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
         loss.backward()
@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--precision", default="auto", help="gptcli's --precision (auto: bf16 autocast on CPUs with native bf16)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the order alternates each round")
+    ap.add_argument("--only", choices=["plain", "gptcli"], help="run one trainer only")
     ap.add_argument("--worker", choices=["plain", "gptcli"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker == "plain":
@@ -121,10 +122,14 @@ def main() -> None:
     for r in range(args.repeat):
         order = ["plain", "gptcli"] if r % 2 == 0 else ["gptcli", "plain"]
         for kind in order:
+            if args.only and kind != args.only:
+                continue
             res = run_worker(kind, args.iters, args.precision)
             rows[kind].append(res)
             print(f"round {r + 1} {kind:7s} {res['ms_per_iter']:8.2f} ms/iter  val loss {res['val_loss']:.4f}",
                   file=sys.stderr, flush=True)
+    if args.only:
+        return
     plain_ms = sum(r["ms_per_iter"] for r in rows["plain"]) / len(rows["plain"])
     print(f"\n{args.iters} iterations, threads={os.environ.get('OMP_NUM_THREADS', 'default')}, "
           f"gptcli --precision {args.precision}\n")

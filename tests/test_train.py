@@ -217,3 +217,35 @@ def test_rich_progress_on_a_terminal(tmp_path):
 def test_no_escape_codes_off_a_terminal(trained):
     _, stdout, stderr = trained
     assert "\x1b" not in stderr and "\x1b" not in stdout
+
+
+def test_val_data_and_reused_tokenizer(tmp_path, gpt2_dir):
+    data = corpus(tmp_path)
+    held_out = corpus(tmp_path, lines=60, name="held.txt", seed=9)
+    out = tmp_path / "out"
+    code, stdout, err = cli("train", data, *TINY, "--val-data", held_out, "--tokenizer", gpt2_dir, "--steps", "3",
+                            "--out", out, "--json")
+    assert code == 0, err
+    from gptcli.loading import load_tokenizer
+
+    tok = load_tokenizer(gpt2_dir)
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["val_data"][0]["path"].endswith("held.txt")
+    ids = tok(data.read_text(), add_special_tokens=False)["input_ids"]
+    assert manifest["train_tokens"] == (len(ids) + 1 - 1) // 32 * 32  # the whole file trains (plus one end-of-text)
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"] == \
+        json.loads((gpt2_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    assert json.loads(stdout)["best_val_loss"] is not None
+
+
+def test_later_epochs_cut_windows_at_a_new_offset():
+    from gptcli.training.sampler import BlockSampler
+
+    T, L = 8, 8 * 10 + 1  # 10 blocks of 8 tokens (+1 for the last target)
+    s = BlockSampler(n_blocks=10, batch_size=5, grad_accum=1, world_size=1, rank=0, seed=2, block_size=T, stream_len=L)
+    first = [int(p) for step in (0, 1) for p in s.starts(step, 0)]
+    assert sorted(first) == [i * T for i in range(10)]  # epoch 0: the block grid
+    later = [int(p) for step in (2, 3) for p in s.starts(step, 0)]
+    shift = s.shift(1)
+    assert 0 < shift < T  # seed 2 draws a non-zero shift
+    assert sorted(later) == sorted(min(i * T + shift, L - T - 1) for i in range(10))

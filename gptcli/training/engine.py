@@ -186,7 +186,8 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
         checkpoint.set_rng_state(state["rng"])  # dropout continues where it stopped
         start, tokens_seen, best_val = int(state["step"]), int(state["tokens_seen"]), state.get("best_val")
 
-    sampler = BlockSampler(len(job.train), s.batch_size, s.grad_accum, acc.num_processes, acc.process_index, s.seed)
+    sampler = BlockSampler(len(job.train), s.batch_size, s.grad_accum, acc.num_processes, acc.process_index, s.seed,
+                           block_size=job.train.block_size, stream_len=len(job.train.ids))
     eval_every = s.eval_every if s.eval_every is not None else max(1, job.steps // 10)
     save_every = s.save_every if s.save_every is not None else max(1, job.steps // 5)
     step_delay = float(os.environ.get("GPTCLI_TEST_STEP_DELAY", "0") or 0)  # tests: make a run slow enough to kill
@@ -235,7 +236,7 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
         while step < job.steps:
             t0 = time.perf_counter()
             for micro in range(s.grad_accum):
-                x, y = job.train.batch(sampler.indices(step, micro))
+                x, y = job.train.batch_at(sampler.starts(step, micro))
                 x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
                 sync = acc.no_sync(model) if micro < s.grad_accum - 1 and acc.num_processes > 1 else nullcontext()
                 with sync, autocast():

@@ -28,10 +28,14 @@ class Blocks:
 
     def batch(self, indices: Any) -> tuple[Any, Any]:
         """Inputs and targets (B, T) for block indices (B,)."""
+        return self.batch_at(indices * self.block_size)
+
+    def batch_at(self, starts: Any) -> tuple[Any, Any]:
+        """Inputs and targets (B, T) for windows starting at these stream positions (B,)."""
         import torch
 
         T = self.block_size
-        offsets = indices.unsqueeze(1) * T + torch.arange(T + 1)  # (B, T+1)
+        offsets = starts.unsqueeze(1) + torch.arange(T + 1)  # (B, T+1)
         window = self.ids[offsets]
         x, y = window[:, :-1], window[:, 1:]
         if self.mask is not None:

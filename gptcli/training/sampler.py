@@ -14,9 +14,11 @@ from typing import Any
 
 
 class BlockSampler:
-    def __init__(self, n_blocks: int, batch_size: int, grad_accum: int, world_size: int, rank: int, seed: int):
+    def __init__(self, n_blocks: int, batch_size: int, grad_accum: int, world_size: int, rank: int, seed: int,
+                 block_size: int = 0, stream_len: int = 0):
         self.n, self.B, self.A = n_blocks, batch_size, grad_accum
         self.world, self.rank, self.seed = world_size, rank, seed
+        self.T, self.L = block_size, stream_len  # for starts(): token positions instead of block indices
 
     @property
     def samples_per_step(self) -> int:
@@ -40,6 +42,33 @@ class BlockSampler:
         if first == last:
             return self._perm(first)[g % self.n]
         return torch.stack([self._perm(int(e))[int(i)] for e, i in zip(epochs, g % self.n)])
+
+    def shift(self, epoch: int) -> int:
+        """Where epoch e's block grid starts: 0 in the first epoch, then a seeded offset in [0, T).
+
+        Repeated epochs thus see windows cut at new places instead of the same blocks again
+        (nanoGPT gets the same effect from random offsets)."""
+        if epoch == 0 or self.T <= 1:
+            return 0
+        return self._shift(epoch)
+
+    @lru_cache(maxsize=4)
+    def _shift(self, epoch: int) -> int:
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7_919)
+        return int(torch.randint(0, self.T, (1,), generator=g))
+
+    def starts(self, step: int, micro: int) -> Any:
+        """Stream positions (B,) of this process's windows for micro-batch `micro` of `step`."""
+        import torch
+
+        start = step * self.samples_per_step + (micro * self.world + self.rank) * self.B
+        g = torch.arange(start, start + self.B)
+        blocks = self.indices(step, micro)
+        shifts = torch.tensor([self.shift(int(e)) for e in g // self.n]) if self.n else torch.zeros(self.B, dtype=torch.long)
+        last = self.L - self.T - 1  # the last window that still has T+1 tokens
+        return torch.clamp(blocks * self.T + shifts, max=last)
 
     def epoch_at(self, step: int) -> float:
         return step * self.samples_per_step / self.n
