@@ -162,3 +162,15 @@ def test_second_ctrl_c_aborts_and_leaves_only_complete_checkpoints(tmp_path):
     code, stdout, err = cli("train", "--out", out, "--resume", "auto", "--json")
     assert code == 0, err
     assert json.loads(stdout)["steps"] == 12
+
+
+def test_resume_auto_from_another_directory(tmp_path, monkeypatch):
+    corpus(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli("train", "stories.txt", *TINY, "--steps", "2", "--out", "run")[0] == 0  # relative paths
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, stdout, err = cli("train", "--out", tmp_path / "run", "--resume", "auto", "--steps", "4", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["steps"] == 4

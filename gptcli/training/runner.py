@@ -90,7 +90,7 @@ def execute(
     steps = steps_for(s, len(train), world_size)
     if rank == 0:
         outdir.prepare(out, resume=resume_from is not None, overwrite=s.overwrite)
-        saved = {k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS}
+        saved = _portable({k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS})
         configfile.dump(saved, out / outdir.EFFECTIVE_CONFIG)
         from gptcli.runtime import resolve_device
 
@@ -123,3 +123,22 @@ def resume_point(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
         return None, None
     path = checkpoint.find_resume(Path(s.out).expanduser(), s.resume)
     return path, checkpoint.load_state(path)
+
+
+def _portable(values: dict[str, Any]) -> dict[str, Any]:
+    """Local paths made absolute, so `--resume auto` works from any working directory."""
+    def fix(p: Any) -> Any:
+        if not isinstance(p, str) or p == "-":
+            return p
+        path = Path(p).expanduser()
+        return str(path.resolve()) if path.exists() else p
+
+    out = dict(values)
+    for key in ("data", "val_data"):
+        out[key] = [fix(p) for p in out.get(key) or []]
+    from gptcli import bundled
+
+    for key in ("model_config", "tokenizer", "model", "out"):
+        if not (isinstance(out.get(key), str) and bundled.path_of(out[key])):  # bundled names stay names
+            out[key] = fix(out.get(key))
+    return out
