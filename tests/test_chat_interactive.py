@@ -59,6 +59,7 @@ def test_session_with_slash_commands(gpt2_dir, tmp_path):
     child.logfile_read = transcript
     try:
         assert "/help" in plain(child.before)  # the banner points at /help
+        assert "/system TEXT" in say(child, "/help")
         first = say(child, "Hello Max")
         out = say(child, "/bogus")
         assert "Unknown command /bogus" in out and "/help" in out
@@ -70,10 +71,17 @@ def test_session_with_slash_commands(gpt2_dir, tmp_path):
         records = [json.loads(line) for line in saved.read_text().splitlines()]
         assert [r["role"] for r in records] == ["system", "user", "assistant"]
         assert records[0]["content"] == "Be brief." and records[1]["content"] == "Hello Max"
-        assert records[2]["content"] in first  # the reply that was streamed to the screen
+        # The reply that was streamed to the screen (control characters shown as U+FFFD there).
+        shown = "".join("\ufffd" if (ord(c) < 32 and c not in "\n\t") or c == "\x7f" else c
+                        for c in records[2]["content"])
+        assert shown and shown in first
         assert "New conversation" in say(child, "/reset")
         assert "Nothing to undo" in say(child, "/undo")
         assert "Loaded 3 messages" in say(child, f"/load {saved}")
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"role": "user", "content": "hi"}\n{oops\n')
+        out = say(child, f"/load {bad}")
+        assert "Error:" in out and "line 2" in out  # a bad file: an error, the conversation is unchanged
         # A multi-line block between lines of three quotes is one message.
         child.sendline('"""')
         child.expect_exact(READING)

@@ -35,6 +35,15 @@ Typing:
   Start a message with // to send it with a single leading /.
   Ctrl-C stops a reply (the partial reply is kept, marked interrupted) or clears the line."""
 
+# Control characters in a reply (other than newline and tab) are shown as U+FFFD: raw escape
+# sequences from a model must not move the cursor or restyle the user's terminal.
+_CONTROLS = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]}
+
+
+def _show(text: str) -> None:
+    console.write(text.translate(_CONTROLS))
+
+
 SETTABLE = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "greedy", "stop", "seed")
 
 
@@ -108,7 +117,7 @@ class Repl:
 
     def reply(self, text: str) -> None:
         try:
-            turn = self.session.send(text, on_text=TrimmedStream(console.write))
+            turn = self.session.send(text, on_text=TrimmedStream(_show))
         except GptcliError as exc:
             self.error(exc)
             return
