@@ -165,6 +165,8 @@ def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
     from gptcli.runtime import resolve_device
 
     device = resolve_device(s.device)
+    if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+        torch.cuda.set_device(device.index)  # accelerate uses the current device: honour --device cuda:N
     acc = make_accelerator(s, device.type)
     main = acc.is_main_process
     model = job.model
