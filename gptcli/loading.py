@@ -146,6 +146,27 @@ def check_weights(folder: Path, *, allow_pickle: bool) -> list[Path]:
     return pickles
 
 
+def count_parameters(paths: list[Path]) -> int:
+    """Number of weights in safetensors files, from their headers alone (0 for other formats)."""
+    total = 0
+    for path in paths:
+        if path.suffix != ".safetensors":
+            return 0
+        for name, info in _safetensors_header(path).items():
+            if name != "__metadata__":
+                n = 1
+                for dim in info.get("shape", []):
+                    n *= int(dim)
+                total += n
+    return total
+
+
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))
+
+
 def check_safetensors_file(path: Path) -> None:
     """Validate the header and size of a safetensors file without reading the tensors."""
     try:
@@ -255,7 +276,11 @@ def load_model(
         return _load_adapter(source, runtime, allow_pickle, trust_remote_code, for_training)
 
     config = load_config(folder, trust_remote_code=trust_remote_code)
-    check_weights(folder, allow_pickle=allow_pickle)
+    weights = check_weights(folder, allow_pickle=allow_pickle)
+    if not for_training:
+        from gptcli.runtime import fit_to_model
+
+        runtime = fit_to_model(runtime, count_parameters(weights))
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     model = _instantiate(folder, config, runtime, allow_pickle, trust_remote_code)
     if not for_training:
@@ -315,4 +340,4 @@ def _load_adapter(source: ModelSource, runtime: Any, allow_pickle: bool, trust_r
     tokenizer = base.tokenizer
     if (source.path / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(source.path, trust_remote_code=trust_remote_code)
-    return _describe(model, tokenizer, source, runtime, base.model.config, is_adapter=True)
+    return _describe(model, tokenizer, source, base.runtime, base.model.config, is_adapter=True)

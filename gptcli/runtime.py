@@ -52,6 +52,8 @@ def parse_dtype(spec: str | None) -> str:
 class Runtime:
     device: Any  # torch.device
     dtype: Any  # torch.dtype
+    dtype_auto: bool = False  # the user left --dtype on auto: the model's size may still refine it
+    threads_auto: bool = False  # the user gave no --threads / GPTCLI_THREADS
 
     @property
     def device_type(self) -> str:
@@ -146,17 +148,39 @@ def resolve_dtype(spec: str, device: Any, purpose: str = "inference") -> Any:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
-def set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> bool:
+    """Apply --threads / GPTCLI_THREADS. Returns False when neither was given."""
     if threads is None:
         env = os.environ.get("GPTCLI_THREADS")
         threads = int(env) if env and env.isdigit() else None
     if threads is None:
-        return
+        return False
     if threads < 1:
         raise UsageError("--threads must be at least 1.")
     import torch
 
     torch.set_num_threads(threads)
+    return True
+
+
+# Models below this size run faster on CPU in float32 on one thread. Measured with the bundled
+# 4.2 M-parameter model on the 2-core reference machine, 50 tokens: float32 on 1 thread 736
+# tokens/s, bfloat16 on 1 thread 379 tokens/s, bfloat16 on 2 threads 26 tokens/s (with the other
+# core busy). Small matrices gain nothing from half-size weights and lose to thread hand-offs.
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+def fit_to_model(runtime: Runtime, n_params: int) -> Runtime:
+    """Refine automatic CPU choices once the model's size is known (before its weights load)."""
+    if runtime.device.type != "cpu" or n_params >= SMALL_MODEL_PARAMS:
+        return runtime
+    import torch
+
+    if runtime.threads_auto:
+        torch.set_num_threads(1)
+    if runtime.dtype_auto and runtime.dtype != torch.float32:
+        return Runtime(runtime.device, torch.float32, runtime.dtype_auto, runtime.threads_auto)
+    return runtime
 
 
 def resolve_runtime(
@@ -166,9 +190,10 @@ def resolve_runtime(
     purpose: str = "inference",
 ) -> Runtime:
     device_spec, dtype_spec = parse_device(device), parse_dtype(dtype)
-    set_threads(threads)
+    threads_given = set_threads(threads)
     dev = resolve_device(device_spec)
-    return Runtime(device=dev, dtype=resolve_dtype(dtype_spec, dev, purpose))
+    return Runtime(device=dev, dtype=resolve_dtype(dtype_spec, dev, purpose), dtype_auto=dtype_spec == "auto",
+                   threads_auto=not threads_given)
 
 
 def seed_everything(seed: int | None) -> None:

@@ -26,7 +26,7 @@ def open_model(
     if fast:
         from gptcli.fastpath import optimize_for_inference
 
-        optimize_for_inference(lm.model, runtime)
+        optimize_for_inference(lm.model, lm.runtime)
     return lm, time.perf_counter() - started
 
 

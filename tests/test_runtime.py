@@ -69,3 +69,15 @@ def test_spelling_and_env_defaults(monkeypatch):
 def test_generate_on_cuda(cli, gpt2_dir):
     r = cli("generate", "hi", "-m", gpt2_dir, "--device", "cuda", "-t", 5, "--json", "--seed", 1)
     assert r.exit_code == 0, r.stderr
+
+
+def test_small_models_get_float32_and_one_thread_on_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    auto = runtime.Runtime(torch.device("cpu"), torch.bfloat16, dtype_auto=True, threads_auto=True)
+    small = runtime.fit_to_model(auto, 4_000_000)
+    assert small.dtype == torch.float32 and calls == [1]
+    assert runtime.fit_to_model(auto, 124_000_000).dtype == torch.bfloat16
+    chosen = runtime.Runtime(torch.device("cpu"), torch.bfloat16, dtype_auto=False, threads_auto=False)
+    calls.clear()
+    assert runtime.fit_to_model(chosen, 4_000_000).dtype == torch.bfloat16 and calls == []

@@ -52,6 +52,7 @@ def main() -> None:
     (tmp / "gptcli-model.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
+    (dest / "model.safetensors").chmod(0o644)  # safetensors writes 0600; package data must be readable
     size = (dest / "model.safetensors").stat().st_size
     print(f"bundled {dest} ({params / 1e6:.2f} M parameters, {size / 1e6:.1f} MB of weights)")
 
