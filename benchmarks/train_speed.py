@@ -55,7 +55,8 @@ def plain_loop(iters: int) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gptcli.training import packing
-    from gptcli.training.engine import evaluate, lr_lambda
+    from gptcli.training.engine import evaluate
+    from gptcli.training.optim import lr_lambda
     from gptcli.training.sampler import BlockSampler
     from gptcli.training.tokenizer import encode_documents, make_tokenizer
 

@@ -170,7 +170,7 @@ def test_gpt2_preset_has_the_124m_shape():
 
 
 def test_schedule_warmup_cosine_floor():
-    from gptcli.training.engine import lr_lambda
+    from gptcli.training.optim import lr_lambda
 
     f = lr_lambda(steps=2000, warmup=100, schedule="cosine", min_ratio=0.1)
     assert f(0) == pytest.approx(1 / 101)

@@ -8,7 +8,6 @@ back (`.item()`) only on logging steps.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from contextlib import nullcontext
@@ -19,7 +18,9 @@ from typing import Any, Callable
 from gptcli.errors import Interrupted
 from gptcli.training import checkpoint
 from gptcli.training.metrics import MetricsFile
+from gptcli.training.optim import make_optimizer, make_scheduler
 from gptcli.training.packing import IGNORE, Blocks
+from gptcli.training.precision import mixed_precision, use_eager_attention
 from gptcli.training.progress import Reporter, format_duration
 from gptcli.training.sampler import BlockSampler
 from gptcli.training.settings import TrainSettings
@@ -45,80 +46,6 @@ class Job:
     # set by run(): the trained (unwrapped) model and whether this process writes the outputs
     final_model: Any = None
     is_main: bool = True
-
-
-def mixed_precision(precision: str, device_type: str) -> str:
-    """accelerate's name for --precision on this device.
-
-    auto: bf16 (else fp16) on CUDA; bf16 on CPUs that compute it natively (AVX512-BF16/AMX),
-    where the nanoGPT baby model trains ~1.25x faster per step (benchmarks/train_speed.py);
-    fp32 elsewhere. Weights and optimizer state stay fp32 either way.
-    """
-    if precision == "auto":
-        if device_type == "cuda":
-            import torch
-
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device_type == "cpu":
-            from gptcli.runtime import cpu_has_native_bf16
-
-            return "bf16" if cpu_has_native_bf16() else "no"
-        return "no"
-    if precision == "fp16" and device_type == "cpu":
-        from gptcli.errors import UsageError
-
-        raise UsageError("--precision fp16 needs a GPU; on CPU use bf16 (or fp32).")
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-
-
-def make_accelerator(settings: TrainSettings, device_type: str) -> Any:
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(settings.precision, device_type))
-
-
-def lr_lambda(steps: int, warmup: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
-    """Linear warmup, then cosine or linear decay to min_ratio * lr (nanoGPT's get_lr)."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if schedule == "constant" or steps <= warmup:
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        if schedule == "linear":
-            return min_ratio + (1 - min_ratio) * (1 - progress)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
-
-
-def use_eager_attention(model: Any) -> None:
-    """On CPU under bf16 autocast, PyTorch's fused SDPA backward is the slowest op of a step
-    (45% of it for the nanoGPT baby model); plain matmul + softmax attention trains 1.5x faster
-    there (measured for 128- and 256-wide models). Only the training run changes: the saved
-    config does not record it, so inference keeps SDPA."""
-    setter = getattr(model, "set_attn_implementation", None)
-    if setter is None:
-        return
-    try:
-        setter("eager")
-    except (ValueError, NotImplementedError, TypeError):
-        pass  # an architecture without an eager path keeps its default
-
-
-def make_optimizer(model: Any, s: TrainSettings, lr: float) -> Any:
-    """AdamW; weight decay on matrices only (not biases, norms); fused kernel when available."""
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
-    try:
-        return torch.optim.AdamW(groups, lr=lr, betas=(s.beta1, s.beta2), fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr, betas=(s.beta1, s.beta2), foreach=True)
 
 
 def _loss(logits: Any, y: Any, masked: bool) -> Any:
@@ -158,166 +85,192 @@ def evaluate(model: Any, val: Blocks, batch_size: int, max_batches: int, device:
     return float(total / max(weight, 1.0))
 
 
+def make_accelerator(settings: TrainSettings, device_type: str) -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(settings.precision, device_type))
+
+
 def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
-    import torch
+    """Train job.model for job.steps optimizer steps; returns the summary (see README)."""
+    return _Loop(job, reporter_enabled).run()
 
-    s = job.settings
-    from gptcli.runtime import resolve_device
 
-    device = resolve_device(s.device)
-    if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
-        torch.cuda.set_device(device.index)  # accelerate uses the current device: honour --device cuda:N
-    acc = make_accelerator(s, device.type)
-    main = acc.is_main_process
-    model = job.model
-    if device.type == "cpu" and acc.mixed_precision == "bf16":
-        use_eager_attention(model)
-    optimizer = make_optimizer(model, s, job.lr)
-    min_ratio = (s.min_lr if s.min_lr is not None else job.lr / 10) / job.lr
-    warmup = s.warmup if s.warmup is not None else min(1000, job.steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(job.steps, warmup, s.schedule, min_ratio))
-    model, optimizer = acc.prepare(model, optimizer)
-    raw_model = acc.unwrap_model(model)
+class _Loop:
+    """One training run: setup, the step loop, evaluation, checkpoints and the summary."""
 
-    start, tokens_seen, best_val, last_val = 0, 0, None, None
-    if job.resume_from is not None:
+    def __init__(self, job: Job, reporter_enabled: bool):
+        import torch
+
+        from gptcli.runtime import resolve_device
+
+        self.job, self.s = job, job.settings
+        s = self.s
+        device = resolve_device(s.device)
+        if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
+            torch.cuda.set_device(device.index)  # accelerate uses the current device: honour --device cuda:N
+        self.acc = acc = make_accelerator(s, device.type)
+        self.main = acc.is_main_process
+        if device.type == "cpu" and acc.mixed_precision == "bf16":
+            use_eager_attention(job.model)
+        optimizer = make_optimizer(job.model, s, job.lr)
+        self.scheduler = make_scheduler(optimizer, s, job.steps, job.lr)
+        self.model, self.optimizer = acc.prepare(job.model, optimizer)
+        self.raw_model = acc.unwrap_model(self.model)
+
+        self.start, self.tokens_seen, self.best_val, self.last_val, self.last_loss = 0, 0, None, None, None
+        if job.resume_from is not None:
+            self._restore()
+        self.sampler = BlockSampler(len(job.train), s.batch_size, s.grad_accum, acc.num_processes, acc.process_index,
+                                    s.seed, block_size=job.train.block_size, stream_len=len(job.train.ids))
+        self.eval_every = s.eval_every if s.eval_every is not None else max(1, job.steps // 10)
+        self.save_every = s.save_every if s.save_every is not None else max(1, job.steps // 5)
+        self.log_every = s.log_every or max(1, min(100, job.steps // 50))
+        self.step_delay = float(os.environ.get("GPTCLI_TEST_STEP_DELAY", "0") or 0)  # tests: slow enough to kill
+        self.metrics = MetricsFile(job.out, enabled=self.main, resume_step=self.start if job.resume_from else None)
+        self.reporter = Reporter(job.steps, self.start, enabled=self.main and reporter_enabled)
+        self.reporter_enabled = reporter_enabled
+        if job.resume_from is not None:
+            self.reporter.message(f"resumed from {job.resume_from} at step {self.start}")
+        self.masked = job.train.mask is not None
+        self.tokens_per_step = self.sampler.samples_per_step * job.train.block_size
+        self.step = self.start
+        self.train_time = 0.0  # seconds spent in optimizer steps (not evaluation or saving)
+
+    def _restore(self) -> None:
+        job = self.job
         state = job.resume_state or checkpoint.load_state(job.resume_from)
-        job_load_weights(raw_model, job.resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        job_load_weights(self.raw_model, job.resume_from)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])  # dropout continues where it stopped
-        start, tokens_seen, best_val = int(state["step"]), int(state["tokens_seen"]), state.get("best_val")
+        self.start, self.tokens_seen, self.best_val = int(state["step"]), int(state["tokens_seen"]), state.get("best_val")
 
-    sampler = BlockSampler(len(job.train), s.batch_size, s.grad_accum, acc.num_processes, acc.process_index, s.seed,
-                           block_size=job.train.block_size, stream_len=len(job.train.ids))
-    eval_every = s.eval_every if s.eval_every is not None else max(1, job.steps // 10)
-    save_every = s.save_every if s.save_every is not None else max(1, job.steps // 5)
-    step_delay = float(os.environ.get("GPTCLI_TEST_STEP_DELAY", "0") or 0)  # tests: make a run slow enough to kill
-    log_every = s.log_every or max(1, min(100, job.steps // 50))
-    metrics = MetricsFile(job.out, enabled=main, resume_step=start if job.resume_from else None)
-    reporter = Reporter(job.steps, start, enabled=main and reporter_enabled)
-    if job.resume_from is not None:
-        reporter.message(f"resumed from {job.resume_from} at step {start}")
-    masked = job.train.mask is not None
-    tokens_per_step = sampler.samples_per_step * job.train.block_size
-    stop = StopRequest(distributed=acc.num_processes > 1)
+    def autocast(self) -> Any:
+        return self.acc.autocast() if self.acc.mixed_precision != "no" else nullcontext()
 
-    def autocast():
-        return acc.autocast() if acc.mixed_precision != "no" else nullcontext()
+    def train_step(self) -> Any:
+        """One optimizer step (grad_accum micro-batches); returns the summed micro-batch losses (a tensor)."""
+        s, acc, model = self.s, self.acc, self.model
+        total = None
+        for micro in range(s.grad_accum):
+            x, y = self.job.train.batch_at(self.sampler.starts(self.step, micro))
+            x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
+            # DDP all-reduces gradients on the last micro-batch only
+            sync = acc.no_sync(model) if micro < s.grad_accum - 1 and acc.num_processes > 1 else nullcontext()
+            with sync, self.autocast():
+                loss = _loss(model(input_ids=x).logits, y, self.masked)
+            acc.backward(loss / s.grad_accum if s.grad_accum > 1 else loss)
+            total = loss.detach() if total is None else total + loss.detach()
+        if s.grad_clip > 0:
+            acc.clip_grad_norm_(model.parameters(), s.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        return total
 
-    def save(step: int) -> None:
-        if main:
-            state = {
-                "step": step, "tokens_seen": tokens_seen, "best_val": best_val,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": checkpoint.rng_state(), "world_size": acc.num_processes,
-            }
-            checkpoint.save(job.out, step, lambda folder: job.write_model(raw_model, folder), state, s.keep_checkpoints)
-        acc.wait_for_everyone()
-
-    def do_eval(step: int) -> None:
-        nonlocal best_val, last_val
-        if job.val is None:
+    def evaluate(self) -> None:
+        if self.job.val is None:
             return
-        val_loss = last_val = evaluate(model, job.val, s.batch_size, s.eval_batches, acc.device, autocast)
-        is_best = best_val is None or val_loss < best_val
-        best_val = val_loss if is_best else best_val
-        metrics.write({"step": step, "val_loss": round(val_loss, 6), "tokens": tokens_seen})
-        reporter.evaluated(step, val_loss, is_best)
+        s = self.s
+        val_loss = self.last_val = evaluate(self.model, self.job.val, s.batch_size, s.eval_batches, self.acc.device,
+                                            self.autocast)
+        is_best = self.best_val is None or val_loss < self.best_val
+        self.best_val = val_loss if is_best else self.best_val
+        self.metrics.write({"step": self.step, "val_loss": round(val_loss, 6), "tokens": self.tokens_seen})
+        self.reporter.evaluated(self.step, val_loss, is_best)
 
-    model.train()
-    step = start
-    wall0 = time.perf_counter()
-    train_time = 0.0  # seconds spent in optimizer steps (not evaluation or saving)
-    loss_sum = torch.zeros((), device=acc.device)
-    loss_n = 0
-    last_loss = None
-    t_window = 0.0  # train_time at the start of the current logging window
-    interrupted = False
-    with stop:
-        while step < job.steps:
-            t0 = time.perf_counter()
-            for micro in range(s.grad_accum):
-                x, y = job.train.batch_at(sampler.starts(step, micro))
-                x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
-                sync = acc.no_sync(model) if micro < s.grad_accum - 1 and acc.num_processes > 1 else nullcontext()
-                with sync, autocast():
-                    logits = model(input_ids=x).logits
-                    loss = _loss(logits, y, masked)
-                acc.backward(loss / s.grad_accum if s.grad_accum > 1 else loss)
-                loss_sum += loss.detach()
-                loss_n += 1
-            if s.grad_clip > 0:
-                acc.clip_grad_norm_(model.parameters(), s.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            train_time += time.perf_counter() - t0
-            if step_delay:
-                time.sleep(step_delay)
+    def save(self) -> None:
+        if self.main:
+            state = {
+                "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": checkpoint.rng_state(), "world_size": self.acc.num_processes,
+            }
+            checkpoint.save(self.job.out, self.step, lambda folder: self.job.write_model(self.raw_model, folder),
+                            state, self.s.keep_checkpoints)
+        self.acc.wait_for_everyone()
 
-            if step % log_every == 0 or step == job.steps:
-                last_loss = float(loss_sum) / max(loss_n, 1)
-                if acc.num_processes > 1:
-                    last_loss = float(acc.reduce(torch.tensor(last_loss, device=acc.device), "mean"))
-                now = time.perf_counter()
-                window_steps = loss_n / s.grad_accum
-                rate = window_steps * tokens_per_step / max(train_time - t_window, 1e-9)  # excludes eval/saving
-                eta = (job.steps - step) * train_time / max(step - start, 1)
-                lr_now = scheduler.get_last_lr()[0]
-                metrics.write({"step": step, "loss": round(last_loss, 6), "lr": lr_now, "tokens": tokens_seen,
-                               "tokens_per_s": round(rate, 1), "elapsed_s": round(now - wall0, 3)})
-                reporter.step(step, last_loss, lr_now, rate, eta)
-                loss_sum.zero_()
-                loss_n, t_window = 0, train_time
-            if stop.requested():
-                interrupted = True
-                break
-            if eval_every and step % eval_every == 0 and step < job.steps:
-                do_eval(step)
-            if save_every and step % save_every == 0 and step < job.steps:
-                save(step)
+    def run(self) -> dict[str, Any]:
+        import torch
 
-        if interrupted:
-            reporter.close()
-            save(step)
-            metrics.close()
-            raise Interrupted(f"training stopped at step {step}/{job.steps}; checkpoint saved.",
-                              hint=f"Resume with: {job.resume_command}")
-        if job.val is not None and (step > start or best_val is None):
-            do_eval(step)
-        if step > start or not checkpoint.list_checkpoints(checkpoint.checkpoints_dir(job.out)):
-            save(step)
-    reporter.close()
-    metrics.close()
-    wall = time.perf_counter() - wall0
-    steps_done = step - start
-    summary = {
-        "out": str(job.out),
-        "steps": step,
-        "best_val_loss": None if best_val is None else round(best_val, 6),
-        "final_val_loss": None if last_val is None else round(last_val, 6),
-        "final_loss": None if last_loss is None else round(last_loss, 6),
-        "tokens_seen": tokens_seen,
-        "wall_s": round(wall, 3),
-        "ms_per_step": round(1000 * train_time / steps_done, 3) if steps_done else None,
-        "tokens_per_s": round(steps_done * tokens_per_step / train_time, 1) if train_time > 0 else None,
-        "world_size": acc.num_processes,
-        "precision": {"no": "fp32"}.get(acc.mixed_precision, acc.mixed_precision),
-        **job.extra_summary,
-    }
-    job.final_model, job.is_main = raw_model, main
-    if main:
-        reporter_line = (f"done: {step} steps in {format_duration(wall)}"
-                         + (f" | best val loss {best_val:.4f}" if best_val is not None else "")
-                         + f" | {tokens_seen:,} tokens")
-        if reporter_enabled:
+        job, acc = self.job, self.acc
+        stop = StopRequest(distributed=acc.num_processes > 1)
+        self.model.train()
+        wall0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=acc.device)  # summed on the device: no host sync per step
+        loss_n, window_start = 0, 0.0  # micro-batches and train_time since the last progress line
+        with stop:
+            while self.step < job.steps:
+                t0 = time.perf_counter()
+                loss_sum += self.train_step()
+                loss_n += self.s.grad_accum
+                self.train_time += time.perf_counter() - t0
+                if self.step_delay:
+                    time.sleep(self.step_delay)
+                if self.step % self.log_every == 0 or self.step == job.steps:
+                    self._progress(float(loss_sum) / max(loss_n, 1), loss_n, window_start, wall0)
+                    loss_sum.zero_()
+                    loss_n, window_start = 0, self.train_time
+                if stop.requested():
+                    self.reporter.close()
+                    self.save()
+                    self.metrics.close()
+                    raise Interrupted(f"training stopped at step {self.step}/{job.steps}; checkpoint saved.",
+                                      hint=f"Resume with: {job.resume_command}")
+                if self.eval_every and self.step % self.eval_every == 0 and self.step < job.steps:
+                    self.evaluate()
+                if self.save_every and self.step % self.save_every == 0 and self.step < job.steps:
+                    self.save()
+            if job.val is not None and (self.step > self.start or self.best_val is None):
+                self.evaluate()
+            if self.step > self.start or not checkpoint.list_checkpoints(checkpoint.checkpoints_dir(job.out)):
+                self.save()
+        self.reporter.close()
+        self.metrics.close()
+        return self._summary(time.perf_counter() - wall0)
+
+    def _progress(self, loss: float, micro_batches: int, window_start: float, wall0: float) -> None:
+        import torch
+
+        acc = self.acc
+        if acc.num_processes > 1:
+            loss = float(acc.reduce(torch.tensor(loss, device=acc.device), "mean"))
+        self.last_loss = loss
+        steps_in_window = micro_batches / self.s.grad_accum
+        rate = steps_in_window * self.tokens_per_step / max(self.train_time - window_start, 1e-9)  # excludes eval/saving
+        eta = (self.job.steps - self.step) * self.train_time / max(self.step - self.start, 1)
+        lr = self.scheduler.get_last_lr()[0]
+        self.metrics.write({"step": self.step, "loss": round(loss, 6), "lr": lr, "tokens": self.tokens_seen,
+                            "tokens_per_s": round(rate, 1), "elapsed_s": round(time.perf_counter() - wall0, 3)})
+        self.reporter.step(self.step, loss, lr, rate, eta)
+
+    def _summary(self, wall: float) -> dict[str, Any]:
+        job, done = self.job, self.step - self.start
+        summary = {
+            "out": str(job.out),
+            "steps": self.step,
+            "best_val_loss": None if self.best_val is None else round(self.best_val, 6),
+            "final_val_loss": None if self.last_val is None else round(self.last_val, 6),
+            "final_loss": None if self.last_loss is None else round(self.last_loss, 6),
+            "tokens_seen": self.tokens_seen,
+            "wall_s": round(wall, 3),
+            "ms_per_step": round(1000 * self.train_time / done, 3) if done else None,
+            "tokens_per_s": round(done * self.tokens_per_step / self.train_time, 1) if self.train_time > 0 else None,
+            "world_size": self.acc.num_processes,
+            "precision": {"no": "fp32"}.get(self.acc.mixed_precision, self.acc.mixed_precision),
+            **job.extra_summary,
+        }
+        job.final_model, job.is_main = self.raw_model, self.main
+        if self.main and self.reporter_enabled:
             from gptcli.console import info
 
-            info(reporter_line)
-    return summary
+            info(f"done: {self.step} steps in {format_duration(wall)}"
+                 + (f" | best val loss {self.best_val:.4f}" if self.best_val is not None else "")
+                 + f" | {self.tokens_seen:,} tokens")
+        return summary
 
 
 def job_load_weights(model: Any, folder: Path) -> None:

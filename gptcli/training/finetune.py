@@ -18,7 +18,7 @@ DEFAULT_MAX_BLOCK = 1024
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     from gptcli.loading import load_model, quiet_transformers, resolve_source
     from gptcli.runtime import resolve_runtime, seed_everything
-    from gptcli.training.engine import mixed_precision
+    from gptcli.training.precision import mixed_precision
 
     quiet_transformers()
     runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")

@@ -15,7 +15,7 @@ from gptcli.training.settings import TrainSettings
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     from gptcli.loading import quiet_transformers
     from gptcli.runtime import resolve_runtime, seed_everything
-    from gptcli.training.engine import mixed_precision
+    from gptcli.training.precision import mixed_precision
 
     quiet_transformers()
     runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
