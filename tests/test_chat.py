@@ -282,3 +282,58 @@ def test_long_conversation_drops_oldest_exchanges_keeps_system(gpt2_dir, tmp_pat
     with pytest.raises(Exception, match="too long"):
         session.send("park " * 80)
     assert len(session.conv.messages) == 16  # the rejected message was not kept
+
+
+def test_cache_follows_interrupts_and_undo(gpt2_long):
+    from gptcli.chat.history import Conversation, Message
+    from gptcli.chat.session import ChatSession
+    from gptcli.sampling import SamplingParams
+
+    lm = _open(gpt2_long)
+    params = SamplingParams(greedy=True, max_new_tokens=6)
+    session = ChatSession(lm, params, Conversation())
+    session.send("Who is Max?")
+
+    def ctrl_c(text):
+        raise KeyboardInterrupt
+
+    cut = session.send("And Tom?", on_text=ctrl_c)
+    assert cut.interrupted and cut.completion is None
+    assert [m.interrupted for m in session.conv.messages] == [False, False, False, True]
+    assert session.undo() and len(session.conv.messages) == 2
+    turn = session.send("Where is the sea?")
+    assert turn.completion.cached_tokens > 0  # the shared start still came from the cache
+    fresh = ChatSession(lm, params, Conversation(None, [Message(m.role, m.content) for m in session.conv.messages[:2]]))
+    assert fresh.send("Where is the sea?").reply.content == turn.reply.content
+
+
+def test_interrupt_inside_a_forward_pass_does_not_spoil_the_cache(gpt2_long):
+    # Ctrl-C can land between two layers: the first has written this step's keys, the second not.
+    from gptcli.generation import Completion, PromptCache, Request, stream_generate
+    from gptcli.sampling import SamplingParams
+
+    lm = _open(gpt2_long)
+    params = SamplingParams(greedy=True, max_new_tokens=4)
+    ids = lm.tokenizer("Once upon a time there was a dog")["input_ids"]
+    armed = []
+
+    def hook(module, args):
+        if armed:
+            armed.clear()
+            raise KeyboardInterrupt
+
+    handle = lm.model.transformer.h[1].register_forward_pre_hook(hook)
+    cache = PromptCache()
+    try:
+        list(stream_generate(lm, [Request(prompt_ids=ids, params=params)], prompt_cache=cache))
+        armed.append(True)
+        with pytest.raises(KeyboardInterrupt):
+            list(stream_generate(lm, [Request(prompt_ids=ids + [5, 6, 7], params=params)], prompt_cache=cache))
+    finally:
+        handle.remove()
+
+    def reply(c):
+        events = stream_generate(lm, [Request(prompt_ids=ids + [5, 6, 7, 8], params=params)], prompt_cache=c)
+        return [e for e in events if isinstance(e, Completion)][0].token_ids
+
+    assert reply(cache) == reply(None)
