@@ -4,7 +4,8 @@ Modules, one job each: settings (flags, defaults, precedence), configfile
 (--config YAML/TOML), tokenizer (bpe/char/bytes), presets (model shapes and
 configs), packing (token streams -> blocks), sampler (batches as a function
 of the step), sft (prompt/completion and chat data with loss masks), lora
-(peft adapters), engine (the accelerate loop), checkpoint (atomic saves,
+(peft adapters), precision (mixed precision per device), optim (AdamW and
+the schedule), engine (the accelerate loop), checkpoint (atomic saves,
 resume), signals (Ctrl-C), progress/metrics (stderr and metrics.jsonl),
 manifest (run.json), outdir (the --out rule), export (final folder),
 runner (glue shared by both commands), pretrain and finetune (the commands).
