@@ -23,7 +23,7 @@ OPTIM_PANEL = "Optimisation"
 RUN_PANEL = "Evaluation, checkpoints and output"
 
 
-def _opt(*names: str, help: str, panel: str = OPTIM_PANEL, kind=None):
+def _opt(*names: str, help: str, panel: str = OPTIM_PANEL):
     return typer.Option(*names, help=help, rich_help_panel=panel, show_default=False)
 
 

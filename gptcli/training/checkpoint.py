@@ -76,15 +76,26 @@ def save(out: Path, step: int, write_model: Callable[[Path], None], state: dict[
             os.replace(tmp, final)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise GptcliError(f"disk full while saving the checkpoint of step {step}; it was not written.",
-                              hint="Earlier checkpoints are intact; free space and --resume auto.") from exc
-        if isinstance(exc, (RuntimeError, OSError)) and "No space left" in str(exc):
+        if _disk_full(exc, root):
             raise GptcliError(f"disk full while saving the checkpoint of step {step}; it was not written.",
                               hint="Earlier checkpoints are intact; free space and --resume auto.") from exc
         raise
     prune(root, keep)
     return final
+
+
+def _disk_full(exc: BaseException, root: Path) -> bool:
+    """ENOSPC, or a writer error (torch.save raises RuntimeError) while the disk is nearly full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    if "No space left" in str(exc):
+        return True
+    try:
+        return shutil.disk_usage(root).free < (16 << 20)
+    except OSError:
+        return False
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -97,7 +108,7 @@ def _fsync_tree(folder: Path) -> None:
 def prune(root: Path, keep: int) -> None:
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # left by a run that was killed mid-save
+    for stale in [*root.glob(".tmp-*"), *root.glob(".old-*")]:  # left by a run that was killed mid-save
         if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
 
