@@ -156,7 +156,7 @@ class ChatSession:
         """Token ids of the conversation's newest part that fits the context with room for a reply.
 
         Whole exchanges are dropped from the front, never the system prompt or the newest message,
-        until a quarter of the context is free. Once dropped they stay dropped, so later turns share
+        until half the context is free. Once dropped they stay dropped, so later turns share
         a prefix and the cache stays useful.
         """
         msgs, system = self.conv.messages, self.conv.system
@@ -179,9 +179,10 @@ class ChatSession:
                     hint="Shorten it, or lower --max-new-tokens.",
                 )
             start = later[0]
-            # Once exchanges must go, free a quarter of the context: dropping one at a time would
-            # change the prompt's start, and so miss the cache, on every turn from now on.
-            target = budget - context // 4
+            # Once exchanges must go, free half the context (as llama.cpp's context shift does):
+            # dropping one at a time would change the prompt's start, and so miss the cache, on
+            # every turn from then on.
+            target = budget - context // 2
         if start > self.window_start:
             dropped = sum(1 for m in msgs[:start] if m.role == "user")
             which = "oldest exchange" if dropped == 1 else f"oldest {dropped} exchanges"
