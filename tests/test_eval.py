@@ -161,3 +161,16 @@ def test_stride_longer_than_context(cli, gpt2_dir, tmp_path):
     assert r.exit_code == 2 and "context" in r.stderr
     r = cli("eval", tmp_path / "a.txt", "-m", gpt2_dir, "--context", 65)
     assert r.exit_code == 2 and "(64 tokens)" in r.stderr
+
+
+def test_default_model_is_the_bundled_one(cli):
+    from gptcli import bundled
+
+    if bundled.path_of(bundled.DEFAULT_MODEL) is None:
+        pytest.skip("bundled model not built")
+    r = cli("eval", "--json", stdin="Once upon a time, there was a little girl named Lily. She loved to play outside.\n")
+    assert r.exit_code == 0, r.stderr
+    (rec,) = r.json_lines()
+    assert rec["model"] == bundled.DEFAULT_MODEL
+    # A story model trained on TinyStories predicts a TinyStories sentence far better than chance.
+    assert rec["tokens"] > 5 and rec["bits_per_byte"] < 2.0
