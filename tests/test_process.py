@@ -13,8 +13,19 @@ from tiny import build_model
 
 @pytest.fixture(scope="module")
 def long_ctx_dir(tmp_path_factory):
-    # A long context so a generation runs long enough to interrupt or pipe-close mid-way.
-    return build_model(tmp_path_factory.mktemp("long-ctx"), "llama", context=4096)
+    """A long context and no end-of-text token, so a generation surely runs until interrupted."""
+    import json
+
+    folder = build_model(tmp_path_factory.mktemp("long-ctx"), "llama", context=4096)
+    for name, keys in (("config.json", ("eos_token_id", "bos_token_id")), ("generation_config.json", ("eos_token_id",))):
+        cfg = json.loads((folder / name).read_text())
+        cfg.update({k: None for k in keys})
+        (folder / name).write_text(json.dumps(cfg))
+    tok = json.loads((folder / "tokenizer_config.json").read_text())
+    tok.pop("eos_token", None)
+    tok.pop("bos_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok))
+    return folder
 
 
 def test_head_closes_pipe_quietly(long_ctx_dir):
@@ -43,6 +54,7 @@ def test_sigint_keeps_partial_output_and_exits_130(long_ctx_dir):
     first = p.stdout.read(1)  # generation has started streaming
     assert first
     time.sleep(0.3)
+    assert p.poll() is None, "generation ended before it could be interrupted"
     p.send_signal(signal.SIGINT)
     rest, err = p.communicate(timeout=60)
     assert p.returncode == 130
