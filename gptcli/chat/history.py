@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.errors import GptcliError, InputError, UsageError
-from gptcli.inputs import decode_utf8, parse_jsonl
+from gptcli.inputs import decode_utf8, parse_jsonl, read_text_file
 
 ROLES = ("system", "user", "assistant")
 
@@ -87,16 +87,7 @@ def read_conversation(path: Path) -> Conversation:
 
 
 def read_messages(path: Path) -> list[Message]:
-    source = str(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise UsageError(f"file '{path}' does not exist.") from exc
-    except IsADirectoryError as exc:
-        raise UsageError(f"'{path}' is a folder, not a file.") from exc
-    except OSError as exc:
-        raise InputError(f"cannot read '{path}': {exc.strerror}.") from exc
-    return parse_messages(decode_utf8(data, source), source)
+    return parse_messages(read_text_file(path), str(path))
 
 
 def to_jsonl(records: list[dict[str, Any]]) -> str:
