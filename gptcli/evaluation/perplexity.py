@@ -39,15 +39,8 @@ MAX_DEFAULT_CONTEXT = 4096
 LN2 = math.log(2.0)
 
 
-@dataclass
-class DocScore:
-    id: str
-    source: str
-    tokens: int = 0  # tokens scored (the first token of a document is context only)
-    nll_sum: float = 0.0  # nats, summed over the scored tokens
-    bytes: int = 0  # UTF-8 bytes of the text the scored tokens stand for
-    truncated: bool = False  # cut by --max-tokens
-    skipped: str | None = None  # why nothing was scored
+class _Metrics:
+    """NLL, perplexity and bits per byte from `nll_sum`, `tokens` and `bytes` (both scores share them)."""
 
     @property
     def nll(self) -> float | None:
@@ -63,7 +56,18 @@ class DocScore:
 
 
 @dataclass
-class ModelScore:
+class DocScore(_Metrics):
+    id: str
+    source: str
+    tokens: int = 0  # tokens scored (the first token of a document is context only)
+    nll_sum: float = 0.0  # nats, summed over the scored tokens
+    bytes: int = 0  # UTF-8 bytes of the text the scored tokens stand for
+    truncated: bool = False  # cut by --max-tokens
+    skipped: str | None = None  # why nothing was scored
+
+
+@dataclass
+class ModelScore(_Metrics):
     model: str
     device: str
     dtype: str
@@ -91,18 +95,6 @@ class ModelScore:
     @property
     def bytes(self) -> int:
         return sum(d.bytes for d in self.scored)
-
-    @property
-    def nll(self) -> float | None:
-        return self.nll_sum / self.tokens if self.tokens else None
-
-    @property
-    def ppl(self) -> float | None:
-        return _exp(self.nll)
-
-    @property
-    def bits_per_byte(self) -> float | None:
-        return self.nll_sum / LN2 / self.bytes if self.tokens and self.bytes else None
 
     @property
     def tokens_per_s(self) -> float:
