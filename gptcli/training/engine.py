@@ -27,6 +27,11 @@ from gptcli.training.settings import TrainSettings
 from gptcli.training.signals import StopRequest
 
 
+# Plain attention stores (T x T) scores per head for the backward pass; it was measured faster up to
+# blocks of 256 tokens, while longer blocks keep SDPA's memory-light kernel.
+EAGER_MAX_BLOCK = 256
+
+
 @dataclass
 class Job:
     """What a command hands the engine."""
@@ -111,7 +116,7 @@ class _Loop:
             torch.cuda.set_device(device.index)  # accelerate uses the current device: honour --device cuda:N
         self.acc = acc = make_accelerator(s, device.type)
         self.main = acc.is_main_process
-        if device.type == "cpu" and acc.mixed_precision == "bf16":
+        if device.type == "cpu" and acc.mixed_precision == "bf16" and job.train.block_size <= EAGER_MAX_BLOCK:
             use_eager_attention(job.model)
         optimizer = make_optimizer(job.model, s, job.lr)
         self.scheduler = make_scheduler(optimizer, s, job.steps, job.lr)

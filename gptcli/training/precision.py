@@ -32,7 +32,7 @@ def mixed_precision(precision: str, device_type: str) -> str:
 def use_eager_attention(model: Any) -> None:
     """On CPU under bf16 autocast, PyTorch's fused SDPA backward is the slowest op of a step
     (45% of it for the nanoGPT baby model); plain matmul + softmax attention trains ~1.5x faster
-    there. Only this training run changes: the saved config does not record the choice, so
+    there (blocks of 64 and 256 tokens). Only this training run changes: the saved config does not record the choice, so
     inference keeps SDPA."""
     setter = getattr(model, "set_attn_implementation", None)
     if setter is None:
