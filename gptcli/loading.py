@@ -331,9 +331,13 @@ def _load_adapter(source: ModelSource, runtime: Any, allow_pickle: bool, trust_r
     base = load_model(
         base_spec, runtime, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, for_training=for_training
     )
+    import warnings
+
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(base.model, source.path, is_trainable=for_training)
+    with warnings.catch_warnings():  # library deprecation notices are not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(base.model, source.path, is_trainable=for_training)
     if not for_training:
         model = model.merge_and_unload()  # plain weights decode faster than the adapter detour
         model.eval()

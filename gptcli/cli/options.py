@@ -75,19 +75,19 @@ Seed = Annotated[
 # --- sampling ----------------------------------------------------------------
 MaxNewTokens = Annotated[
     Optional[int],
-    typer.Option("--max-new-tokens", "-t", help="Tokens to generate. [default: 256]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--max-new-tokens", "-t", help="Tokens to generate. (default: 256)", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 Temperature = Annotated[
     Optional[float],
-    typer.Option("--temperature", help="Sampling temperature; 0 is greedy. [default: 0.8]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--temperature", help="Sampling temperature; 0 is greedy. (default: 0.8)", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 TopK = Annotated[
     Optional[int],
-    typer.Option("--top-k", help="Sample from the k most likely tokens; 0 turns it off. [default: 50]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--top-k", help="Sample from the k most likely tokens; 0 turns it off. (default: 50)", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 TopP = Annotated[
     Optional[float],
-    typer.Option("--top-p", help="Nucleus sampling: smallest set with this probability mass, in (0, 1]. [default: 1.0]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--top-p", help="Nucleus sampling: smallest set with this probability mass, in (0, 1]. (default: 1.0)", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 MinP = Annotated[
     Optional[float],
@@ -103,7 +103,7 @@ Greedy = Annotated[
 ]
 NumReturnSequences = Annotated[
     Optional[int],
-    typer.Option("--num-return-sequences", "-n", help="Completions per prompt. [default: 1]", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--num-return-sequences", "-n", help="Completions per prompt. (default: 1)", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 NumBeams = Annotated[
     Optional[int],
