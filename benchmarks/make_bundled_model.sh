@@ -12,7 +12,7 @@ DATA=${1:-../shared/data/tinystories-sample.txt}
 RUN=runs/tinystories
 mkdir -p runs
 gptcli train "$DATA" --arch llama --preset mini --vocab-size 4096 --block-size 256 --batch-size 16 \
-    --steps 400 --lr 2e-3 --warmup 20 --dropout 0.1 --eval-every 100 --save-every 100 --seed 1337 --precision fp32 \
+    --steps 800 --lr 2e-3 --warmup 30 --dropout 0.1 --eval-every 100 --save-every 100 --seed 1337 \
     --out "$RUN" --overwrite --json > "$RUN.json"
 python tools/bundle_model.py "$RUN" gptcli/bundled/tinystories \
     --card tools/cards/tinystories.json --license-file tools/cards/tinystories-LICENSE.txt
