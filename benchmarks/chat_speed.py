@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import build_gpt2_124m  # noqa: E402
 
 SYSTEM = "You are a friendly storyteller. Answer with short, simple stories for small children."
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -43,26 +45,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_
 
 def build_model(folder: Path) -> Path:
     """GPT-2 small's shape (12 layers, 12 heads, 768 wide, 1024 context) over an 8k vocabulary."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    if (folder / "model.safetensors").exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=8192, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train([str(SHARED / "tinystories-sample.txt")], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=len(fast), n_positions=1024,
-                        bos_token_id=0, eos_token_id=0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
+    return build_gpt2_124m(folder, SHARED / "tinystories-sample.txt", vocab_size=None)
 
 
 def story_chunks(tok, count: int, tokens: int, skip: int = 0) -> list[str]:

@@ -13,11 +13,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_gpt2_124m(folder: Path, vocab_text: Path | None = None, seed: int = 0) -> Path:
-    """GPT-2 small's shape (12 layers, 12 heads, 768 wide, 50257 vocab, 1024 context), random weights.
+def build_gpt2_124m(folder: Path, vocab_text: Path | str | None = None, seed: int = 0, vocab_size: int | None = 50257) -> Path:
+    """GPT-2 small's shape (12 layers, 12 heads, 768 wide, 1024 context), random weights.
 
-    The tokenizer is a byte-level BPE trained locally (8k entries); ids beyond it decode to nothing,
-    which is fine for speed measurements.
+    The tokenizer is a byte-level BPE trained locally on `vocab_text` (8k entries). The model's
+    vocabulary is GPT-2's 50,257 (ids beyond the tokenizer decode to nothing, which is fine for
+    speed), or the tokenizer's own size with `vocab_size=None`.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -32,12 +33,14 @@ def build_gpt2_124m(folder: Path, vocab_text: Path | None = None, seed: int = 0)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=8192, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    text_file = vocab_text or SHARED / "tinyshakespeare.txt"
-    tok.train([str(text_file)], trainer)
+    if isinstance(vocab_text, str):  # the text itself
+        tok.train_from_iterator(vocab_text.splitlines(), trainer)
+    else:
+        tok.train([str(vocab_text or SHARED / "tinyshakespeare.txt")], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024,
+    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=vocab_size or len(fast), n_positions=1024,
                         bos_token_id=0, eos_token_id=0)
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
