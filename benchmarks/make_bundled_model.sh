@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/make_bundled_model.sh [path/to/tinystories-sample.txt]
 #
-# Trains a tokenizer and a 4.2 M-parameter Llama-style model on the 2,316-story TinyStories
+# Trains a tokenizer and a 5.7 M-parameter Llama-style model on the 2,316-story TinyStories
 # sample (the last 5% of tokens held out for validation), evaluates it on the held-out
 # stories, then copies it into the package with float16 weights and its card.
 set -euo pipefail
@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/tinystories-sample.txt}
 RUN=runs/tinystories
 mkdir -p runs
-gptcli train "$DATA" --arch llama --preset mini --vocab-size 4096 --block-size 256 --batch-size 16 \
-    --steps 800 --lr 2e-3 --warmup 30 --dropout 0.1 --eval-every 100 --save-every 100 --seed 1337 \
+gptcli train "$DATA" --arch llama --preset mini --n-layer 6 --vocab-size 4096 --block-size 256 --batch-size 16 \
+    --steps 1600 --lr 2e-3 --warmup 40 --dropout 0.1 --eval-every 200 --save-every 200 --seed 1337 \
     --out "$RUN" --overwrite --json > "$RUN.json"
 python tools/bundle_model.py "$RUN" gptcli/bundled/tinystories \
     --card tools/cards/tinystories.json --license-file tools/cards/tinystories-LICENSE.txt
