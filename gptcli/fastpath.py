@@ -95,3 +95,26 @@ def optimize_for_inference(model: Any, runtime: Any, min_weights: int = MIN_PACK
             setattr(parent, name, PackedLinear(weight, bias))
             packed += 1
     return packed
+
+
+def prefer_eager_attention(lm: Any) -> None:
+    """On CPU, inference runs plain matmul attention instead of PyTorch's SDPA kernel.
+
+    Generation feeds short queries against a cache. Batched decoding (GPT-2-124M shape, bf16,
+    batch 8, 200 tokens): ~430 tokens/s with SDPA, ~500-540 with eager attention; time to the
+    first token of one prompt 115-130 ms with SDPA, 13-15 ms with eager attention. A chat turn feeds a few dozen new tokens against a long cached conversation, then decodes
+    one token at a time against it. Measured on the reference 2-core machine (GPT-2-124M shape,
+    bfloat16, one thread, 12 layers): 69 new tokens over 882 cached ones took ~116 ms with SDPA
+    and 54-86 ms with eager attention; one decode step over 950 cached tokens 32 ms vs 13-18 ms;
+    a fresh 80-token prompt about the same either way. The CPU flash kernel is tuned for long
+    queries, not short ones against a long cache.
+    """
+    model = lm.model
+    if lm.device.type != "cpu" or lm.is_encoder_decoder or not hasattr(model, "set_attn_implementation"):
+        return
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    try:
+        model.set_attn_implementation("eager")
+    except (ValueError, ImportError, NotImplementedError):  # a model without an eager path keeps SDPA
+        pass

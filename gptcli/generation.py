@@ -229,12 +229,9 @@ def supports_fast_decode(lm: Any) -> bool:
 
 
 def _new_cache(model: Any) -> Any:
-    from transformers import DynamicCache
+    from gptcli.kvcache import new_cache
 
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # transformers 4.x
-        return DynamicCache()
+    return new_cache(model)
 
 
 def _sampling_key(p: SamplingParams) -> tuple:
@@ -314,12 +311,14 @@ def stream_generate(
         else:
             events = _hf_generate_batch(lm, batch)
         for event in events:
+            if stats.ttft_s is None:
+                # Time to the first token produced (its text may still be held back, e.g. half a character).
+                firsts = [s.first_token_at for s in batch if s.first_token_at]
+                stats.ttft_s = min(firsts) - started if firsts else None
             if isinstance(event, Completion):
                 stats.prompt_tokens += event.prompt_tokens if event.sample == 0 else 0
                 stats.completion_tokens += event.completion_tokens
                 stats.decode_s += event.decode_s
-            elif stats.ttft_s is None and event.text:
-                stats.ttft_s = time.perf_counter() - started
             yield event
     stats.elapsed_s = time.perf_counter() - started
     stats.peak_memory_bytes = peak_memory_bytes(lm.device)
@@ -498,7 +497,7 @@ def _crop_cache(cache: Any, current: int, keep: int) -> bool:
         return False
     if keep < current:
         # Sliding-window and linear-attention layers drop old states: they cannot be cut back.
-        if any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        if any(type(layer).__name__ not in ("DynamicLayer", "GrowingLayer") for layer in layers):
             return False
         cache.crop(keep - current)  # a negative count removes that many tokens from the end
     return cache.get_seq_length() == keep

@@ -54,27 +54,6 @@ class TrimmedStream:
             self.pending += text
 
 
-def _prefer_eager_attention(lm: Any) -> None:
-    """On CPU, chat turns run plain matmul attention instead of PyTorch's SDPA kernel.
-
-    A chat turn feeds a few dozen new tokens against a long cached conversation, then decodes
-    one token at a time against it. Measured on the reference 2-core machine (GPT-2-124M shape,
-    bfloat16, one thread, 12 layers): 69 new tokens over 882 cached ones took ~116 ms with SDPA
-    and 54-86 ms with eager attention; one decode step over 950 cached tokens 32 ms vs 13-18 ms;
-    a fresh 80-token prompt about the same either way. The CPU flash kernel is tuned for long
-    queries, not short ones against a long cache.
-    """
-    model = lm.model
-    if lm.device.type != "cpu" or lm.is_encoder_decoder or not hasattr(model, "set_attn_implementation"):
-        return
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return
-    try:
-        model.set_attn_implementation("eager")
-    except (ValueError, ImportError, NotImplementedError):  # a model without an eager path keeps SDPA
-        pass
-
-
 @contextmanager
 def _ctrl_c_held():
     """Hold Ctrl-C while a piece is recorded and printed, so the partial reply that is kept is
@@ -101,6 +80,7 @@ class ChatSession:
         history: HistoryFile | None = None,
         notice: Callable[[str], None] | None = None,
     ):
+        from gptcli.fastpath import prefer_eager_attention
         from gptcli.generation import PromptCache
 
         self.lm = lm
@@ -110,7 +90,7 @@ class ChatSession:
         self.notice = notice or (lambda text: None)
         self.format = ChatFormat(lm)
         self.cache = PromptCache()
-        _prefer_eager_attention(lm)
+        prefer_eager_attention(lm)  # open_model already does this; a caller's own model may not have
         self.window_start = 0  # index of the first message the model still sees (older ones were dropped)
 
     # ------------------------------------------------------------------ conversation edits
