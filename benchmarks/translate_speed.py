@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--no-cli", action="store_true", help="skip the end-to-end subprocess run")
     args = ap.parse_args()
 
-    from gptcli.generation import Request, stream_generate
+    from gptcli.generation import stream_generate
     from gptcli.sampling import SamplingParams
     from gptcli.session import open_model
     from gptcli.translation.families import apply_plan, make_plan
@@ -111,7 +111,7 @@ def main() -> int:
             rows.append(("gptcli translate -b 16 (process, incl. start-up)", elapsed, len(lines) / elapsed,
                          t_single / elapsed, n_out))
 
-    print(f"| run | seconds | lines/s | vs one line per call | same lines as one-per-call |")
+    print("| run | seconds | lines/s | vs one line per call | same lines as one-per-call |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, secs, lps, ratio, same in rows:
         print(f"| {name} | {secs:.2f} | {lps:.1f} | {ratio:.1f}x | {same}/{len(lines)} |")

@@ -14,7 +14,6 @@ from typing import Any
 
 
 def _growing_layer_class():
-    import torch
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
