@@ -123,7 +123,13 @@ def _flush_quietly() -> None:
         console.silence_stdout()
 
 
+# Commands whose process may end without interpreter teardown (see main). Training is not
+# among them: accelerate and torch.distributed clean up in exit handlers.
+_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "models", "completion"}
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
     code = run(argv)
     try:
         sys.stdout.flush()
@@ -131,4 +137,13 @@ def main(argv: list[str] | None = None) -> None:
         from gptcli import console
 
         console.silence_stdout()
+    command = next((a for a in args if not a.startswith("-")), None)
+    if command in _FAST_EXIT_COMMANDS and "torch" in sys.modules:
+        # Tearing down an interpreter that loaded torch and transformers takes ~0.9 s on the
+        # reference machine (measured: 3.3 s vs 2.4 s for the same imports), a third of a quick
+        # generation. Everything these commands write is flushed or renamed into place by now.
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
     sys.exit(code)
