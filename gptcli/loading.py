@@ -9,6 +9,7 @@ and tokenizer with transformers and reports what callers need to know.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -128,13 +129,11 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
         ) from exc
 
 
-def check_weights(folder: Path, *, allow_pickle: bool) -> list[Path]:
-    """Return the weight files to load, refusing pickle and catching truncation early."""
+def check_weights(folder: Path, *, allow_pickle: bool) -> int:
+    """Refuse pickle and catch truncation before loading; returns the number of weights (0: unknown)."""
     safetensors = sorted(folder.glob("*.safetensors"))
     if safetensors:
-        for path in safetensors:
-            check_safetensors_file(path)
-        return safetensors
+        return sum(check_safetensors_file(path) for path in safetensors)
     pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles and not allow_pickle:
         raise ModelLoadError(
@@ -143,32 +142,14 @@ def check_weights(folder: Path, *, allow_pickle: bool) -> list[Path]:
         )
     if not pickles:
         raise ModelLoadError(f"no weights (*.safetensors) found in {folder}.")
-    return pickles
+    return 0  # pickle files have no header to count from
 
 
-def count_parameters(paths: list[Path]) -> int:
-    """Number of weights in safetensors files, from their headers alone (0 for other formats)."""
-    total = 0
-    for path in paths:
-        if path.suffix != ".safetensors":
-            return 0
-        for name, info in _safetensors_header(path).items():
-            if name != "__metadata__":
-                n = 1
-                for dim in info.get("shape", []):
-                    n *= int(dim)
-                total += n
-    return total
+def check_safetensors_file(path: Path) -> int:
+    """Validate the header and size of a safetensors file without reading the tensors.
 
-
-def _safetensors_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n))
-
-
-def check_safetensors_file(path: Path) -> None:
-    """Validate the header and size of a safetensors file without reading the tensors."""
+    Returns the number of weights it holds (from the header), for runtime choices by size.
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -185,6 +166,7 @@ def check_safetensors_file(path: Path) -> None:
         )
         if 8 + n + end > size:
             raise ValueError(f"file is truncated ({size} bytes, needs {8 + n + end})")
+        return sum(math.prod(int(d) for d in v.get("shape", [])) for k, v in header.items() if k != "__metadata__")
     except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"weight file {path} is corrupt: {exc}.") from exc
 
@@ -276,11 +258,11 @@ def load_model(
         return _load_adapter(source, runtime, allow_pickle, trust_remote_code, for_training)
 
     config = load_config(folder, trust_remote_code=trust_remote_code)
-    weights = check_weights(folder, allow_pickle=allow_pickle)
+    n_params = check_weights(folder, allow_pickle=allow_pickle)
     if not for_training:
         from gptcli.runtime import fit_to_model
 
-        runtime = fit_to_model(runtime, count_parameters(weights))
+        runtime = fit_to_model(runtime, n_params)
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     model = _instantiate(folder, config, runtime, allow_pickle, trust_remote_code)
     if not for_training:

@@ -170,14 +170,29 @@ def set_threads(threads: int | None) -> bool:
 SMALL_MODEL_PARAMS = 20_000_000
 
 
+@lru_cache(maxsize=1)
+def _default_threads() -> int:
+    """PyTorch's own thread count, read once before we change it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def fit_to_model(runtime: Runtime, n_params: int) -> Runtime:
-    """Refine automatic CPU choices once the model's size is known (before its weights load)."""
-    if runtime.device.type != "cpu" or n_params >= SMALL_MODEL_PARAMS:
+    """Refine automatic CPU choices once the model's size is known (before its weights load).
+
+    Threads are set for every model, not only small ones, so a process that loads several
+    models (eval comparing them) gives each the count that suits it.
+    """
+    if runtime.device.type != "cpu" or n_params <= 0:  # 0: size unknown (pickle weights)
         return runtime
     import torch
 
+    small = n_params < SMALL_MODEL_PARAMS
     if runtime.threads_auto:
-        torch.set_num_threads(1)
+        torch.set_num_threads(1 if small else _default_threads())
+    if not small:
+        return runtime
     if runtime.dtype_auto and runtime.dtype != torch.float32:
         return Runtime(runtime.device, torch.float32, runtime.dtype_auto, runtime.threads_auto)
     return runtime

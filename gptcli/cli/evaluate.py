@@ -92,16 +92,10 @@ def evaluate(
     from gptcli.runtime import seed_everything
     from gptcli.session import open_model
 
-    import torch
-
     documents = prepare_documents(documents, concat)
     seed_everything(seed)
-    default_threads = torch.get_num_threads()
     scores = []
     for spec in models or [None]:
-        # Loading a small model drops torch to one thread (runtime.fit_to_model); without --threads,
-        # each model starts again from the process default so a larger one after it is not slowed.
-        torch.set_num_threads(default_threads)
         lm, _ = open_model(spec, device=device, dtype=dtype, threads=threads,
                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         with progress_display(f"eval {lm.name}") as bar:
