@@ -79,10 +79,23 @@ def _print_error(message: str) -> None:
         pass
 
 
+def _quiet_unraisable(hook):
+    """Ctrl-C or a closed pipe can land inside a finalizer; Python then prints a traceback
+    ("Exception ignored in ...") that no `except` can catch. Those are not errors to show."""
+
+    def handle(unraisable) -> None:
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, BrokenPipeError)) and not _debug():
+            return
+        hook(unraisable)
+
+    return handle
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; never raises (except SystemExit from --help paths)."""
     from gptcli import console
 
+    sys.unraisablehook = _quiet_unraisable(sys.__unraisablehook__)
     try:
         rv = app(args=argv, prog_name="gptcli", standalone_mode=False)
         console.flush_stdout()
