@@ -66,11 +66,11 @@ def generate(
     if file is not None and prompt is not None:
         raise UsageError("give either a prompt or --file, not both.")
     if file is not None:
-        records, jsonl = read_prompt_file(file)
+        records, _ = read_prompt_file(file)
     else:
         from gptcli.inputs import Record
 
-        records, jsonl = [Record(gather_prompt(prompt))], False
+        records = [Record(gather_prompt(prompt))]
     requests = _requests(records, base)
 
     from gptcli.generation import Completion, RunStats, stream_generate
@@ -85,7 +85,7 @@ def generate(
         lm, requests, batch_size=batch_size or 8, truncate=truncate, stats=run_stats,
         on_truncate=lambda label, n: console.warn(f"{label} was cut to its last {n} tokens to fit the context."),
     )
-    render = _JsonRenderer(lm, records, requests, echo, jsonl) if as_json else _TextRenderer(records, requests, echo)
+    render = _JsonRenderer(lm, records, requests, echo) if as_json else _TextRenderer(records, requests, echo)
     try:
         for event in events:
             if isinstance(event, Completion):
@@ -108,62 +108,68 @@ def _requests(records, base):
     return requests
 
 
-class _TextRenderer:
-    """Streams the first sequence live; others print whole, in input order, as they complete."""
+class _InOrder:
+    """Hands completions to `emit` in input order (request, then sample), holding early ones back."""
 
     def __init__(self, records, requests, echo: bool):
         self.records, self.echo = records, echo
         self.order = [(r, s) for r, req in enumerate(requests) for s in range(req.params.num_return_sequences)]
-        self.next = 0  # index into self.order of the sequence printed next
-        self.done: dict[tuple[int, int], str] = {}
-        self.live_started = False
+        self.next = 0  # index into self.order of the sequence output next
+        self.done: dict[tuple[int, int], object] = {}
 
-    def _live(self, key) -> bool:
-        return self.next < len(self.order) and self.order[self.next] == key
+    def _head(self):
+        return self.order[self.next] if self.next < len(self.order) else None
 
-    def _begin(self, key) -> None:
+    def _release(self, emit) -> None:
+        while self._head() in self.done:
+            emit(self.done.pop(self._head()))
+            self.next += 1
+
+
+class _TextRenderer(_InOrder):
+    """Streams the sequence due next live; others print whole, in input order, as they complete."""
+
+    live_started = False
+
+    def _begin(self, ev) -> None:
         from gptcli import console
 
         if self.echo and not self.live_started:
-            console.write(self.records[key[0]].prompt)
+            console.write(self.records[ev.request].prompt)
         self.live_started = True
 
     def piece(self, ev) -> None:
         from gptcli import console
 
-        key = (ev.request, ev.sample)
-        if self._live(key):
-            self._begin(key)
+        if self._head() == (ev.request, ev.sample):
+            self._begin(ev)
             console.write(ev.text)
 
     def completion(self, ev) -> None:
         from gptcli import console
 
-        key = (ev.request, ev.sample)
-        if self._live(key):
-            self._begin(key)
+        if self._head() == (ev.request, ev.sample):
+            self._begin(ev)
             console.write("\n")
-            self._advance()
+            self.next += 1
+            self.live_started = False
         else:
-            self.done[key] = ev.text
-        while self.next < len(self.order) and self.order[self.next] in self.done:
-            key = self.order[self.next]
-            prefix = self.records[key[0]].prompt if self.echo else ""
-            console.write(prefix + self.done.pop(key) + "\n")
-            self._advance()
+            self.done[(ev.request, ev.sample)] = ev
+        self._release(self._print_whole)
 
-    def _advance(self) -> None:
-        self.next += 1
-        self.live_started = False
+    def _print_whole(self, ev) -> None:
+        from gptcli import console
+
+        prefix = self.records[ev.request].prompt if self.echo else ""
+        console.write(prefix + ev.text + "\n")
 
 
-class _JsonRenderer:
+class _JsonRenderer(_InOrder):
     """One JSON object per completion, in input order."""
 
-    def __init__(self, lm, records, requests, echo: bool, jsonl_input: bool):
-        self.lm, self.records, self.echo = lm, records, echo
-        self.order = [(r, s) for r, req in enumerate(requests) for s in range(req.params.num_return_sequences)]
-        self.next, self.done = 0, {}
+    def __init__(self, lm, records, requests, echo: bool):
+        super().__init__(records, requests, echo)
+        self.lm = lm
 
     def piece(self, ev) -> None:
         pass
@@ -172,10 +178,7 @@ class _JsonRenderer:
         from gptcli import console
 
         self.done[(ev.request, ev.sample)] = ev
-        while self.next < len(self.order) and self.order[self.next] in self.done:
-            done = self.done.pop(self.order[self.next])
-            console.write(json.dumps(self._record(done), ensure_ascii=False) + "\n")
-            self.next += 1
+        self._release(lambda done: console.write(json.dumps(self._record(done), ensure_ascii=False) + "\n"))
 
     def _record(self, ev) -> dict:
         rec = self.records[ev.request]
