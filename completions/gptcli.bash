@@ -82,7 +82,7 @@ _gptcli() {
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --format --val-split --val-data --block-size --lora --lora-r --lora-alpha --lora-dropout --lora-targets --merge --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --format --val-split --val-data --block-size --lora --lora-r --lora-alpha --lora-dropout --lora-targets --merge --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --fsdp --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         generate)
             case "$prev" in
@@ -149,7 +149,7 @@ _gptcli() {
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--text-field --val-split --val-data --tokenizer --tokenizer-type --vocab-size --arch --preset --n-layer --n-head --n-embd --block-size --dropout --model-config --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--text-field --val-split --val-data --tokenizer --tokenizer-type --vocab-size --arch --preset --n-layer --n-head --n-embd --block-size --dropout --model-config --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --fsdp --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         translate)
             case "$prev" in

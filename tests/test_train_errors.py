@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_train_support import TINY, cli, corpus
 
@@ -133,3 +135,21 @@ def test_bad_config_files(tmp_path):
 def test_merge_needs_lora(tmp_path, gpt2_dir):
     code, _, err = cli("finetune", corpus(tmp_path), "--model", gpt2_dir, "--merge", "--out", tmp_path / "o")
     assert code == 2 and "--merge only applies to --lora" in _one_error_line(err)
+
+
+def test_fsdp_refuses_lora(tmp_path, gpt2_dir):
+    code, _, err = cli("finetune", corpus(tmp_path), "--model", gpt2_dir, "--lora", "--fsdp", "--out", tmp_path / "o")
+    line = _one_error_line(err)
+    assert code == 2 and "--fsdp" in line and "--lora" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_fsdp_in_one_process_is_a_noted_no_op(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("fsdp: true\n", encoding="utf-8")  # settable from the config file like every flag
+    code, out, err = cli("train", corpus(tmp_path), *TINY, "--steps", "1", "--config", config, "--out", tmp_path / "o",
+                         "--json")
+    assert code == 0, err
+    assert err.count("--fsdp has no effect in a single process") == 1
+    assert json.loads(out)["fsdp"] is False
+    assert (tmp_path / "o" / "model.safetensors").is_file()

@@ -44,6 +44,7 @@ WeightDecay = Annotated[Optional[float], _opt("--weight-decay", help="AdamW weig
 Beta2 = Annotated[Optional[float], _opt("--beta2", help="AdamW beta2. (default: 0.95)")]
 GradClip = Annotated[Optional[float], _opt("--grad-clip", help="Clip the gradient norm to this; 0 turns it off. (default: 1.0)")]
 Precision = Annotated[Optional[str], _opt("--precision", help="auto, fp32, bf16 or fp16 mixed precision (weights stay fp32). auto: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else fp32.")]
+Fsdp = Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard weights, gradients and optimizer state across the processes (FSDP2) instead of replicating them (DDP). Checkpoints still hold the full model. No effect in one process; not with --lora.", rich_help_panel=OPTIM_PANEL)]
 EvalEvery = Annotated[Optional[int], _opt("--eval-every", help="Steps between validation runs; 0: only at the end. (default: steps/10)", panel=RUN_PANEL)]
 EvalBatches = Annotated[Optional[int], _opt("--eval-batches", help="Validation batches per evaluation, at most. (default: 20)", panel=RUN_PANEL)]
 SaveEvery = Annotated[Optional[int], _opt("--save-every", help="Steps between checkpoints; 0: only at the end. (default: steps/5)", panel=RUN_PANEL)]
@@ -106,6 +107,7 @@ def train(
     beta2: Beta2 = None,
     grad_clip: GradClip = None,
     precision: Precision = None,
+    fsdp: Fsdp = False,
     eval_every: EvalEvery = None,
     eval_batches: EvalBatches = None,
     save_every: SaveEvery = None,
@@ -160,6 +162,7 @@ def finetune(
     beta2: Beta2 = None,
     grad_clip: GradClip = None,
     precision: Precision = None,
+    fsdp: Fsdp = False,
     eval_every: EvalEvery = None,
     eval_batches: EvalBatches = None,
     save_every: SaveEvery = None,

@@ -2,7 +2,7 @@
 
 A checkpoint is OUT/checkpoints/step-NNNNNNNN/: the model (or LoRA adapter)
 and tokenizer in Hugging Face format, so it also loads with `--model`, plus
-trainer_state.pt (optimizer, scheduler, RNG states, step = data position).
+trainer_state.pt (optimizer, scheduler, every process's RNG states, step = data position).
 It is written into a hidden temporary folder and renamed into place only when
 complete, so a crash, a second Ctrl-C or a full disk never leaves a folder
 that `--resume` would pick up; a failed save removes its temporary folder.
@@ -45,6 +45,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_for_rank(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The random states this rank saved; rank 0's when the checkpoint has none for it (a run with
+    fewer processes, or a checkpoint written before every rank's states were kept)."""
+    by_rank = state.get("rng_by_rank")
+    if isinstance(by_rank, (list, tuple)) and rank < len(by_rank):
+        return by_rank[rank]
+    return state["rng"]
 
 
 def _as_tuple(value: Any) -> Any:

@@ -1,9 +1,12 @@
 """The training loop both `train` and `finetune` run, on Hugging Face accelerate.
 
 accelerate owns devices, mixed precision and distribution (DDP under
-`torchrun`, gloo on CPU); this module owns the schedule, evaluation,
-checkpoints and stopping. The hot loop avoids host syncs: the loss is read
-back (`.item()`) only on logging steps.
+`torchrun`, gloo on CPU; FSDP2 with --fsdp); this module owns the schedule,
+evaluation, checkpoints and stopping. Checkpoints hold the full model and the
+full (unsharded) optimizer state in one format whatever the mode, so a run
+saved under FSDP resumes under DDP, in one process or with another world
+size. The hot loop avoids host syncs: the loss is read back (`.item()`) only
+on logging steps.
 """
 
 from __future__ import annotations
@@ -43,13 +46,16 @@ class Job:
     out: Path
     steps: int
     lr: float
-    write_model: Callable[[Any, Path], None]  # (unwrapped model, folder) -> HF files + tokenizer
+    # (unwrapped model, folder, full state dict or None) -> HF files + tokenizer; the state dict is given
+    # under FSDP, where the model's own tensors are shards
+    write_model: Callable[[Any, Path, Any], None]
     resume_from: Path | None = None
     resume_state: dict[str, Any] | None = None  # checkpoint.load_state(resume_from)
     resume_command: str = ""
     extra_summary: dict[str, Any] = field(default_factory=dict)
     # set by run(): the trained (unwrapped) model and whether this process writes the outputs
     final_model: Any = None
+    final_state: Any = None  # under FSDP: the gathered full state dict (rank 0), for the export
     is_main: bool = True
 
 
@@ -90,10 +96,53 @@ def evaluate(model: Any, val: Blocks, batch_size: int, max_batches: int, device:
     return float(total / max(weight, 1.0))
 
 
-def make_accelerator(settings: TrainSettings, device_type: str) -> Any:
+def make_accelerator(settings: TrainSettings, device_type: str, world_size: int = 1) -> Any:
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(settings.precision, device_type))
+    mp = mixed_precision(settings.precision, device_type)
+    if not (settings.fsdp and world_size > 1):
+        return Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
+    from accelerate.utils import DistributedType
+
+    plugin = _fsdp_plugin(mp)
+    acc = Accelerator(cpu=device_type == "cpu", mixed_precision=mp, fsdp_plugin=plugin)
+    if acc.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate enables FSDP only on accelerators and would silently train DDP on CPUs, although
+        # torch's fully_shard runs on gloo (checked with torch 2.13: same losses and gradient norms as
+        # DDP); its FSDP2 code paths (prepare, no_sync, clipping, state dicts) then work unchanged.
+        acc.state.distributed_type = DistributedType.FSDP
+        acc.state.fsdp_plugin = plugin
+    if not getattr(acc, "is_fsdp2", False):
+        from gptcli.errors import GptcliError
+
+        raise GptcliError(f"--fsdp could not be enabled on {device_type} (accelerate chose {acc.distributed_type}).",
+                          hint="Run without --fsdp to train data-parallel (DDP).")
+    return acc
+
+
+def _fsdp_plugin(mp: str) -> Any:
+    """FSDP2 (fully_shard) with one unit per transformer block (the model's _no_split_modules)."""
+    import torch
+
+    from gptcli.errors import UsageError
+
+    try:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        # Low-precision compute, but gradients are reduced in fp32, as DDP does under autocast.
+        policy = MixedPrecisionPolicy(param_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[mp],
+                                      reduce_dtype=torch.float32) if mp != "no" else MixedPrecisionPolicy()
+        return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                              reshard_after_forward=True, cpu_offload=False,
+                                              state_dict_type="FULL_STATE_DICT", mixed_precision_policy=policy,
+                                              cpu_ram_efficient_loading=False, activation_checkpointing=False)
+    except (ImportError, TypeError, ValueError) as exc:
+        import accelerate
+
+        raise UsageError(f"--fsdp needs FSDP2 (accelerate >= 1.6 with torch >= 2.6); found accelerate "
+                         f"{accelerate.__version__}, torch {torch.__version__} ({exc}).",
+                         hint="Upgrade them, or run without --fsdp (DDP).") from None
 
 
 def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
@@ -114,14 +163,25 @@ class _Loop:
         device = resolve_device(s.device)
         if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
             torch.cuda.set_device(device.index)  # accelerate uses the current device: honour --device cuda:N
-        self.acc = acc = make_accelerator(s, device.type)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.acc = acc = make_accelerator(s, device.type, world_size)
         self.main = acc.is_main_process
+        self.fsdp = bool(getattr(acc, "is_fsdp2", False))
+        if s.fsdp and not self.fsdp and self.main and reporter_enabled:
+            from gptcli.console import warn
+
+            warn("--fsdp has no effect in a single process (there is nothing to shard across); training unsharded. "
+                 "Launch with torchrun --nproc-per-node N to shard.")
         if device.type == "cpu" and acc.mixed_precision == "bf16" and job.train.block_size <= EAGER_MAX_BLOCK:
             use_eager_attention(job.model)
+        if job.resume_from is not None:  # before sharding: FSDP splits the loaded full tensors
+            job_load_weights(job.model, job.resume_from)
+        self._tied_aliases = _tied_aliases(job.model)
         optimizer = make_optimizer(job.model, s, job.lr)
         self.scheduler = make_scheduler(optimizer, s, job.steps, job.lr)
         self.model, self.optimizer = acc.prepare(job.model, optimizer)
         self.raw_model = acc.unwrap_model(self.model)
+        self._gathered: tuple[int, Any] | None = None  # (step, full model state) of the last FSDP save
 
         self.start, self.tokens_seen, self.best_val, self.last_val, self.last_loss = 0, 0, None, None, None
         if job.resume_from is not None:
@@ -143,13 +203,80 @@ class _Loop:
         self.train_time = 0.0  # seconds spent in optimizer steps (not evaluation or saving)
 
     def _restore(self) -> None:
-        job = self.job
+        job, acc = self.job, self.acc
         state = job.resume_state or checkpoint.load_state(job.resume_from)
-        job_load_weights(self.raw_model, job.resume_from)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])  # dropout continues where it stopped
+        # each rank's dropout continues where it stopped
+        checkpoint.set_rng_state(checkpoint.rng_for_rank(state, acc.process_index))
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != acc.num_processes and self.main:
+            from gptcli.console import warn
+
+            warn(f"the checkpoint was written by {saved_world} process{'es' if saved_world != 1 else ''} and this run "
+                 f"has {acc.num_processes}: training continues from step {int(state['step'])}, but not bit-exactly "
+                 "(batches are split over the processes differently, and a process without saved random states "
+                 "takes rank 0's).")
         self.start, self.tokens_seen, self.best_val = int(state["step"]), int(state["tokens_seen"]), state.get("best_val")
+
+    def _load_optimizer(self, saved: dict[str, Any]) -> None:
+        """Load a full optimizer state; under FSDP each rank keeps its shard of every tensor."""
+        if self.fsdp:
+            import torch
+            from torch.distributed.tensor import DTensor, distribute_tensor
+
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            state = {}
+            for idx, values in saved["state"].items():
+                p = params[int(idx)]
+                state[idx] = {
+                    k: distribute_tensor(v, p.device_mesh, p.placements)
+                    if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v
+                    for k, v in values.items()
+                }
+            saved = {**saved, "state": state}
+        self.optimizer.load_state_dict(saved)
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The full optimizer state, in the format a plain optimizer's state_dict() has (on rank 0 under FSDP)."""
+        saved = self.optimizer.state_dict()
+        if not self.fsdp:
+            return saved
+        from torch.distributed.tensor import DTensor
+
+        state = {}
+        for idx in sorted(saved["state"]):  # the same order on every rank: each gather is a collective
+            values = {k: v.full_tensor().cpu() if isinstance(v, DTensor) else v for k, v in saved["state"][idx].items()}
+            if self.main:
+                state[idx] = values
+        return {**saved, "state": state}
+
+    def _model_state(self) -> Any:
+        """Under FSDP the full model state dict (gathered on rank 0; a collective), else None."""
+        if not self.fsdp:
+            return None
+        if self._gathered is not None and self._gathered[0] == self.step:
+            return self._gathered[1]
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # not accelerate's get_state_dict: with torch 2.13 its options return the DTensor shards
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # gathered copies no longer share storage, so save_pretrained cannot see the tie: drop the alias
+        # (lm_head.weight) here, as an unsharded save does
+        full = {k: v for k, v in full.items() if k not in self._tied_aliases}
+        self._gathered = (self.step, full)
+        return full
+
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's random states, gathered on rank 0 (a collective)."""
+        mine = checkpoint.rng_state()
+        if self.acc.num_processes == 1:
+            return [mine]
+        import torch.distributed as dist
+
+        gathered: list[Any] | None = [None] * self.acc.num_processes if self.main else None
+        dist.gather_object(mine, gathered, dst=0)
+        return gathered or []
 
     def autocast(self) -> Any:
         return self.acc.autocast() if self.acc.mixed_precision != "no" else nullcontext()
@@ -163,9 +290,10 @@ class _Loop:
             x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
             # DDP all-reduces gradients on the last micro-batch only
             sync = acc.no_sync(model) if micro < s.grad_accum - 1 and acc.num_processes > 1 else nullcontext()
-            with sync, self.autocast():
-                loss = _loss(model(input_ids=x).logits, y, self.masked)
-            acc.backward(loss / s.grad_accum if s.grad_accum > 1 else loss)
+            with sync:  # FSDP decides at backward time, DDP at forward time: both run inside
+                with self.autocast():
+                    loss = _loss(model(input_ids=x).logits, y, self.masked)
+                acc.backward(loss / s.grad_accum if s.grad_accum > 1 else loss)
             total = loss.detach() if total is None else total + loss.detach()
         if s.grad_clip > 0:
             acc.clip_grad_norm_(model.parameters(), s.grad_clip)
@@ -188,13 +316,16 @@ class _Loop:
         self.reporter.evaluated(self.step, val_loss, is_best)
 
     def save(self) -> None:
+        # every rank takes part in gathering; only rank 0 writes
+        model_state, optimizer_state, rngs = self._model_state(), self._optimizer_state(), self._rng_states()
         if self.main:
             state = {
                 "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": checkpoint.rng_state(), "world_size": self.acc.num_processes,
+                "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
+                "rng": rngs[0], "rng_by_rank": rngs, "world_size": self.acc.num_processes,
             }
-            checkpoint.save(self.job.out, self.step, lambda folder: self.job.write_model(self.raw_model, folder),
+            checkpoint.save(self.job.out, self.step,
+                            lambda folder: self.job.write_model(self.raw_model, folder, model_state),
                             state, self.s.keep_checkpoints)
         self.acc.wait_for_everyone()
 
@@ -233,6 +364,7 @@ class _Loop:
                 self.evaluate()
             if self.step > self.start or not checkpoint.list_checkpoints(checkpoint.checkpoints_dir(job.out)):
                 self.save()
+            job.final_state = self._model_state()
         self.reporter.close()
         self.metrics.close()
         return self._summary(time.perf_counter() - wall0)
@@ -265,6 +397,7 @@ class _Loop:
             "ms_per_step": round(1000 * self.train_time / done, 3) if done else None,
             "tokens_per_s": round(done * self.tokens_per_step / self.train_time, 1) if self.train_time > 0 else None,
             "world_size": self.acc.num_processes,
+            "fsdp": self.fsdp,
             "precision": {"no": "fp32"}.get(self.acc.mixed_precision, self.acc.mixed_precision),
             **job.extra_summary,
         }
@@ -276,6 +409,18 @@ class _Loop:
                  + (f" | best val loss {self.best_val:.4f}" if self.best_val is not None else "")
                  + f" | {self.tokens_seen:,} tokens")
         return summary
+
+
+def _tied_aliases(model: Any) -> set[str]:
+    """Names of parameters that are the same tensor as an earlier one (tied output embeddings)."""
+    first: dict[int, str] = {}
+    aliases = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases.add(name)
+        else:
+            first[id(p)] = name
+    return aliases
 
 
 def job_load_weights(model: Any, folder: Path) -> None:

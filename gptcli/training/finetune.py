@@ -69,22 +69,22 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     model.train()
     s.block_size = block
 
-    def write(m: Any, folder: Path) -> None:  # checkpoints: adapter or full model, plus tokenizer
+    def write(m: Any, folder: Path, state_dict: Any = None) -> None:  # checkpoints: adapter or full model, plus tokenizer
         from gptcli.training.export import save_model_folder
 
-        if s.lora:
+        if s.lora:  # never sharded: --fsdp refuses --lora
             m.save_pretrained(folder, safe_serialization=True)
             tok.save_pretrained(folder)
         else:
-            save_model_folder(m, tok, folder)
+            save_model_folder(m, tok, folder, state_dict)
 
-    def export(m: Any, folder: Path) -> None:
+    def export(m: Any, folder: Path, state_dict: Any = None) -> None:
         from gptcli.training.export import save_model_folder
 
         if s.lora and s.merge:
             save_model_folder(m.merge_and_unload(), tok, folder)
         else:
-            write(m, folder)
+            write(m, folder, state_dict)
 
     lr = s.lr or (2e-4 if s.lora else 1e-4)
     return runner.execute(

@@ -66,10 +66,10 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     model = presets.new_model(config, s.seed)
     s.block_size = block
 
-    def write(m: Any, folder: Path) -> None:
+    def write(m: Any, folder: Path, state_dict: Any = None) -> None:
         from gptcli.training.export import save_model_folder
 
-        save_model_folder(m, tokenizer, folder)
+        save_model_folder(m, tokenizer, folder, state_dict)
 
     return runner.execute(
         "train", s, model=model, train=train, val=val, lr=s.lr or 1e-3,

@@ -80,8 +80,8 @@ def execute(
     lr: float,
     resume_from: Path | None,
     resume_state: dict[str, Any] | None,
-    write_model: Callable[[Any, Path], None],
-    export: Callable[[Any, Path], None],
+    write_model: Callable[[Any, Path, Any], None],
+    export: Callable[[Any, Path, Any], None],
     describe: dict[str, Any],
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def execute(
     if job.is_main:
         from gptcli.training.export import publish
 
-        publish(out, lambda folder: export(job.final_model, folder))
+        publish(out, lambda folder: export(job.final_model, folder, job.final_state))
     return summary
 
 

@@ -64,6 +64,7 @@ class TrainSettings:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     precision: str = "auto"  # auto, fp32, bf16, fp16 (mixed precision; weights stay fp32)
+    fsdp: bool = False  # under torchrun: shard weights, gradients and optimizer state (FSDP2) instead of DDP
     # --- evaluation, checkpoints, output ---
     eval_every: int | None = None  # steps between validation runs; default ~10 per run; 0: only at the end
     eval_batches: int = 20  # validation batches per evaluation (at most)
@@ -194,6 +195,9 @@ def validate(s: TrainSettings, *, command: str) -> TrainSettings:
         bad("--resume and --overwrite contradict each other; pick one.")
     if s.merge and not s.lora:
         bad("--merge only applies to --lora finetuning.")
+    if s.fsdp and s.lora:
+        bad("--fsdp shards full-weight training; it does not support --lora adapters.",
+            hint="Drop --fsdp: under torchrun --lora trains data-parallel (DDP).")
     from gptcli.runtime import parse_device
 
     s.device = parse_device(s.device)
