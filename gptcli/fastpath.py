@@ -97,6 +97,28 @@ def optimize_for_inference(model: Any, runtime: Any, min_weights: int = MIN_PACK
     return packed
 
 
+def fuse_activations(model: Any) -> int:
+    """Swap the composed tanh-GELU (GPT-2's `gelu_new`, `gelu_fast`) for PyTorch's fused kernel.
+
+    `NewGELUActivation` is six elementwise ops, each a pass over the activations plus a
+    dispatch; `F.gelu(approximate="tanh")` is one. The same function up to rounding (the
+    README's fast-path note; tests check the logits). Measured on the reference machine at
+    batch 8 (GPT-2-124M shape, bfloat16): 0.85 ms of a ~16 ms decode step went to the composed
+    form. Returns how many modules were swapped.
+    """
+    if os.environ.get("GPTCLI_FASTPATH", "1") == "0":
+        return 0
+    try:
+        from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
+    except ImportError:
+        return 0
+    swaps = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+             if type(child) in (NewGELUActivation, FastGELUActivation)]
+    for parent, name in swaps:
+        setattr(parent, name, GELUTanh())
+    return len(swaps)
+
+
 def prefer_eager_attention(lm: Any) -> None:
     """On CPU, inference runs plain matmul attention instead of PyTorch's SDPA kernel.
 

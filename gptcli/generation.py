@@ -121,24 +121,25 @@ def fit_prompt(ids: list[int], context: int, max_new_tokens: int, truncate: bool
 
 
 def process_logits(logits: Any, params: SamplingParams, seen: Any | None) -> Any:
-    """Apply repetition penalty and temperature to (B, V) float logits."""
+    """Apply the repetition penalty to (B, V) logits (in float32 when it applies)."""
     import torch
 
     if params.repetition_penalty not in (None, 1.0) and seen is not None:
+        logits = logits.float()
         score = torch.gather(logits, 1, seen)
         score = torch.where(score < 0, score * params.repetition_penalty, score / params.repetition_penalty)
         logits = logits.scatter(1, seen, score)
-    if params.is_greedy:
-        return logits
-    return logits / params.temperature
+    return logits
 
 
 def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) -> Any:
-    """Pick one token per row: argmax, or a sample after top-k, top-p and min-p.
+    """Pick one token per row: argmax, or a sample after temperature, top-k, top-p and min-p.
 
-    Sampling happens among the top-k candidates only (sorted, so top-p is a cumulative
-    sum): drawing from 50 candidates instead of a 50k vocabulary saves ~0.7 ms a token.
-    The distribution is the same as masking the full vocabulary.
+    Sampling happens among the top-k candidates only (sorted, so top-p is a cumulative sum):
+    drawing from 50 candidates instead of a 50k vocabulary saves ~0.7 ms a token. Temperature
+    is applied after that selection, in float32: dividing by it keeps the order, so the
+    candidates are the same, and only k values per row are converted and scaled instead of
+    the whole vocabulary. The distribution is the same as masking the full vocabulary.
     """
     import torch
 
@@ -152,15 +153,32 @@ def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) ->
         values, index = torch.sort(logits, descending=True, dim=-1)
     else:
         values, index = logits, None
-    probs = values.softmax(-1)
+    probs = (values.float() / params.temperature).softmax(-1)
     if top_p is not None:
         drop = (probs.cumsum(-1) - probs) >= top_p  # keep the token that crosses p
         probs = probs.masked_fill(drop, 0.0)
     if params.min_p:
         floor = probs.max(dim=-1, keepdim=True).values * params.min_p
         probs = probs.masked_fill(probs < floor, 0.0)
-    picks = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    picks = _draw(probs, generators)
     return index.gather(1, picks[:, None]).squeeze(1) if index is not None else picks
+
+
+def _draw(probs: Any, generators: list[Any]) -> Any:
+    """One index per row, drawn in proportion to the row's (unnormalised) probabilities.
+
+    Inverse CDF with one uniform number per row from that row's own generator, so a
+    sequence's draws depend only on its seed, not on what else is in the batch. One
+    `torch.rand` per row costs a few microseconds where `torch.multinomial` cost ~20.
+    """
+    import torch
+
+    cdf = probs.cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=g, device=probs.device, dtype=cdf.dtype) for g in generators])
+    target = (u * cdf[:, -1])[:, None]
+    # right=True skips zero-probability entries (their CDF equals their predecessor's)
+    picks = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    return picks.clamp_(max=probs.shape[-1] - 1)
 
 
 # --------------------------------------------------------------------------- text streaming
@@ -404,7 +422,7 @@ def _decode_batch(lm: Any, batch: list[_Seq], prompt_cache: "PromptCache | None"
                 if step:
                     fed.append(int(step_input[0, 0]))
                 prompt_cache.cache, prompt_cache.ids, prompt_cache.consistent = cache, list(fed), True
-            logits = process_logits(out.logits[:, -1, :].float(), params, seen)
+            logits = process_logits(out.logits[:, -1, :], params, seen)
             chosen = choose_tokens(logits, params, [generators[i] for i in active]).tolist()
             now = time.perf_counter()
             still = []

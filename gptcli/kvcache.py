@@ -5,12 +5,24 @@ whole cache: O(length^2) memory traffic over a generation. At batch 8 on the ref
 that was ~5% of every step at 200 tokens and grows with length. Our layer keeps keys and
 values in buffers with spare room along the sequence axis and writes new positions into
 them; `keys`/`values` are views of the filled part, so everything that reads them
-(attention, crop, batch selection) works unchanged.
+(crop, batch selection, the sequence length) works unchanged.
+
+On CPU, attention reads the whole buffer, spare room included ("whole-buffer" mode), the
+way transformers' StaticCache does: the spare positions lie after the current one, so the
+causal mask hides them (and they hold zeros or stale finite values, never garbage). A
+slice of the buffer is not contiguous, and PyTorch's CPU batched matmul copies such an
+operand before every bfloat16 product; the whole buffer is contiguous and is read in place.
+Measured on the reference 2-core machine (GPT-2-124M shape, bfloat16, 200 new tokens):
+those copies were about a third of the attention time at batch 8.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+# Whole-buffer mode: capacity grows in steps of this many positions, plus a quarter of the
+# length, so attention reads little spare room and regrowing (one copy) stays rare.
+_STEP = 32
 
 
 def _growing_layer_class():
@@ -18,52 +30,60 @@ def _growing_layer_class():
 
     class GrowingLayer(DynamicLayer):
         _kbuf = _vbuf = None
-        # Keys stored as (batch, heads, head_dim, capacity): `keys` is then a transposed view,
-        # and the attention's `keys.transpose(-1, -2)` is a plain row-major slice again.
-        transpose_keys = False
+        whole_buffer = False
 
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
                 self._kbuf = self._vbuf = None
-            old = self.keys.shape[-2] if self.keys is not None and self.keys.dim() == 4 else 0
+            old = self._filled()
             new = old + key_states.shape[-2]
-            if not self._fits(key_states, old, new):
+            if not (self._reusable(old, new) and self._kbuf.shape[:2] == key_states.shape[:2]):
                 self._grow(key_states, value_states, old, new)
-            if self.transpose_keys:
-                self._kbuf[..., old:new] = key_states.transpose(-1, -2)
-            else:
-                self._kbuf[..., old:new, :] = key_states
+            self._kbuf[..., old:new, :] = key_states
             self._vbuf[..., old:new, :] = value_states
-            self.keys, self.values = self._key_view(new), self._vbuf[..., :new, :]
+            self.keys, self.values = self._kbuf[..., :new, :], self._vbuf[..., :new, :]
+            if self.whole_buffer:
+                return self._kbuf, self._vbuf
             return self.keys, self.values
 
-        def _key_view(self, n: int):
-            return self._kbuf[..., :n].transpose(-1, -2) if self.transpose_keys else self._kbuf[..., :n, :]
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            if not self.whole_buffer:
+                return super().get_mask_sizes(query_length)
+            # Called before this step's update: the mask must span the buffer that update will return.
+            old = self._filled()
+            new = old + query_length
+            return (self._kbuf.shape[-2] if self._reusable(old, new) else self._capacity(new)), 0
 
-        def _fits(self, key_states, old: int, new: int) -> bool:
+        def _filled(self) -> int:
+            return self.keys.shape[-2] if self.keys is not None and self.keys.dim() == 4 else 0
+
+        def _reusable(self, old: int, new: int) -> bool:
             # Someone else (crop, batch selection, reset) may have replaced `keys`: then it is
             # no longer a view of our buffer and we start a new one from it.
-            buf = self._vbuf
+            buf = self._kbuf
             return (
                 buf is not None
                 and new <= buf.shape[-2]
-                and buf.shape[:2] == key_states.shape[:2]
-                and (old == 0 or (self.keys.data_ptr() == self._kbuf.data_ptr()
-                                  and self.values.data_ptr() == buf.data_ptr()))
+                and (old == 0 or (self.keys.data_ptr() == buf.data_ptr()
+                                  and self.values.data_ptr() == self._vbuf.data_ptr()))
             )
 
+        def _capacity(self, new: int) -> int:
+            if not self.whole_buffer:
+                return max(64, 2 * new)
+            want = new + max(_STEP, new // 4)
+            return -(-want // _STEP) * _STEP
+
         def _grow(self, key_states, value_states, old: int, new: int) -> None:
-            capacity = max(64, 2 * new)
+            capacity = self._capacity(new)
             b, h, _, d = key_states.shape
-            kshape = (b, h, d, capacity) if self.transpose_keys else (b, h, capacity, d)
-            kbuf = key_states.new_empty(kshape)
-            vbuf = value_states.new_empty((b, h, capacity, value_states.shape[-1]))
+            # Zeros: in whole-buffer mode attention reads the spare room (masked, but NaN bits would leak).
+            alloc = key_states.new_zeros if self.whole_buffer else key_states.new_empty
+            kbuf = alloc((b, h, capacity, d))
+            vbuf = alloc((b, h, capacity, value_states.shape[-1]), dtype=value_states.dtype)
             if old:
-                if self.transpose_keys:
-                    kbuf[..., :old] = self.keys.transpose(-1, -2)
-                else:
-                    kbuf[..., :old, :] = self.keys
+                kbuf[..., :old, :] = self.keys
                 vbuf[..., :old, :] = self.values
             self._kbuf, self._vbuf = kbuf, vbuf
 
@@ -84,26 +104,21 @@ def new_cache(model: Any) -> Any:
     layers = getattr(cache, "layers", None)
     if layers and all(type(layer) is plain for layer in layers):
         cache.layers = [growing() for _ in layers]
-        if _transposed_keys_pay(model):
+        if _whole_buffer_pays(model):
             for layer in cache.layers:
-                layer.transpose_keys = True
+                layer.whole_buffer = True
     return cache
 
 
-def _transposed_keys_pay(model: Any) -> bool:
-    """Half-precision on CPU: store keys transposed (see GrowingLayer).
+def _whole_buffer_pays(model: Any) -> bool:
+    """CPU with plain matmul attention: read the whole buffer (see the module docstring).
 
-    A bfloat16 batched matmul of one query row against a key slice of a larger buffer is
-    slow on CPU when the keys are the transposed operand; with the keys already laid out
-    (head_dim, positions) it is a plain strided product. Measured on the reference 2-core
-    machine (batch 8, 12 heads, 12 layers' worth of cache, so memory-bound as in a real
-    step): query x keys at 128 positions 173 -> 90 us per layer, at 200 positions 350 -> 163
-    us. Float32 gains nothing reliable, so it keeps the usual layout.
+    Only for eager attention, whose cost over a few spare positions is a few percent; fused
+    kernels (SDPA, flash) take strided operands without copying and would only do extra work.
     """
-    import torch
-
     try:
         param = next(model.parameters())
     except (StopIteration, AttributeError):
         return False
-    return param.device.type == "cpu" and param.dtype in (torch.bfloat16, torch.float16)
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return param.device.type == "cpu" and implementation == "eager"

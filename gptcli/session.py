@@ -24,9 +24,10 @@ def open_model(
     runtime = resolve_runtime(device, dtype, threads)
     lm = load_model(model, runtime, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if fast:
-        from gptcli.fastpath import optimize_for_inference, prefer_eager_attention
+        from gptcli.fastpath import fuse_activations, optimize_for_inference, prefer_eager_attention
 
         optimize_for_inference(lm.model, lm.runtime)
+        fuse_activations(lm.model)
         prefer_eager_attention(lm)
     return lm, time.perf_counter() - started
 

@@ -93,3 +93,20 @@ def test_fast_path_keeps_logits(gpt2_dir, llama_dir):
             with torch.inference_mode():
                 a, b = plain.model(ids).logits.float(), packed.model(ids).logits.float()
             assert (a - b).abs().max().item() <= tol * max(1.0, a.abs().max().item())
+
+
+def test_fused_gelu_keeps_logits(gpt2_dir):
+    """GPT-2's composed tanh-GELU is swapped for the fused kernel: same logits up to rounding."""
+    import torch
+
+    from gptcli.fastpath import fuse_activations
+    from gptcli.loading import load_model
+    from gptcli.runtime import resolve_runtime
+
+    rt = resolve_runtime("cpu", "float32")
+    plain, fused = load_model(str(gpt2_dir), rt), load_model(str(gpt2_dir), rt)
+    assert fuse_activations(fused.model) == fused.model.config.n_layer
+    ids = plain.tokenizer("Once upon a time", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        a, b = plain.model(ids).logits, fused.model(ids).logits
+    assert (a - b).abs().max().item() <= 1e-4 * max(1.0, a.abs().max().item())
