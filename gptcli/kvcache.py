@@ -78,13 +78,15 @@ def _growing_layer_class():
         def _grow(self, key_states, value_states, old: int, new: int) -> None:
             capacity = self._capacity(new)
             b, h, _, d = key_states.shape
-            # Zeros: in whole-buffer mode attention reads the spare room (masked, but NaN bits would leak).
-            alloc = key_states.new_zeros if self.whole_buffer else key_states.new_empty
-            kbuf = alloc((b, h, capacity, d))
-            vbuf = alloc((b, h, capacity, value_states.shape[-1]), dtype=value_states.dtype)
+            kbuf = key_states.new_empty((b, h, capacity, d))
+            vbuf = value_states.new_empty((b, h, capacity, value_states.shape[-1]))
             if old:
                 kbuf[..., :old, :] = self.keys
                 vbuf[..., :old, :] = self.values
+            if self.whole_buffer:
+                # Attention reads the spare room: masked, but uninitialised NaN bits would leak through.
+                kbuf[..., new:, :] = 0
+                vbuf[..., new:, :] = 0
             self._kbuf, self._vbuf = kbuf, vbuf
 
     return GrowingLayer, DynamicLayer

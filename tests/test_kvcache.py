@@ -62,3 +62,5 @@ def test_growing_cache_matches_dynamic_cache(arch, dtype, request):
     layer = ours.layers[0]
     assert layer.keys.shape[-2] == ours.get_seq_length()
     assert layer.values.data_ptr() == layer._vbuf.data_ptr()
+    # Attention reads the spare room too (masked): it must hold finite numbers, never garbage.
+    assert torch.isfinite(layer._kbuf).all() and torch.isfinite(layer._vbuf).all()
