@@ -101,10 +101,10 @@ def fuse_activations(model: Any) -> int:
     """Swap the composed tanh-GELU (GPT-2's `gelu_new`, `gelu_fast`) for PyTorch's fused kernel.
 
     `NewGELUActivation` is six elementwise ops, each a pass over the activations plus a
-    dispatch; `F.gelu(approximate="tanh")` is one. The same function up to rounding (the
-    README's fast-path note; tests check the logits). Measured on the reference machine at
-    batch 8 (GPT-2-124M shape, bfloat16): 0.85 ms of a ~16 ms decode step went to the composed
-    form. Returns how many modules were swapped.
+    dispatch; `F.gelu(approximate="tanh")` is one, and the same function up to rounding
+    (tests/test_loading.py compares the logits). Measured on the reference machine (GPT-2-124M
+    shape, bfloat16): the composed form took 0.85 ms of a ~16 ms decode step at batch 8, and
+    batch 1 went from ~113 to ~127 tokens/s with the fused one. Returns how many were swapped.
     """
     if os.environ.get("GPTCLI_FASTPATH", "1") == "0":
         return 0

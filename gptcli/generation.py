@@ -144,7 +144,8 @@ def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) ->
     import torch
 
     if params.is_greedy:
-        return logits.argmax(dim=-1)
+        # float32 first: PyTorch's CPU argmax over bfloat16 is ~5x slower than the conversion plus argmax
+        return logits.float().argmax(dim=-1)
     vocab = logits.shape[-1]
     top_p = params.top_p if params.top_p is not None and params.top_p < 1.0 else None
     if params.top_k and params.top_k < vocab:
