@@ -57,22 +57,32 @@ def worker_plain(model_dir: str, new_tokens: int, batch: int, dtype: str) -> Non
           "tokens": produced, "rss_mb": peak_rss_mb()})
 
 
-def worker_gptcli(model_dir: str, new_tokens: int, batch: int, dtype: str) -> None:
-    from gptcli.generation import Completion, Request, RunStats, stream_generate
-    from gptcli.sampling import SamplingParams
+def _open_gptcli(model_dir: str, dtype: str):
     from gptcli.session import open_model
 
-    lm, _ = open_model(model_dir, dtype=None if dtype == "auto" else dtype)
-    # gptcli's defaults: sampling (temperature 0.8, top-k 50). Random weights rarely hit end-of-text.
-    params = SamplingParams(max_new_tokens=new_tokens, seed=0)
-    list(stream_generate(lm, [Request(PROMPT, SamplingParams(max_new_tokens=8, seed=0))]))  # warm-up
+    return open_model(model_dir, dtype=None if dtype == "auto" else dtype)[0]
+
+
+def _gptcli_run(lm, batch: int, new_tokens: int):
+    """`batch` copies of the prompt through gptcli's streaming core; returns its RunStats.
+
+    gptcli's defaults: sampling (temperature 0.8, top-k 50). Random weights rarely hit end-of-text."""
+    from gptcli.generation import Request, RunStats, stream_generate
+    from gptcli.sampling import SamplingParams
+
     stats = RunStats()
-    produced = 0
-    for ev in stream_generate(lm, [Request(PROMPT, params) for _ in range(batch)], batch_size=batch, stats=stats):
-        if isinstance(ev, Completion):
-            produced += ev.completion_tokens
-    emit({"tokens_per_s": produced / stats.elapsed_s, "ttft_ms": stats.ttft_s * 1000 if batch == 1 else None,
-          "tokens": produced, "rss_mb": peak_rss_mb(), "dtype": str(lm.runtime.dtype).replace("torch.", "")})
+    reqs = [Request(PROMPT, SamplingParams(max_new_tokens=new_tokens, seed=0)) for _ in range(batch)]
+    list(stream_generate(lm, reqs, batch_size=batch, stats=stats))
+    return stats
+
+
+def worker_gptcli(model_dir: str, new_tokens: int, batch: int, dtype: str) -> None:
+    lm = _open_gptcli(model_dir, dtype)
+    _gptcli_run(lm, 1, 8)  # warm-up
+    stats = _gptcli_run(lm, batch, new_tokens)
+    emit({"tokens_per_s": stats.completion_tokens / stats.elapsed_s,
+          "ttft_ms": stats.ttft_s * 1000 if batch == 1 else None, "tokens": stats.completion_tokens,
+          "rss_mb": peak_rss_mb(), "dtype": str(lm.runtime.dtype).replace("torch.", "")})
 
 
 def worker_batches(model_dir: str, new_tokens: int, batch: int, dtype: str, rounds: int = 3) -> None:
@@ -81,16 +91,10 @@ def worker_batches(model_dir: str, new_tokens: int, batch: int, dtype: str, roun
     The machine is shared and its speed drifts by up to ~30% between runs; side-by-side runs in
     one process keep the ratio steady. Reports the median of each.
     """
-    from gptcli.generation import Request, RunStats, stream_generate
-    from gptcli.sampling import SamplingParams
-    from gptcli.session import open_model
-
-    lm, _ = open_model(model_dir, dtype=None if dtype == "auto" else dtype)
+    lm = _open_gptcli(model_dir, dtype)
 
     def run(b: int) -> float:
-        stats = RunStats()
-        reqs = [Request(PROMPT, SamplingParams(max_new_tokens=new_tokens, seed=0)) for _ in range(b)]
-        list(stream_generate(lm, reqs, batch_size=b, stats=stats))
+        stats = _gptcli_run(lm, b, new_tokens)
         return stats.completion_tokens / stats.elapsed_s
 
     run(1)  # warm-up

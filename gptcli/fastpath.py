@@ -19,6 +19,10 @@ from functools import lru_cache
 from typing import Any
 
 
+def _enabled() -> bool:
+    return os.environ.get("GPTCLI_FASTPATH", "1") != "0"
+
+
 @lru_cache(maxsize=4)
 def _op_works(dtype_name: str) -> bool:
     import torch
@@ -69,7 +73,7 @@ def optimize_for_inference(model: Any, runtime: Any, min_weights: int = MIN_PACK
     """Swap linear layers for packed ones on CPU. Returns how many layers were packed."""
     import torch
 
-    if os.environ.get("GPTCLI_FASTPATH", "1") == "0" or runtime.device.type != "cpu":
+    if not _enabled() or runtime.device.type != "cpu":
         return 0
     if runtime.dtype not in (torch.float32, torch.bfloat16):
         return 0
@@ -106,7 +110,7 @@ def fuse_activations(model: Any) -> int:
     shape, bfloat16): the composed form took 0.85 ms of a ~16 ms decode step at batch 8, and
     batch 1 went from ~113 to ~127 tokens/s with the fused one. Returns how many were swapped.
     """
-    if os.environ.get("GPTCLI_FASTPATH", "1") == "0":
+    if not _enabled():
         return 0
     try:
         from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation

@@ -50,10 +50,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def rng_for_rank(state: dict[str, Any], rank: int) -> dict[str, Any]:
     """The random states this rank saved; rank 0's when the checkpoint has none for it (a run with
     fewer processes, or a checkpoint written before every rank's states were kept)."""
-    by_rank = state.get("rng_by_rank")
-    if isinstance(by_rank, (list, tuple)) and rank < len(by_rank):
-        return by_rank[rank]
-    return state["rng"]
+    by_rank = state.get("rng_by_rank") or [state["rng"]]
+    return by_rank[rank] if rank < len(by_rank) else by_rank[0]
 
 
 def _as_tuple(value: Any) -> Any:

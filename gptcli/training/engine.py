@@ -322,7 +322,7 @@ class _Loop:
             state = {
                 "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
                 "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-                "rng": rngs[0], "rng_by_rank": rngs, "world_size": self.acc.num_processes,
+                "rng_by_rank": rngs, "world_size": self.acc.num_processes,
             }
             checkpoint.save(self.job.out, self.step,
                             lambda folder: self.job.write_model(self.raw_model, folder, model_state),
