@@ -9,9 +9,9 @@ reported by number. CSV, Parquet and JSON arrays go through Hugging Face
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from gptcli.errors import InputError, UsageError
 from gptcli.inputs import parse_jsonl, read_stdin, read_text_file

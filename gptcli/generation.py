@@ -19,8 +19,9 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from gptcli.errors import InputError
 from gptcli.sampling import SamplingParams
@@ -288,7 +289,7 @@ def stream_generate(
     truncate: bool = False,
     stats: RunStats | None = None,
     on_truncate: Any = None,
-    prompt_cache: "PromptCache | None" = None,
+    prompt_cache: PromptCache | None = None,
 ) -> Iterator[Piece | Completion]:
     """Generate for every request; yields Pieces as text appears and a Completion per sequence.
 
@@ -375,7 +376,7 @@ def _completion(seq: _Seq, started: float) -> Completion:
     )
 
 
-def _decode_batch(lm: Any, batch: list[_Seq], prompt_cache: "PromptCache | None" = None) -> Iterator[Piece | Completion]:
+def _decode_batch(lm: Any, batch: list[_Seq], prompt_cache: PromptCache | None = None) -> Iterator[Piece | Completion]:
     import torch
 
     model, device = lm.model, lm.device

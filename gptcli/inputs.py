@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.errors import InputError, UsageError
+from gptcli.fileio import split_lines
 
 
 def decode_utf8(data: bytes, source: str) -> str:
@@ -98,13 +99,13 @@ SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "re
 def looks_like_jsonl(path: Path | str, text: str) -> bool:
     if str(path).endswith((".jsonl", ".ndjson")):
         return True
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in split_lines(text) if ln.strip()]
     return bool(lines) and all(ln.lstrip().startswith("{") for ln in lines)
 
 
 def parse_jsonl(text: str, source: str) -> list[dict[str, Any]]:
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -131,7 +132,7 @@ def read_prompt_file(path: Path | str, text_field: str = "prompt") -> tuple[list
             records.append(Record(obj[text_field], obj.get("id"), overrides, obj))
         jsonl = True
     else:
-        records = [Record(line) for line in text.splitlines() if line.strip()]
+        records = [Record(line) for line in split_lines(text) if line.strip()]
         jsonl = False
     if not records:
         raise UsageError(f"{source} has no prompts.")

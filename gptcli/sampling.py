@@ -34,7 +34,7 @@ class SamplingParams:
         d["stop"] = list(self.stop)
         return d
 
-    def updated(self, **changes: Any) -> "SamplingParams":
+    def updated(self, **changes: Any) -> SamplingParams:
         """A copy with the non-None changes applied, then validated."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
@@ -43,7 +43,7 @@ class SamplingParams:
         clean = {k: (tuple(v) if k == "stop" and v is not None else v) for k, v in changes.items() if v is not None}
         return replace(self, **clean).validate()
 
-    def validate(self) -> "SamplingParams":
+    def validate(self) -> SamplingParams:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens}).")
         if self.temperature < 0:

@@ -4,9 +4,8 @@ import json
 import math
 
 import pytest
-from transformers import AutoTokenizer
-
 from conftest import cli_env, run_cli
+from transformers import AutoTokenizer
 
 TEXT = "Once upon a time there was a little dog named Max. Max liked to run in the park with his friend Tom.\n"
 
@@ -135,7 +134,7 @@ def test_missing_text_field(cli, tmp_path):
 
 def test_non_utf8_bytes_name_file_and_offset(cli, tmp_path):
     path = tmp_path / "latin1.txt"
-    path.write_bytes("Caf".encode() + b"\xe9 au lait")
+    path.write_bytes(b"Caf" + b"\xe9 au lait")
     r = cli("eval", path)
     assert r.exit_code == 1
     assert str(path) in r.stderr and "offset 3" in r.stderr and r.stdout == ""

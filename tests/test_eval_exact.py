@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from tiny import CORPUS
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 CONTEXT = 64  # tests/tiny.py builds models with 64 positions
 SHORT = "Once upon a time there was a little dog named Max. The sun was warm."

@@ -35,9 +35,9 @@ def corpus(folder: Path, lines: int = 400, name: str = "stories.txt", seed: int 
 
 def cli(*args) -> tuple[int, str, str]:
     """Run gptcli in this process; returns (exit code, stdout, stderr)."""
-    from gptcli.cli.app import run
-
     import sys
+
+    from gptcli.cli.app import run
 
     out, err = io.StringIO(), io.StringIO()
     stdin, sys.stdin = sys.stdin, io.TextIOWrapper(io.BytesIO(b""))  # empty piped stdin, like `< /dev/null`

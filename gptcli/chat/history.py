@@ -9,13 +9,12 @@ line are kept and written back unchanged. Every write goes through a temporary f
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.errors import GptcliError, InputError, UsageError
+from gptcli.errors import InputError
+from gptcli.fileio import write_atomic
 from gptcli.inputs import decode_utf8, parse_jsonl, read_text_file
 
 ROLES = ("system", "user", "assistant")
@@ -92,32 +91,6 @@ def read_messages(path: Path) -> list[Message]:
 
 def to_jsonl(records: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` all at once: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except FileNotFoundError as exc:
-        raise UsageError(f"cannot write '{path}': folder '{folder}' does not exist.") from exc
-    except OSError as exc:
-        raise GptcliError(f"cannot write '{path}': {exc.strerror}.") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise GptcliError(f"cannot write '{path}': {exc.strerror or exc}.") from exc
 
 
 def save_conversation(path: Path, conv: Conversation) -> None:

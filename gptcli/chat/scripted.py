@@ -13,7 +13,7 @@ from typing import Any
 
 from gptcli import console
 from gptcli.chat.history import Message
-from gptcli.chat.session import ChatSession, Turn, TrimmedStream
+from gptcli.chat.session import ChatSession, TrimmedStream, Turn
 
 
 def reply_record(turn: Turn, model_name: str) -> dict[str, Any]:

@@ -8,9 +8,10 @@ so a turn costs only the tokens that are new since the previous one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from gptcli.chat.history import Conversation, HistoryFile, Message
 from gptcli.chat.prompt import ChatFormat

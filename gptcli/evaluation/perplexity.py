@@ -19,8 +19,8 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from gptcli.data import Document
 from gptcli.errors import UsageError
@@ -275,7 +275,7 @@ def _score(lm, items: list[_Tokenized], batch_size: int, progress: Callable[[int
             shift = width - logits.shape[1]  # position of logits[:, 0]
             labels = ids.to(logits.device)
             row_sums = []
-            for row, (i, w) in enumerate(batch):
+            for row, (_i, w) in enumerate(batch):
                 start = w.length - w.targets - 1 - shift
                 # float32 log-softmax even for bf16/fp16 models: the sum must not lose precision.
                 pred = logits[row, start : start + w.targets].float()  # (targets, V)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from gptcli.evaluation.perplexity import DocScore, ModelScore
 
@@ -104,7 +104,7 @@ def _plain_table(rows: list[list[str]]) -> str:
 
 
 @contextmanager
-def progress_display(label: str) -> Iterator["_Progress"]:
+def progress_display(label: str) -> Iterator[_Progress]:
     """A transient progress bar on a terminal stderr; elsewhere (a log file) a plain line at most
     every LOG_EVERY_S seconds, so short runs stay quiet and long ones show they are alive."""
     from gptcli import console

@@ -15,8 +15,9 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gptcli.errors import GptcliError, InputError, UsageError
 
@@ -153,8 +154,8 @@ def load_state(path: Path) -> dict[str, Any]:
     """trainer_state.pt, with truncated or foreign files reported as one line."""
     import torch
 
-    from gptcli.loading import check_safetensors_file
     from gptcli.errors import ModelLoadError
+    from gptcli.loading import check_safetensors_file
 
     for weights in path.glob("*.safetensors"):
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.errors import UsageError
+from gptcli.fileio import write_atomic
 from gptcli.inputs import read_text_file
 
 
@@ -64,6 +65,4 @@ def dump(values: dict[str, Any], path: Path) -> None:
     import yaml
 
     clean = {k.replace("_", "-"): v for k, v in values.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(clean, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(clean, sort_keys=False, allow_unicode=True))

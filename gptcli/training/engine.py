@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gptcli.errors import Interrupted
 from gptcli.training import checkpoint
@@ -28,7 +29,6 @@ from gptcli.training.progress import Reporter, format_duration
 from gptcli.training.sampler import BlockSampler
 from gptcli.training.settings import TrainSettings
 from gptcli.training.signals import StopRequest
-
 
 # Plain attention stores (T x T) scores per head for the backward pass; it was measured faster up to
 # blocks of 256 tokens, while longer blocks keep SDPA's memory-light kernel.

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gptcli.fileio import write_atomic
+
 
 def hash_files(paths: list[str]) -> list[dict[str, Any]]:
     from gptcli.data import expand_paths
@@ -48,6 +50,4 @@ def write(out: Path, *, command: str, settings: dict[str, Any], device: str, wor
         "config": settings,
         **extra,
     }
-    tmp = out / "run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "run.json")
+    write_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")

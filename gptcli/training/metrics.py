@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gptcli.fileio import split_lines, write_atomic
+
 NAME = "metrics.jsonl"
 
 
@@ -22,15 +24,13 @@ class MetricsFile:
         if not self.path.is_file():
             return
         kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in split_lines(self.path.read_text(encoding="utf-8")):
             try:
                 if json.loads(line).get("step", 0) <= step:
                     kept.append(line)
             except ValueError:
                 continue  # a line cut by the kill
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self._f is not None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gptcli import console
 from gptcli.errors import InputError, UsageError

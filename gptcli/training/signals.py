@@ -29,7 +29,7 @@ class StopRequest:
         except Exception:
             pass
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._saved[sig] = signal.getsignal(sig)

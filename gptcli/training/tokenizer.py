@@ -7,7 +7,8 @@ token separates documents and is the model's bos/eos/pad token.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from gptcli.errors import ModelLoadError
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from gptcli.errors import GptcliError, InputError, UsageError
 from gptcli.generation import Completion, Request, RunStats, stream_generate

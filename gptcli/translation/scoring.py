@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.errors import InputError, UsageError
+from gptcli.fileio import split_lines
 from gptcli.inputs import read_text_file
 from gptcli.translation.sources import Line
 
@@ -36,7 +37,7 @@ def is_pairs_file(path: Path | str) -> bool:
 
 def read_references(path: Path | str) -> References:
     text = read_text_file(path)
-    lines = text.splitlines()
+    lines = split_lines(text)
     if not is_pairs_file(path):
         return References(str(path), [[line.strip()] for line in lines])
     order: dict[str, list[str]] = {}

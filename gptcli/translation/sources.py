@@ -11,11 +11,13 @@ import json
 import queue
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gptcli.errors import InputError
+from gptcli.fileio import split_lines
 from gptcli.inputs import decode_utf8, read_text_file
 
 
@@ -54,7 +56,7 @@ class _Parser:
 
 def text_lines(text: str, source: str, jsonl: bool | None = None) -> list[Line]:
     parser = _Parser(source, jsonl)
-    lines = [parser.parse(n, _strip_eol(s)) for n, s in enumerate(text.splitlines(keepends=True), start=1)]
+    lines = [parser.parse(n, s) for n, s in enumerate(split_lines(text), start=1)]
     return [line for line in lines if line is not None]
 
 

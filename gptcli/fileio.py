@@ -1,0 +1,172 @@
+"""Files gptcli writes and the lines it reads: the two rules every command shares.
+
+Writing: a file appears whole or not at all. Text goes to a temporary file beside the
+target (named after the target and this process), is flushed to disk, then renamed over
+it. The new file gets the mode the old one had, or the user's normal mode (0666 minus the
+umask), not the 0600 of a private temporary file. A symlinked target is written through:
+the file it points to is replaced and the link stays. Temporary files left by a process
+that was killed are removed the next time the same target is written.
+
+Reading: lines end at "\\n" (or "\\r\\n") only. `str.splitlines()` also splits at form feeds,
+U+2028, U+2029, U+0085 and other characters that are valid inside a JSON string or a
+sentence, so a JSONL record or an input line holding one would be cut in two.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import IO
+
+from gptcli.errors import GptcliError, UsageError
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of `text`, split at "\\n" only, without their "\\n" or "\\r\\n".
+
+    A final newline does not start another (empty) line, like `str.splitlines()`.
+    """
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file."""
+    return 0o666 & ~_umask()
+
+
+def resolve_target(path: Path) -> Path:
+    """The file a write to `path` should replace: the end of a symlink chain, else `path`."""
+    path = Path(path).expanduser()
+    if path.is_symlink():
+        return Path(os.path.realpath(path))
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete `.NAME.PID.XXXX.tmp` files beside `target` whose process no longer runs."""
+    folder = target.parent
+    prefix = f".{target.name}."
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        middle = name[len(prefix):-len(".tmp")].split(".")
+        if len(middle) != 2 or not middle[0].isdigit():
+            continue
+        if not _pid_alive(int(middle[0])):
+            try:
+                entry.unlink()
+            except OSError:
+                pass
+
+
+class AtomicFile:
+    """A text file written in full or not at all; `commit()` puts it in place, `discard()` drops it.
+
+    Usable as a context manager: the file is committed when the block ends normally and
+    discarded when it raises.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.target = resolve_target(self.path)
+        folder = self.target.parent if str(self.target.parent) else Path(".")
+        if not folder.is_dir():
+            raise UsageError(f"cannot write '{self.path}': folder '{folder}' does not exist.")
+        if self.target.is_dir():
+            raise UsageError(f"'{self.path}' is a folder, not a file.")
+        remove_stale_temporaries(self.target)
+        try:
+            mode = self.target.stat().st_mode & 0o7777
+        except OSError:
+            mode = default_mode()
+        self.tmp = folder / f".{self.target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise GptcliError(f"cannot write '{self.path}': {exc.strerror or exc}.") from exc
+        try:
+            os.fchmod(fd, mode)  # not through open()'s mode: that one is masked by the umask
+        except OSError:
+            pass
+        self.file: IO[str] | None = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+    def write(self, text: str) -> None:
+        if self.file is None:
+            raise GptcliError(f"'{self.path}' is already closed.")
+        try:
+            self.file.write(text)
+        except OSError as exc:
+            self.discard()
+            raise GptcliError(f"cannot write '{self.path}': {exc.strerror or exc}.") from exc
+
+    def commit(self) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.file = None
+            os.replace(self.tmp, self.target)
+        except OSError as exc:
+            self.discard()
+            raise GptcliError(f"cannot write '{self.path}': {exc.strerror or exc}.") from exc
+
+    def discard(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_atomic(path: Path | str, text: str) -> None:
+    """Replace `path` with `text` all at once (see the module docstring)."""
+    with AtomicFile(path) as f:
+        f.write(text)
