@@ -115,6 +115,53 @@ def test_overwrite_refuses_foreign_folder(tmp_path):
     assert (out / "holiday.jpg").exists()
 
 
+def test_overwrite_never_deletes_a_project_that_only_has_a_config_json(tmp_path):
+    data = corpus(tmp_path)
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "config.json").write_text("{}", encoding="utf-8")
+    (proj / "main.py").write_text("code\n", encoding="utf-8")
+    code, stdout, stderr = cli("train", data, *TINY, "--steps", "2", "--out", proj, "--overwrite")
+    assert code == 2 and stdout == ""
+    assert "not look like a gptcli output folder" in stderr and "tokenizer" not in stderr  # refused before any work
+    assert sorted(p.name for p in proj.iterdir()) == ["config.json", "main.py", "src"]
+
+
+def test_overwrite_refuses_a_run_folder_with_foreign_files_and_deletes_nothing(tmp_path):
+    data = corpus(tmp_path)
+    out = tmp_path / "run"
+    assert cli("train", data, *TINY, "--steps", "2", "--out", out)[0] == 0
+    before = sorted(p.name for p in out.iterdir())
+    (out / "notes.txt").write_text("mine\n", encoding="utf-8")
+    (out / "checkpoints" / "keep-me").mkdir()
+    code, _, stderr = cli("train", data, *TINY, "--steps", "3", "--out", out, "--overwrite")
+    assert code == 2 and "tokenizer" not in stderr
+    error = stderr.strip().splitlines()[-1]
+    assert "notes.txt" in error and "checkpoints/keep-me" in error and "refusing to delete anything" in error
+    assert sorted(p.name for p in out.iterdir()) == sorted([*before, "notes.txt"])
+    assert (out / "checkpoints" / "keep-me").is_dir() and (out / "model.safetensors").is_file()
+
+
+def test_overwrite_recognises_runs_made_before_the_signature_and_works_through_a_link(tmp_path):
+    data = corpus(tmp_path)
+    out = tmp_path / "run"
+    assert cli("train", data, *TINY, "--steps", "2", "--out", out)[0] == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["format"] == "gptcli-run/1" and "model.safetensors" in record["outputs"]
+    for key in ("format", "outputs", "segments"):  # what run.json held before gptcli signed it
+        del record[key]
+    (out / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    code, _, stderr = cli("train", data, *TINY, "--steps", "3", "--out", link, "--overwrite")
+    assert code == 0, stderr
+    assert link.is_symlink() and [r["step"] for r in metrics(out) if "loss" in r][-1] == 3  # the old run is gone
+    broken = tmp_path / "broken"
+    broken.symlink_to(tmp_path / "nowhere")
+    code, _, stderr = cli("train", data, *TINY, "--steps", "2", "--out", broken, "--overwrite")
+    assert code == 2 and "symbolic link to nothing" in stderr and "tokenizer" not in stderr
+
+
 def test_epochs_grad_accum_and_keep_checkpoints(tmp_path):
     data = corpus(tmp_path)
     out = tmp_path / "out"

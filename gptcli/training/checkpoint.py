@@ -24,10 +24,11 @@ from gptcli.errors import GptcliError, InputError, UsageError
 STATE_FILE = "trainer_state.pt"
 MARKER = "checkpoint.json"
 PREFIX = "step-"
+CHECKPOINTS = "checkpoints"  # the folder of checkpoints inside OUT
 
 
 def checkpoints_dir(out: Path) -> Path:
-    return out / "checkpoints"
+    return out / CHECKPOINTS
 
 
 def rng_state() -> dict[str, Any]:

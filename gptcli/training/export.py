@@ -23,8 +23,9 @@ def save_model_folder(model: Any, tokenizer: Any, folder: Path, state_dict: Any 
     tokenizer.save_pretrained(folder)
 
 
-def publish(out: Path, write: Any) -> None:
-    """Write the final model into OUT without ever leaving a half-written weight file there.
+def publish(out: Path, write: Any) -> list[str]:
+    """Write the final model into OUT without ever leaving a half-written weight file there;
+    returns the names written.
 
     Files are written to a hidden folder inside OUT first, then each one is
     renamed into place (a rename within one file system is atomic).
@@ -34,7 +35,9 @@ def publish(out: Path, write: Any) -> None:
     tmp.mkdir(parents=True)
     try:
         write(tmp)
-        for path in sorted(tmp.iterdir()):
-            os.replace(path, out / path.name)
+        names = sorted(path.name for path in tmp.iterdir())
+        for name in names:
+            os.replace(tmp / name, out / name)
+        return names
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

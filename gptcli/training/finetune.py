@@ -49,6 +49,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     if s.val_data:
         v_examples, v_masks = sft.build(tok, s.val_data, sft.detect_format(s.val_data, fmt), s.text_field)
         val_ids, val_mask = packing.stream(v_examples, tok.eos_token_id, v_masks)
+    provenance = runner.provenance(s, resume_from, resume_state)
     block = _block_size(s, lm.context_length, len(ids), s.val_split if val_ids is None else 0.0)
     if val_ids is not None:
         train = packing.split(ids, mask, 0.0, block)[0]
@@ -88,7 +89,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     lr = s.lr or (2e-4 if s.lora else 1e-4)
     return runner.execute(
-        "finetune", s, model=model, train=train, val=val, lr=lr, resume_from=resume_from, resume_state=resume_state,
+        "finetune", s, model=model, train=train, val=val, lr=lr, resume_from=resume_from, resume_state=resume_state, provenance=provenance,
         write_model=write, export=export, progress=progress,
         describe={"base_model": base_name, "format": fmt, "lora": s.lora, "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},

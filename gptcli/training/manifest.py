@@ -1,4 +1,13 @@
-"""The run manifest (OUT/run.json): what produced this folder, enough to reproduce it."""
+"""The run manifest (OUT/run.json): what produced this folder, enough to reproduce it.
+
+"format" is gptcli's signature (what lets `--overwrite` recognise the folder as
+its own), "outputs" names the final model files the run published there, and
+"segments" is the provenance of every invocation that trained the weights:
+a fresh run has one; each `--resume` appends one, starting at the resumed
+step, with the fingerprints (SHA-256) of the data it read, so changing the
+data between resumes never erases what the earlier steps were trained on.
+The top-level "data"/"val_data" are those of the latest segment.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.fileio import write_atomic
+
+NAME = "run.json"
+FORMAT = "gptcli-run/1"
 
 
 def hash_files(paths: list[str]) -> list[dict[str, Any]]:
@@ -29,25 +41,88 @@ def hash_files(paths: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def write(out: Path, *, command: str, settings: dict[str, Any], device: str, world_size: int, extra: dict[str, Any]) -> None:
+def fingerprints(data: list[str], val_data: list[str]) -> dict[str, list[dict[str, Any]]]:
+    return {"data": hash_files(data or []), "val_data": hash_files(val_data or [])}
+
+
+def read(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def segments_before(previous: dict[str, Any] | None, step: int) -> list[dict[str, Any]]:
+    """The segments of an earlier manifest that trained the weights of checkpoint `step` (those that
+    started after it are redone by the resumed run). A manifest without segments was one segment."""
+    if previous is None:
+        return []
+    segments = previous.get("segments")
+    if not isinstance(segments, list):
+        segments = [{"start_step": 0, **{k: previous.get(k) for k in ("created", "argv", "versions", "data", "val_data")}}]
+    return [seg for seg in segments if isinstance(seg, dict) and int(seg.get("start_step") or 0) < step]
+
+
+def data_changes(before: dict[str, Any], now: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Files whose contents differ, and files added or gone, between two sets of fingerprints."""
+    changes = []
+    for key in ("data", "val_data"):
+        old = {e.get("path"): e.get("sha256") for e in before.get(key) or [] if isinstance(e, dict)}
+        new = {e["path"]: e["sha256"] for e in now[key]}
+        for path in sorted(old.keys() | new.keys()):
+            name = Path(str(path)).name
+            if path not in new:
+                changes.append(f"{name} is gone")
+            elif path not in old:
+                changes.append(f"{name} is new")
+            elif old[path] and new[path] and old[path] != new[path]:  # stdin has no fingerprint
+                changes.append(f"{name} changed")
+    return changes
+
+
+def write(out: Path, *, command: str, settings: dict[str, Any], device: str, world_size: int, extra: dict[str, Any],
+          prints: dict[str, list[dict[str, Any]]], start_step: int = 0,
+          earlier: list[dict[str, Any]] | None = None) -> None:
     import accelerate
     import torch
     import transformers
 
     from gptcli import __version__
 
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    argv = ["gptcli", *sys.argv[1:]]
+    versions = {"gptcli": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                "accelerate": accelerate.__version__, "python": platform.python_version()}
+    existing = read(out / NAME) or {}  # resuming in place: the final files of the earlier run are still there
     record = {
+        "format": FORMAT,
         "command": command,
-        "argv": ["gptcli", *sys.argv[1:]],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": {"gptcli": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "accelerate": accelerate.__version__, "python": platform.python_version()},
+        "argv": argv,
+        "created": created,
+        "versions": versions,
         "seed": settings.get("seed"),
         "device": device,
         "world_size": world_size,
-        "data": hash_files(settings.get("data") or []),
-        "val_data": hash_files(settings.get("val_data") or []),
+        "data": prints["data"],
+        "val_data": prints["val_data"],
         "config": settings,
         **extra,
+        "segments": [*(earlier or []), {"start_step": start_step, "created": created, "argv": argv,
+                                        "versions": versions, **prints}],
+        "outputs": _names(existing.get("outputs")),
     }
-    write_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")
+    write_atomic(out / NAME, json.dumps(record, indent=2) + "\n")
+
+
+def add_outputs(out: Path, names: list[str]) -> None:
+    """Record the final model files published into OUT (what a later --overwrite may delete)."""
+    record = read(out / NAME)
+    if record is None:
+        return
+    record["outputs"] = sorted(set(_names(record.get("outputs"))) | set(names))
+    write_atomic(out / NAME, json.dumps(record, indent=2) + "\n")
+
+
+def _names(value: Any) -> list[str]:
+    return [n for n in value if isinstance(n, str)] if isinstance(value, list) else []

@@ -28,6 +28,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     texts = runner.load_texts(s.data, s.text_field)
     val_texts = runner.load_texts(s.val_data, s.text_field, "validation data") if s.val_data else None
+    provenance = runner.provenance(s, resume_from, resume_state)
 
     t0 = time.perf_counter()
     if resume_from is not None:  # the checkpoint's own tokenizer and config: the exact same model
@@ -73,7 +74,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     return runner.execute(
         "train", s, model=model, train=train, val=val, lr=s.lr or 1e-3,
-        resume_from=resume_from, resume_state=resume_state, write_model=write, export=write, progress=progress,
+        resume_from=resume_from, resume_state=resume_state, provenance=provenance, write_model=write, export=write, progress=progress,
         describe={"tokenizer": kind, "vocab_size": len(tokenizer), "model_type": config.model_type,
                   "parameters": sum(p.numel() for p in model.parameters()), "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},

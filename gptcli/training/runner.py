@@ -11,6 +11,7 @@ import math
 import os
 import shlex
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ def execute(
     lr: float,
     resume_from: Path | None,
     resume_state: dict[str, Any] | None,
+    provenance: Provenance,
     write_model: Callable[[Any, Path, Any], None],
     export: Callable[[Any, Path, Any], None],
     describe: dict[str, Any],
@@ -96,7 +98,8 @@ def execute(
         from gptcli.runtime import resolve_device
 
         manifest.write(out, command=command, settings=saved, device=str(resolve_device(s.device)), world_size=world_size,
-                       extra={"steps": steps, **describe})
+                       extra={"steps": steps, **describe}, prints=provenance.prints, start_step=provenance.start_step,
+                       earlier=provenance.earlier)
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if progress:
@@ -114,7 +117,7 @@ def execute(
     if job.is_main:
         from gptcli.training.export import publish
 
-        publish(out, lambda folder: export(job.final_model, folder, job.final_state))
+        manifest.add_outputs(out, publish(out, lambda folder: export(job.final_model, folder, job.final_state)))
     return summary
 
 
@@ -124,6 +127,35 @@ def resume_point(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
         return None, None
     path = checkpoint.find_resume(Path(s.out).expanduser(), s.resume)
     return path, checkpoint.load_state(path)
+
+
+@dataclass
+class Provenance:
+    """What run.json records about the data: this invocation's fingerprints and the earlier segments."""
+
+    prints: dict[str, list[dict[str, Any]]]
+    start_step: int = 0
+    earlier: list[dict[str, Any]] = field(default_factory=list)
+
+
+def provenance(s: TrainSettings, resume_from: Path | None, resume_state: dict[str, Any] | None) -> Provenance:
+    """Fingerprint the data (before any work) and, when resuming, compare it with what the earlier
+    steps were trained on. Changed data is allowed (more data, fixed typos) but never silent: a
+    warning says so, and run.json keeps the earlier fingerprints as their own segments."""
+    if not is_main():  # only rank 0 writes run.json
+        return Provenance({"data": [], "val_data": []})
+    prints = manifest.fingerprints(s.data, s.val_data)
+    if resume_from is None or resume_state is None:
+        return Provenance(prints)
+    step = int(resume_state["step"])
+    earlier = manifest.segments_before(manifest.read(resume_from.parent.parent / manifest.NAME), step)
+    changes = manifest.data_changes(earlier[-1], prints) if earlier else []
+    if changes:
+        console.warn(f"the data differ from what steps {int(earlier[-1].get('start_step') or 0)}-{step} were trained on "
+                     f"({', '.join(changes[:5])}{' ...' if len(changes) > 5 else ''}); training continues on the data "
+                     "as it is now, so this is not an exact continuation. run.json keeps the fingerprints of both "
+                     "(\"segments\").")
+    return Provenance(prints, step, earlier)
 
 
 def _portable(values: dict[str, Any]) -> dict[str, Any]:
