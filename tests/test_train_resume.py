@@ -174,3 +174,24 @@ def test_resume_auto_from_another_directory(tmp_path, monkeypatch):
     code, stdout, err = cli("train", "--out", tmp_path / "run", "--resume", "auto", "--steps", "4", "--json")
     assert code == 0, err
     assert json.loads(stdout)["steps"] == 4
+
+
+def test_resume_after_the_data_changed_warns_and_keeps_the_earlier_fingerprints(tmp_path):
+    import hashlib
+
+    data = corpus(tmp_path)
+    out = tmp_path / "out"
+    sha = lambda: hashlib.sha256(data.read_bytes()).hexdigest()  # noqa: E731
+    first = sha()
+    assert cli("train", data, *TINY, "--steps", "2", "--out", out)[0] == 0
+    code, _, err = cli("train", "--out", out, "--resume", "auto", "--steps", "3")
+    assert code == 0, err
+    assert "Warning" not in err  # same data: nothing to say
+    corpus(tmp_path, seed=1)  # the file is rewritten with other stories
+    code, _, err = cli("train", "--out", out, "--resume", "auto", "--steps", "4")
+    assert code == 0, err
+    warning = next(line for line in err.splitlines() if line.startswith("Warning:"))
+    assert "stories.txt changed" in warning and "steps 2-3 were trained on" in warning
+    record = json.loads((out / "run.json").read_text())
+    assert [(s["start_step"], s["data"][0]["sha256"]) for s in record["segments"]] == [(0, first), (2, first), (3, sha())]
+    assert record["data"][0]["sha256"] == sha()  # the top level describes the latest segment
