@@ -138,3 +138,16 @@ def test_completion_record_missing_field(tmp_path, gpt2_dir):
     data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n', encoding="utf-8")
     code, _, err = cli("finetune", data, "--model", gpt2_dir, *FAST, "--out", tmp_path / "o")
     assert code == 1 and 'line 2 needs a string "completion" field' in err
+
+
+def test_a_few_examples_train_without_validation_unless_a_split_is_asked_for(tmp_path, gpt2_dir):
+    data = _qa(tmp_path, n=8)
+    args = ["--model", gpt2_dir, "--batch-size", "4", "--threads", "1", "--steps", "2"]
+    code, stdout, err = cli("finetune", data, *args, "--out", tmp_path / "a", "--json")
+    assert code == 0, err
+    assert "no validation: the default --val-split" in err and "Error" not in err
+    assert json.loads(stdout)["best_val_loss"] is None
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["val_tokens"] == 0
+    code, stdout, err = cli("finetune", data, *args, "--val-split", "0.05", "--out", tmp_path / "b")
+    assert code == 2 and stdout == "" and "Error: the validation split" in err  # asked for: still an error
+    assert not (tmp_path / "b").exists()

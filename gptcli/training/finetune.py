@@ -10,7 +10,7 @@ from gptcli import console
 from gptcli.errors import InputError
 from gptcli.training import lora as lora_mod
 from gptcli.training import outdir, packing, runner, sft
-from gptcli.training.settings import TrainSettings
+from gptcli.training.settings import DEFAULT_VAL_SPLIT, TrainSettings
 
 DEFAULT_MAX_BLOCK = 1024
 
@@ -50,14 +50,20 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         v_examples, v_masks = sft.build(tok, s.val_data, sft.detect_format(s.val_data, fmt), s.text_field)
         val_ids, val_mask = packing.stream(v_examples, tok.eos_token_id, v_masks)
     provenance = runner.provenance(s, resume_from, resume_state)
-    block = _block_size(s, lm.context_length, len(ids), s.val_split if val_ids is None else 0.0)
+    if val_ids is not None:
+        block = _block_size(s, lm.context_length, len(ids), 0.0)
+    else:
+        block = _block_size(s, lm.context_length, len(ids), DEFAULT_VAL_SPLIT if s.val_split is None else s.val_split)
+        frac = runner.val_fraction(s, len(ids), block, say)
+        if frac != DEFAULT_VAL_SPLIT and s.val_split is None:  # no validation after all: size blocks for training only
+            block = _block_size(s, lm.context_length, len(ids), frac)
     if val_ids is not None:
         train = packing.split(ids, mask, 0.0, block)[0]
         val = packing.Blocks(val_ids, val_mask, block)
         if len(val) < 1:
             raise InputError(f"the validation data ({len(val_ids):,} tokens) is smaller than one block of {block + 1} tokens.")
     else:
-        train, val = packing.split(ids, mask, s.val_split, block)
+        train, val = packing.split(ids, mask, frac, block)
     too_big = packing.max_token_id(ids)
     if too_big >= model.get_input_embeddings().num_embeddings:
         raise InputError(f"token id {too_big} is outside the model's vocabulary; tokenizer and model do not match.")

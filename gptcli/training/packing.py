@@ -79,6 +79,11 @@ def split(ids: Any, mask: Any | None, val_fraction: float, block_size: int) -> t
     return train, val
 
 
+def val_holds_a_block(n_tokens: int, val_fraction: float, block_size: int) -> bool:
+    """Whether split() can hold out `val_fraction` of n_tokens as at least one validation block."""
+    return n_tokens - int(n_tokens * (1 - val_fraction)) >= block_size + 1
+
+
 def _check_train(train: Blocks) -> Blocks:
     if len(train) < 1:
         raise InputError(

@@ -61,7 +61,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
             raise InputError(f"the validation data ({len(val_ids):,} tokens) is smaller than one block of {block + 1} tokens.")
     else:
-        train, val = packing.split(ids, None, s.val_split, block)
+        train, val = packing.split(ids, None, runner.val_fraction(s, len(ids), block, say), block)
     say(f"data: {len(texts):,} documents, {len(ids):,} tokens ({time.perf_counter() - t0:.1f} s)")
 
     model = presets.new_model(config, s.seed)

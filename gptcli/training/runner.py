@@ -17,8 +17,8 @@ from typing import Any
 
 from gptcli import console
 from gptcli.errors import InputError, UsageError
-from gptcli.training import checkpoint, configfile, engine, manifest, outdir
-from gptcli.training.settings import INVOCATION_KEYS, TrainSettings, merge, validate
+from gptcli.training import checkpoint, configfile, engine, manifest, outdir, packing
+from gptcli.training.settings import DEFAULT_VAL_SPLIT, INVOCATION_KEYS, TrainSettings, merge, validate
 
 
 def world() -> tuple[int, int]:
@@ -64,6 +64,20 @@ def steps_for(s: TrainSettings, n_blocks: int, world_size: int) -> int:
     if s.epochs is not None:
         return max(1, math.ceil(s.epochs * n_blocks / (s.batch_size * s.grad_accum * world_size)))
     return 1000
+
+
+def val_fraction(s: TrainSettings, n_tokens: int, block_size: int, say: Callable[[str], None]) -> float:
+    """The fraction to hold out: --val-split as given (split() reports one that cannot hold a block),
+    else the default when it holds a block. A dataset too small for that (a few finetuning examples)
+    trains on everything, without validation, and says so."""
+    if s.val_split is not None:
+        return s.val_split
+    if packing.val_holds_a_block(n_tokens, DEFAULT_VAL_SPLIT, block_size):
+        return DEFAULT_VAL_SPLIT
+    held = n_tokens - int(n_tokens * (1 - DEFAULT_VAL_SPLIT))
+    say(f"no validation: the default --val-split ({DEFAULT_VAL_SPLIT:g}, {held:,} of {n_tokens:,} tokens) cannot hold one "
+        f"block of {block_size + 1} tokens, so all the data trains. Pass --val-data (or a larger --val-split) to validate.")
+    return 0.0
 
 
 def check_block_size(block_size: int, context: int, what: str) -> None:

@@ -19,6 +19,7 @@ TOKENIZER_TYPES = ("bpe", "char", "bytes")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FORMATS = ("auto", "text", "completion", "chat")
+DEFAULT_VAL_SPLIT = 0.05
 
 
 @dataclass
@@ -27,7 +28,7 @@ class TrainSettings:
     data: list[str] = field(default_factory=list)  # files/folders; '-' is stdin
     text_field: str = "text"  # column/field holding the text in .jsonl/.csv/.parquet/.json
     val_data: list[str] = field(default_factory=list)  # separate validation files (else --val-split)
-    val_split: float = 0.05  # fraction of the token stream held out for validation
+    val_split: float | None = None  # fraction held out for validation; None: DEFAULT_VAL_SPLIT when it holds a block
     format: str = "auto"  # finetune only: text, completion (prompt/completion) or chat (messages)
     # --- tokenizer (train only) ---
     tokenizer: str | None = None  # reuse a tokenizer folder/Hub id instead of training one
@@ -145,7 +146,7 @@ def validate(s: TrainSettings, *, command: str) -> TrainSettings:
         bad("no training data given.", hint=f"Pass one or more files or folders: gptcli {command} data.txt --out run/")
     if s.out is None:
         bad("--out is required: the folder the model and checkpoints are written to.")
-    if not 0 <= s.val_split < 1:
+    if s.val_split is not None and not 0 <= s.val_split < 1:
         bad(f"--val-split must be in [0, 1) (got {s.val_split}).")
     _choice("--tokenizer-type", s.tokenizer_type, TOKENIZER_TYPES)
     _choice("--arch", s.arch, ARCHS)
