@@ -308,6 +308,8 @@ def _load_adapter(source: ModelSource, runtime: Any, allow_pickle: bool, trust_r
     """A LoRA adapter folder (from `gptcli finetune --lora`): load its base, then apply it."""
     raw = _read_json(source.path / "adapter_config.json")
     base_spec = raw.get("base_model_name_or_path")
+    if isinstance(base_spec, str):
+        base_spec = bundled.recorded_base(base_spec)
     if not base_spec:
         raise ModelLoadError(f"{source.path}/adapter_config.json does not name its base model.")
     base = load_model(

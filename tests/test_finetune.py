@@ -151,3 +151,30 @@ def test_a_few_examples_train_without_validation_unless_a_split_is_asked_for(tmp
     code, stdout, err = cli("finetune", data, *args, "--val-split", "0.05", "--out", tmp_path / "b")
     assert code == 2 and stdout == "" and "Error: the validation split" in err  # asked for: still an error
     assert not (tmp_path / "b").exists()
+
+
+def test_lora_on_a_bundled_base_saves_quietly_and_loads_with_peft_alone(tmp_path):
+    import warnings
+
+    from gptcli import bundled
+
+    out = tmp_path / "adapter"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = cli("finetune", _qa(tmp_path), "--model", "tinystories", "--lora", *FAST, "--steps", "2",
+                           "--save-every", "1", "--out", out)
+    assert code == 0, err
+    noisy = [str(w.message) for w in caught if "peft" in w.filename]
+    assert noisy == [] and "Warning" not in err  # peft looked the base up on the Hub at every save
+    base = bundled.path_of("tinystories")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(out)  # peft alone, offline: the base is a folder
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+    # an adapter made by gptcli installed elsewhere still finds the bundled base through gptcli
+    moved = json.loads((out / "adapter_config.json").read_text())
+    moved["base_model_name_or_path"] = str(tmp_path / "old-venv" / "gptcli" / "bundled" / "tinystories")
+    (out / "adapter_config.json").write_text(json.dumps(moved), encoding="utf-8")
+    code, _, gen_err = cli("generate", "Tom has 3 cats.", "--model", out, "-t", "2")
+    assert code == 0, gen_err

@@ -28,6 +28,15 @@ def path_of(name: str) -> Path | None:
     return folder
 
 
+def recorded_base(spec: str) -> str:
+    """A base model recorded as a bundled model's folder (LoRA adapters do that, so peft alone can load
+    them) names the same bundled model when that folder is gone: gptcli was reinstalled elsewhere."""
+    path = Path(spec)
+    if path.is_absolute() and not path.exists() and path.parent.name == "bundled" and path_of(path.name):
+        return path.name
+    return spec
+
+
 def card(name: str) -> dict:
     folder = path_of(name)
     if folder is None:

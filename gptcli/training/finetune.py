@@ -69,7 +69,9 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         raise InputError(f"token id {too_big} is outside the model's vocabulary; tokenizer and model do not match.")
     say(f"data: {len(examples):,} {fmt} examples, {len(ids):,} tokens, blocks of {block}")
 
-    base_name = source.spec if source.kind != "folder" else str(source.path)
+    # What adapter_config.json records as the base: a Hub id as given; otherwise the folder's absolute path
+    # (a bundled model's too), so that peft alone (AutoPeftModelForCausalLM) finds the base.
+    base_name = source.spec if source.kind == "hub" else str(source.path)
     if s.lora:
         model = lora_mod.wrap(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout,
                               targets=s.lora_targets, base_name=base_name)
@@ -80,7 +82,9 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         from gptcli.training.export import save_model_folder
 
         if s.lora:  # never sharded: --fsdp refuses --lora
-            m.save_pretrained(folder, safe_serialization=True)
+            # gptcli never resizes the vocabulary, so the base's embeddings stay valid; peft's "auto" would
+            # look the base up (on the Hub, for a name) at every save to find out, and warn when it cannot
+            m.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
             tok.save_pretrained(folder)
         else:
             save_model_folder(m, tok, folder, state_dict)
