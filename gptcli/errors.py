@@ -39,6 +39,7 @@ class ModelLoadError(GptcliError):
 
 
 class Interrupted(GptcliError):
-    """The user interrupted the work (exit 130); whatever was done is kept."""
+    """The user interrupted the work (exit 130); whatever was done is kept. Printed as a plain
+    message, without `Error:`: the user asked for it."""
 
     exit_code = EXIT_INTERRUPTED

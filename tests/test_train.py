@@ -261,6 +261,32 @@ def test_rich_progress_on_a_terminal(tmp_path):
     assert "step 8/8 | loss" not in text
 
 
+def test_rich_bar_shows_the_eta_when_progress_updates_are_far_apart(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from gptcli import console
+    from gptcli.training.progress import Reporter
+
+    now = [0.0]  # a fake clock for Rich: a progress update every 40 s, beyond its 30 s speed window
+    fake = Console(file=io.StringIO(), force_terminal=True, width=200, get_time=lambda: now[0])
+    monkeypatch.setattr(console, "color_enabled", lambda stream=None: True)
+    monkeypatch.setattr(console, "err_console", lambda: fake)
+    reporter = Reporter(total=100, start=0, enabled=True)
+    try:
+        for step in (1, 2):
+            now[0] += 40.0
+            reporter.step(step, 3.0, 1e-3, 100.0, eta_s=(100 - step) * 40.0)
+        bar = reporter._bar
+        shown = Console(file=io.StringIO(), width=200, color_system=None)
+        with shown.capture() as capture:
+            shown.print(bar.make_tasks_table(bar.tasks))
+    finally:
+        reporter.close()
+    assert "2/100" in capture.get() and "eta 1h05m20s" in capture.get() and "-:--:--" not in capture.get()
+
+
 def test_no_escape_codes_off_a_terminal(trained):
     _, stdout, stderr = trained
     assert "\x1b" not in stderr and "\x1b" not in stdout

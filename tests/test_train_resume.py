@@ -73,6 +73,8 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
     assert proc.returncode == 130, stderr.decode()
     err = stderr.decode()
     assert "Resume with: gptcli train --out" in err and "--resume auto" in err
+    assert "Error" not in err  # the user asked for the stop: a message, not an error
+    assert any(line.startswith("training stopped at step ") for line in err.splitlines())
     assert stdout == b""
     saved = sorted((out / "checkpoints").iterdir())
     assert len(saved) == 1 and not saved[0].name.startswith(".")

@@ -22,7 +22,7 @@ from gptcli.cli import generate as generate_cmd
 from gptcli.cli import models as models_cmd
 from gptcli.cli import train as train_cmd
 from gptcli.cli import translate as translate_cmd
-from gptcli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GptcliError
+from gptcli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GptcliError, Interrupted
 
 app = typer.Typer(
     name="gptcli",
@@ -103,6 +103,14 @@ def run(argv: list[str] | None = None) -> int:
     except console.StdoutClosed:
         console.silence_stdout()  # the reader left (`| head`): stop quietly
         return 0
+    except Interrupted as exc:
+        # A stop the user asked for (Ctrl-C in training: the checkpoint is saved) is news, not an error.
+        _flush_quietly()
+        try:
+            print(str(exc), file=sys.stderr, flush=True)
+        except OSError:
+            pass
+        return exc.exit_code
     except GptcliError as exc:
         if _debug():
             traceback.print_exc()

@@ -29,13 +29,16 @@ class Reporter:
         self.val: float | None = None
         self._bar: Any = None
         if enabled and console.color_enabled(sys.stderr):
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+            # The ETA is the engine's (optimizer time per step so far), as on the plain lines. Rich's
+            # TimeRemainingColumn estimates speed only from updates within its last 30 s, so when progress
+            # updates are further apart (slow steps, --log-every) it never has two and stays at -:--:--.
             self._bar = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(), console=console.err_console(), transient=False,
+                TextColumn("{task.fields[eta]}"), console=console.err_console(), transient=False,
             )
-            self._task = self._bar.add_task("train", total=total, completed=start, stats="")
+            self._task = self._bar.add_task("train", total=total, completed=start, stats="", eta="")
             self._bar.start()
 
     def message(self, text: str) -> None:
@@ -52,7 +55,7 @@ class Reporter:
         val = f" | val {self.val:.4f}" if self.val is not None else ""
         if self._bar is not None:
             stats = f"loss {loss:.4f}{val} | lr {lr:.2e} | {format_rate(tokens_per_s)} tok/s"
-            self._bar.update(self._task, completed=step, stats=stats)
+            self._bar.update(self._task, completed=step, stats=stats, eta=f"eta {format_duration(eta_s)}")
         else:
             console.info(f"step {step}/{self.total} | loss {loss:.4f}{val} | lr {lr:.2e} | "
                          f"{format_rate(tokens_per_s)} tok/s | eta {format_duration(eta_s)}")
