@@ -168,6 +168,9 @@ def test_lora_on_a_bundled_base_saves_quietly_and_loads_with_peft_alone(tmp_path
     assert noisy == [] and "Warning" not in err  # peft looked the base up on the Hub at every save
     base = bundled.path_of("tinystories")
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    record = json.loads((out / "run.json").read_text())
+    assert record["signature"] == "gptcli-run/1" and record["format"] == "completion"  # two keys, no clash
+    assert "adapter_model.safetensors" in record["outputs"] and "README.md" in record["outputs"]
     from peft import AutoPeftModelForCausalLM
 
     model = AutoPeftModelForCausalLM.from_pretrained(out)  # peft alone, offline: the base is a folder

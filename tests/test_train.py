@@ -147,8 +147,8 @@ def test_overwrite_recognises_runs_made_before_the_signature_and_works_through_a
     out = tmp_path / "run"
     assert cli("train", data, *TINY, "--steps", "2", "--out", out)[0] == 0
     record = json.loads((out / "run.json").read_text())
-    assert record["format"] == "gptcli-run/1" and "model.safetensors" in record["outputs"]
-    for key in ("format", "outputs", "segments"):  # what run.json held before gptcli signed it
+    assert record["signature"] == "gptcli-run/1" and "model.safetensors" in record["outputs"]
+    for key in ("signature", "outputs", "segments"):  # what run.json held before gptcli signed it
         del record[key]
     (out / "run.json").write_text(json.dumps(record), encoding="utf-8")
     link = tmp_path / "link"
@@ -156,6 +156,9 @@ def test_overwrite_recognises_runs_made_before_the_signature_and_works_through_a
     code, _, stderr = cli("train", data, *TINY, "--steps", "3", "--out", link, "--overwrite")
     assert code == 0, stderr
     assert link.is_symlink() and [r["step"] for r in metrics(out) if "loss" in r][-1] == 3  # the old run is gone
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli("train", data, *TINY, "--steps", "1", "--out", empty, "--overwrite")[0] == 0  # nothing to replace
     broken = tmp_path / "broken"
     broken.symlink_to(tmp_path / "nowhere")
     code, _, stderr = cli("train", data, *TINY, "--steps", "2", "--out", broken, "--overwrite")

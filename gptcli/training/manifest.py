@@ -1,6 +1,6 @@
 """The run manifest (OUT/run.json): what produced this folder, enough to reproduce it.
 
-"format" is gptcli's signature (what lets `--overwrite` recognise the folder as
+"signature" is gptcli's mark (what lets `--overwrite` recognise the folder as
 its own), "outputs" names the final model files the run published there, and
 "segments" is the provenance of every invocation that trained the weights:
 a fresh run has one; each `--resume` appends one, starting at the resumed
@@ -22,7 +22,7 @@ from typing import Any
 from gptcli.fileio import write_atomic
 
 NAME = "run.json"
-FORMAT = "gptcli-run/1"
+SIGNATURE = "gptcli-run/1"  # not "format": finetune records its data format under that key
 
 
 def hash_files(paths: list[str]) -> list[dict[str, Any]]:
@@ -96,7 +96,7 @@ def write(out: Path, *, command: str, settings: dict[str, Any], device: str, wor
                 "accelerate": accelerate.__version__, "python": platform.python_version()}
     existing = read(out / NAME) or {}  # resuming in place: the final files of the earlier run are still there
     record = {
-        "format": FORMAT,
+        "signature": SIGNATURE,
         "command": command,
         "argv": argv,
         "created": created,

@@ -58,7 +58,7 @@ def prepare(out: Path, *, resume: bool, overwrite: bool) -> None:
     With --overwrite, first delete the earlier run's files (checked again: the folder may have
     changed while the data loaded). OUT itself stays, so a symbolic link to a folder keeps working.
     """
-    if overwrite and not resume and out.is_dir():
+    if overwrite and not resume and out.is_dir() and any(out.iterdir()):
         entries = owned(out)
         # run.json last: a deletion cut short still leaves a folder that --overwrite recognises
         for path in sorted(entries, key=lambda p: p.name == MANIFEST):
@@ -120,7 +120,7 @@ def _manifest(path: Path) -> dict | None:
         return None
     if not isinstance(record, dict):
         return None
-    if record.get("format") == manifest.FORMAT:
+    if record.get("signature") == manifest.SIGNATURE:
         return record
     argv, versions = record.get("argv"), record.get("versions")
     legacy = (record.get("command") in ("train", "finetune") and isinstance(argv, list) and argv[:1] == ["gptcli"]
