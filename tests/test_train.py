@@ -151,6 +151,11 @@ def test_overwrite_recognises_runs_made_before_the_signature_and_works_through_a
     for key in ("signature", "outputs", "segments"):  # what run.json held before gptcli signed it
         del record[key]
     (out / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    from gptcli.training import outdir
+
+    # its final model is known by name (a resume in place lists it in the new run.json)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(outdir.published(out))
+    assert "metrics.jsonl" not in outdir.published(out)
     link = tmp_path / "link"
     link.symlink_to(out, target_is_directory=True)
     code, _, stderr = cli("train", data, *TINY, "--steps", "3", "--out", link, "--overwrite")

@@ -51,11 +51,12 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         val_ids, val_mask = packing.stream(v_examples, tok.eos_token_id, v_masks)
     provenance = runner.provenance(s, resume_from, resume_state)
     if val_ids is not None:
-        block = _block_size(s, lm.context_length, len(ids), 0.0)
+        frac = 0.0
+        block = _block_size(s, lm.context_length, len(ids), frac)
     else:
         block = _block_size(s, lm.context_length, len(ids), DEFAULT_VAL_SPLIT if s.val_split is None else s.val_split)
         frac = runner.val_fraction(s, len(ids), block, say)
-        if frac != DEFAULT_VAL_SPLIT and s.val_split is None:  # no validation after all: size blocks for training only
+        if frac == 0.0 and s.val_split is None:  # no validation after all: size the blocks for training only
             block = _block_size(s, lm.context_length, len(ids), frac)
     if val_ids is not None:
         train = packing.split(ids, mask, 0.0, block)[0]
@@ -99,8 +100,8 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     lr = s.lr or (2e-4 if s.lora else 1e-4)
     return runner.execute(
-        "finetune", s, model=model, train=train, val=val, lr=lr, resume_from=resume_from, resume_state=resume_state, provenance=provenance,
-        write_model=write, export=export, progress=progress,
+        "finetune", s, model=model, train=train, val=val, lr=lr, resume_from=resume_from, resume_state=resume_state,
+        provenance=provenance, write_model=write, export=export, progress=progress,
         describe={"base_model": base_name, "format": fmt, "lora": s.lora, "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},
     )

@@ -83,7 +83,8 @@ def data_changes(before: dict[str, Any], now: dict[str, list[dict[str, Any]]]) -
 
 def write(out: Path, *, command: str, settings: dict[str, Any], device: str, world_size: int, extra: dict[str, Any],
           prints: dict[str, list[dict[str, Any]]], start_step: int = 0,
-          earlier: list[dict[str, Any]] | None = None) -> None:
+          earlier: list[dict[str, Any]] | None = None, outputs: list[str] | None = None) -> None:
+    """outputs: final model files already in OUT (resuming in place), until the run publishes its own."""
     import accelerate
     import torch
     import transformers
@@ -94,7 +95,6 @@ def write(out: Path, *, command: str, settings: dict[str, Any], device: str, wor
     argv = ["gptcli", *sys.argv[1:]]
     versions = {"gptcli": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                 "accelerate": accelerate.__version__, "python": platform.python_version()}
-    existing = read(out / NAME) or {}  # resuming in place: the final files of the earlier run are still there
     record = {
         "signature": SIGNATURE,
         "command": command,
@@ -110,7 +110,7 @@ def write(out: Path, *, command: str, settings: dict[str, Any], device: str, wor
         **extra,
         "segments": [*(earlier or []), {"start_step": start_step, "created": created, "argv": argv,
                                         "versions": versions, **prints}],
-        "outputs": _names(existing.get("outputs")),
+        "outputs": sorted(outputs or []),
     }
     write_atomic(out / NAME, json.dumps(record, indent=2) + "\n")
 

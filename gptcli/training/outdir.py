@@ -89,13 +89,25 @@ def owned(out: Path) -> list[Path]:
     return entries
 
 
+def published(out: Path) -> list[str]:
+    """The final model files an earlier run left in OUT (a run resumed in place keeps listing them)."""
+    record = _manifest(out / MANIFEST)
+    if record is None:
+        return []
+    present = sorted(p.name for p in out.iterdir() if p.is_file() or p.is_symlink())
+    model = _model_names(record, set(present))
+    return [name for name in present if _matches(name, model)]
+
+
 def _allowed_names(record: dict, present: set[str]) -> tuple[str, ...]:
+    return (*RUN_FILES, *RUN_PATTERNS, CHECKPOINTS, *_model_names(record, present))
+
+
+def _model_names(record: dict, present: set[str]) -> tuple[str, ...]:
     outputs = record.get("outputs")
     if isinstance(outputs, list):
-        model = tuple(n for n in outputs if isinstance(n, str) and "/" not in n and n not in ("", ".", ".."))
-    else:
-        model = LEGACY_MODEL_FILES + (LEGACY_ADAPTER_FILES if "adapter_config.json" in present else ())
-    return (*RUN_FILES, *RUN_PATTERNS, CHECKPOINTS, *model)
+        return tuple(n for n in outputs if isinstance(n, str) and "/" not in n and n not in ("", ".", ".."))
+    return LEGACY_MODEL_FILES + (LEGACY_ADAPTER_FILES if "adapter_config.json" in present else ())
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

@@ -74,7 +74,8 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     return runner.execute(
         "train", s, model=model, train=train, val=val, lr=s.lr or 1e-3,
-        resume_from=resume_from, resume_state=resume_state, provenance=provenance, write_model=write, export=write, progress=progress,
+        resume_from=resume_from, resume_state=resume_state, provenance=provenance, write_model=write, export=write,
+        progress=progress,
         describe={"tokenizer": kind, "vocab_size": len(tokenizer), "model_type": config.model_type,
                   "parameters": sum(p.numel() for p in model.parameters()), "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},

@@ -107,13 +107,14 @@ def execute(
     steps = steps_for(s, len(train), world_size)
     if rank == 0:
         outdir.prepare(out, resume=resume_from is not None, overwrite=s.overwrite)
+        kept = outdir.published(out)  # resuming in place: the earlier run's final model is still there
         saved = _portable({k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS})
         configfile.dump(saved, out / outdir.EFFECTIVE_CONFIG)
         from gptcli.runtime import resolve_device
 
         manifest.write(out, command=command, settings=saved, device=str(resolve_device(s.device)), world_size=world_size,
                        extra={"steps": steps, **describe}, prints=provenance.prints, start_step=provenance.start_step,
-                       earlier=provenance.earlier)
+                       earlier=provenance.earlier, outputs=kept)
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if progress:
