@@ -128,18 +128,23 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+def parse_json_line(line: str, source: str, number: int) -> Any:
+    """One JSON Lines record; errors name the source and line."""
+    try:
+        return json.loads(line, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source} line {number} is not valid JSON: {exc.msg}.") from exc
+    except _TooManyDigits as exc:
+        raise UsageError(f"{source} line {number} has a number of {exc.args[0]} digits; "
+                         f"the limit is {exc.args[1]}.") from exc
+
+
 def parse_jsonl(text: str, source: str) -> list[dict[str, Any]]:
     records = []
     for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line, parse_int=_parse_int)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{source} line {number} is not valid JSON: {exc.msg}.") from exc
-        except _TooManyDigits as exc:
-            raise UsageError(f"{source} line {number} has a number of {exc.args[0]} digits; "
-                             f"the limit is {exc.args[1]}.") from exc
+        value = parse_json_line(line, source, number)
         if not isinstance(value, dict):
             raise InputError(f"{source} line {number} is not a JSON object.")
         records.append({"__line__": number, **value})

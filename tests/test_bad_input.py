@@ -140,3 +140,12 @@ def test_memory_limit_too_low_for_a_library_is_one_line(cli, monkeypatch):
     monkeypatch.setattr("gptcli.runtime.parse_device", no_memory)
     r = cli("generate", "hello", "-m", NO_MODEL)
     assert r.exit_code == 1 and r.stderr == "Error: out of memory.\n"
+
+
+@pytest.mark.parametrize("command", [["generate", "--file"], ["eval"], ["translate", "--to", "fr", "--file"]])
+def test_jsonl_number_over_the_digit_limit_is_one_line_in_every_reader(cli, tmp_path, command):
+    f = tmp_path / "data.jsonl"
+    f.write_text('{"prompt": "a", "text": "a"}\n{"prompt": "b", "text": "b", "n": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    r = cli(*command, f, "-m", NO_MODEL)
+    assert r.exit_code == 2
+    assert r.stderr == f"Error: {f} line 2 has a number of 5000 digits; the limit is 4300.\n"
