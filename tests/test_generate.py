@@ -163,49 +163,44 @@ def test_stop_escapes_are_interpreted(cli, gpt2_dir):
 
 
 @pytest.mark.parametrize("where", ["core", "renderer"])
-@pytest.mark.parametrize("as_json", [True, False])
-def test_ctrl_c_prints_partial_output_and_true_stats(cli, gpt2_dir, monkeypatch, where, as_json):
+def test_ctrl_c_prints_partial_output_and_true_stats(cli, gpt2_dir, monkeypatch, where):
     """Ctrl-C during a forward pass (core) or while printing (renderer) keeps what was generated."""
     from gptcli import generation
     from gptcli.cli import generate as generate_cli
 
-    if where == "core":
-        real, calls = generation.choose_tokens, []
+    def interrupt_at(patch, owner, name, n):
+        real, calls = getattr(owner, name), []
 
-        def choose(*args, **kwargs):
+        def wrapper(*args, **kwargs):
             calls.append(1)
-            if len(calls) == 4:
+            if len(calls) == n:
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(generation, "choose_tokens", choose)
-    else:
-        renderer = generate_cli._JsonRenderer if as_json else generate_cli._TextRenderer
-        real_piece, pieces = renderer.piece, []
+        patch.setattr(owner, name, wrapper)
 
-        def piece(self, ev):
-            pieces.append(ev)
-            if len(pieces) == 6:  # two sequences, one piece each per step: during the 3rd step
-                raise KeyboardInterrupt
-            real_piece(self, ev)
-
-        monkeypatch.setattr(renderer, "piece", piece)
     args = ["generate", "Once upon a time", "-m", gpt2_dir, "-t", 30, "-n", 2, "--seed", 3, "--stats",
             "--temperature", 0.01, "--dtype", "float32"]
-    r = cli(*args, *(["--json"] if as_json else []))
-    assert r.exit_code == 130
-    stats = [line for line in r.stderr.splitlines() if "tokens/s" in line]
-    assert len(stats) == 1
-    generated = int(stats[0].split("generated ")[1].split()[0])
-    assert generated >= 4  # not the zeros printed before
-    assert r.stdout.endswith("\n")  # the stats line on a terminal starts on its own line
-    if as_json:
-        recs = r.json_lines()
-        assert [(x["sample"], x["finish_reason"]) for x in recs] == [(0, "interrupted"), (1, "interrupted")]
-        assert sum(x["completion_tokens"] for x in recs) == generated
-        assert all(x["seed"] in (3, 4) and x["prompt_tokens"] > 0 for x in recs)
-    else:
-        assert r.stdout.count("\n") >= 2  # each sequence's text ends its line
+    results = {}
+    for as_json in (True, False):
+        with monkeypatch.context() as patch:
+            if where == "core":
+                interrupt_at(patch, generation, "choose_tokens", 4)
+            else:  # two sequences, one piece each per step: during the 3rd step
+                interrupt_at(patch, generate_cli._JsonRenderer if as_json else generate_cli._TextRenderer, "piece", 6)
+            r = results[as_json] = cli(*args, *(["--json"] if as_json else []))
+        assert r.exit_code == 130
+        stats = [line for line in r.stderr.splitlines() if "tokens/s" in line]
+        assert len(stats) == 1
+        r.generated = int(stats[0].split("generated ")[1].split()[0])
+        assert r.generated >= 4  # not the zeros printed before
+    recs = results[True].json_lines()
+    assert [(x["sample"], x["finish_reason"]) for x in recs] == [(0, "interrupted"), (1, "interrupted")]
+    assert sum(x["completion_tokens"] for x in recs) == results[True].generated
+    assert all(x["seed"] in (3, 4) and x["prompt_tokens"] > 0 for x in recs)
+    # Text mode prints the same partial texts, each ending its line, so the stats line starts on its own.
+    assert results[False].stdout == "".join(x["text"] + "\n" for x in recs)
+    assert results[False].generated == results[True].generated
 
 
 def test_file_records_keep_their_input_line_numbers(cli, gpt2_dir, tmp_path):

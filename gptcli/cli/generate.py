@@ -189,13 +189,13 @@ class _TextRenderer(_InOrder):
         from gptcli import console
 
         for ev in unfinished:
-            if self._head() == (ev.request, ev.sample):
-                # Its text is partly on screen: print the rest (text held back for a stop string) and end the line.
-                self._begin(ev)
-                console.write(ev.text[self.live_chars:] + "\n")
-                self._advance()
-            else:
-                self.done[(ev.request, ev.sample)] = ev
+            self.done[(ev.request, ev.sample)] = ev
+        live = self.done.pop(self._head(), None)
+        if live is not None:
+            # Its text is partly on screen: print the rest (any text held back) and end the line.
+            self._begin(live)
+            console.write(live.text[self.live_chars:] + "\n")
+            self.live_started, self.live_chars = False, 0
         self._flush_all(self._print_whole)
 
     def _print_whole(self, ev) -> None:
