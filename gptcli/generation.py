@@ -379,8 +379,9 @@ def stream_generate(
                 stats.unfinished.append(done)
         raise
     finally:
-        stats.elapsed_s = time.perf_counter() - started
-        stats.peak_memory_bytes = peak_memory_bytes(lm.device)
+        if not sys.is_finalizing():  # a stream collected at interpreter exit: modules are torn down
+            stats.elapsed_s = time.perf_counter() - started
+            stats.peak_memory_bytes = peak_memory_bytes(lm.device)
 
 
 def _count(stats: RunStats, done: Completion) -> None:
