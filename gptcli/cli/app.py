@@ -137,7 +137,7 @@ def _out_of_memory(exc: BaseException) -> str | None:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     if isinstance(exc, MemoryError):
-        return "out of memory."
+        return "out of memory. Free some memory, or raise the memory limit (ulimit -v) if one is set."
     for cause in chain:
         text = str(cause).strip()
         if isinstance(cause, MemoryError) or "failed to map segment" in text or "Cannot allocate memory" in text:
