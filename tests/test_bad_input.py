@@ -126,7 +126,8 @@ def test_memory_limit_too_low_for_a_library_is_one_line(cli, monkeypatch):
             raise ImportError("libstdc++.so.6: failed to map segment from shared object")
         except ImportError as exc:
             raise ImportError("\n\nIMPORTANT: PLEASE READ THIS FOR ADVICE ON HOW TO SOLVE THIS ISSUE!\n\n"
-                              "Importing the numpy C-extensions failed.\n" * 5) from exc
+                              + "Importing the numpy C-extensions failed.\n" * 5
+                              + f"\nOriginal error was: {exc}\n") from exc
 
     monkeypatch.setattr("gptcli.runtime.parse_device", fail)
     r = cli("generate", "hello", "-m", NO_MODEL)

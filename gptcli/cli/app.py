@@ -138,7 +138,7 @@ def _out_of_memory(exc: BaseException) -> str | None:
         seen = seen.__cause__ or seen.__context__
     if isinstance(exc, MemoryError):
         return "out of memory. Free some memory, or raise the memory limit (ulimit -v) if one is set."
-    for cause in chain:
+    for cause in reversed(chain):  # the root cause first: numpy's wrapper repeats it inside its page
         text = str(cause).strip()
         if isinstance(cause, MemoryError) or "failed to map segment" in text or "Cannot allocate memory" in text:
             detail = text.splitlines()[0] if text else type(cause).__name__

@@ -71,7 +71,7 @@ def generate(
         from gptcli.inputs import Record
 
         records = [Record(gather_prompt(prompt))]
-    requests = _requests(records, base, "stdin" if str(file) == "-" else str(file))
+    requests = _requests(records, base, "stdin" if str(file) == "-" else str(file or "stdin"))
 
     from gptcli.generation import Completion, RunStats, stream_generate
     from gptcli.session import describe_load, open_model, stats_line
@@ -216,7 +216,6 @@ class _JsonRenderer(_InOrder):
         pass
 
     def completion(self, ev) -> None:
-
         self.done[(ev.request, ev.sample)] = ev
         self._release(self._print)
 
