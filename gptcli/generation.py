@@ -14,6 +14,7 @@ from the batch. Encoder-decoder models and beam search go through
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import random
 import resource
@@ -52,7 +53,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "eos", "stop" or "length"
+    finish_reason: str  # "eos", "stop", "length", or "interrupted" (see RunStats.unfinished)
     seed: int | None
     ttft_s: float  # time to first token, from the start of its batch
     decode_s: float  # time from the first token to the last
@@ -76,6 +77,9 @@ class RunStats:
     elapsed_s: float = 0.0
     decode_s: float = 0.0
     peak_memory_bytes: int = 0
+    # Sequences cut short when a run stops early (Ctrl-C, or the consumer closing the stream):
+    # what they had generated, with finish_reason "interrupted"; their tokens count above.
+    unfinished: list[Completion] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -274,6 +278,17 @@ class _Seq:
     cached_tokens: int = 0
 
 
+@dataclass
+class _Prepared:
+    """One request, tokenized and fitted; its sequences are created batch by batch."""
+
+    request: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int | None
+    encoder_text: str | None
+
+
 def resolve_seed(params: SamplingParams) -> int | None:
     """Every sampled run has a seed, reported back so any output can be reproduced."""
     if params.is_greedy:
@@ -289,16 +304,22 @@ def stream_generate(
     truncate: bool = False,
     stats: RunStats | None = None,
     on_truncate: Any = None,
+    on_capped: Any = None,
     prompt_cache: PromptCache | None = None,
 ) -> Iterator[Piece | Completion]:
     """Generate for every request; yields Pieces as text appears and a Completion per sequence.
+
+    `on_capped(label, max_new_tokens, room)` is called once, for the first request whose
+    max_new_tokens does not fit in the context after its prompt (generation stops at the end of
+    the context). If the run stops early (KeyboardInterrupt inside it, or `close()`), the
+    sequences it was generating are put in `stats.unfinished` and `stats` is complete.
 
     `prompt_cache` (one request, one sequence, decoder-only, no beams) keeps the key-value cache
     after the call, so the next call whose prompt extends this one feeds only its new tokens.
     """
     stats = stats if stats is not None else RunStats()
     started = time.perf_counter()
-    seqs: list[_Seq] = []
+    prepared: list[_Prepared] = []
     for r_index, req in enumerate(requests):
         params = req.params.validate()
         if req.prompt_ids is not None:
@@ -312,49 +333,90 @@ def stream_generate(
             ids, cut = fit_prompt(ids, lm.context_length, params.max_new_tokens, truncate, label)
             if cut and on_truncate:
                 on_truncate(label, len(ids))
-        base_seed = resolve_seed(params)
-        for s in range(params.num_return_sequences):
-            seed = None if base_seed is None else base_seed + s
-            seqs.append(
-                _Seq(r_index, s, ids, params, seed, TextTracker(lm.tokenizer, params.stop), req.encoder_text or req.prompt)
-            )
-    batches = _make_batches(seqs, batch_size)
+            room = max(lm.context_length - len(ids), 0)
+            if params.max_new_tokens > room and on_capped:
+                on_capped(label, params.max_new_tokens, room)
+                on_capped = None  # once per run: the same cap on every prompt is one message
+        prepared.append(_Prepared(r_index, ids, params, resolve_seed(params), req.encoder_text or req.prompt))
     fast = supports_fast_decode(lm)
-    reuse = prompt_cache is not None and fast and len(seqs) == 1 and seqs[0].params.num_beams == 1
+    single = len(prepared) == 1 and prepared[0].params.num_return_sequences == 1
+    reuse = prompt_cache is not None and fast and single and prepared[0].params.num_beams == 1
     if prompt_cache is not None and not reuse:
         prompt_cache.reset()  # it could not follow this call; never hand back a stale cache
-    for batch in batches:
-        if reuse:
-            events = _decode_batch(lm, batch, prompt_cache)
-        elif fast and batch[0].params.num_beams == 1:
-            events = _decode_batch(lm, batch)
-        else:
-            events = _hf_generate_batch(lm, batch)
-        for event in events:
-            if stats.ttft_s is None:
-                # Time to the first token produced (its text may still be held back, e.g. half a character).
-                firsts = [s.first_token_at for s in batch if s.first_token_at]
-                stats.ttft_s = min(firsts) - started if firsts else None
-            if isinstance(event, Completion):
-                stats.prompt_tokens += event.prompt_tokens if event.sample == 0 else 0
-                stats.completion_tokens += event.completion_tokens
-                stats.decode_s += event.decode_s
-            yield event
-    stats.elapsed_s = time.perf_counter() - started
-    stats.peak_memory_bytes = peak_memory_bytes(lm.device)
+    batch: list[_Seq] = []
+    batch_started = started
+    reported: set[tuple[int, int]] = set()  # (request, sample) of the current batch's Completions
+    try:
+        for batch in _batches(prepared, batch_size, lm.tokenizer):
+            reported = set()
+            batch_started = time.perf_counter()
+            if reuse:
+                events = _decode_batch(lm, batch, prompt_cache)
+            elif fast and batch[0].params.num_beams == 1:
+                events = _decode_batch(lm, batch)
+            else:
+                events = _hf_generate_batch(lm, batch)
+            for event in events:
+                if stats.ttft_s is None:
+                    # Time to the first token produced (its text may still be held back, e.g. half a character).
+                    firsts = [s.first_token_at for s in batch if s.first_token_at]
+                    stats.ttft_s = min(firsts) - started if firsts else None
+                if isinstance(event, Completion):
+                    _count(stats, event)
+                    reported.add((event.request, event.sample))
+                yield event
+        batch = []
+    except (KeyboardInterrupt, GeneratorExit):
+        firsts = [s.first_token_at for s in batch if s.first_token_at]
+        if stats.ttft_s is None and firsts:
+            stats.ttft_s = min(firsts) - started
+        for seq in batch:
+            if (seq.request, seq.sample) not in reported:
+                seq.finish_reason = "interrupted"
+                done = _completion(seq, batch_started)
+                done.text = done.text.rstrip("\ufffd")  # half a character waiting for its other bytes
+                _count(stats, done)
+                stats.unfinished.append(done)
+        raise
+    finally:
+        if not sys.is_finalizing():  # a stream collected at interpreter exit: modules are torn down
+            stats.elapsed_s = time.perf_counter() - started
+            stats.peak_memory_bytes = peak_memory_bytes(lm.device)
 
 
-def _make_batches(seqs: list[_Seq], batch_size: int) -> list[list[_Seq]]:
-    """Group sequences with the same sampling settings, keeping input order within groups."""
-    groups: dict[tuple, list[_Seq]] = {}
-    for s in seqs:
-        groups.setdefault(_sampling_key(s.params), []).append(s)
-    batches = []
-    for group in groups.values():
-        for i in range(0, len(group), max(1, batch_size)):
-            batches.append(group[i:i + batch_size])
-    batches.sort(key=lambda b: (b[0].request, b[0].sample))
-    return batches
+def _count(stats: RunStats, done: Completion) -> None:
+    stats.prompt_tokens += done.prompt_tokens if done.sample == 0 else 0  # a prompt is read once for all its samples
+    stats.completion_tokens += done.completion_tokens
+    stats.decode_s += done.decode_s
+
+
+def _batches(prepared: list[_Prepared], batch_size: int, tokenizer: Any) -> Iterator[list[_Seq]]:
+    """Batches of sequences with the same sampling settings, ordered by their first sequence.
+
+    Sequences are created as their batch comes up, so `-n 1000` with many prompts holds one
+    batch per sampling group in memory, not every sequence of the run.
+    """
+    size = max(1, batch_size)
+    groups: dict[tuple, list[_Prepared]] = {}
+    for p in prepared:
+        groups.setdefault(_sampling_key(p.params), []).append(p)
+
+    def group_batches(group: list[_Prepared]) -> Iterator[list[_Seq]]:
+        batch: list[_Seq] = []
+        for p in group:
+            for s in range(p.params.num_return_sequences):
+                seed = None if p.seed is None else p.seed + s
+                batch.append(_Seq(p.request, s, p.prompt_ids, p.params, seed, TextTracker(tokenizer, p.params.stop),
+                                  p.encoder_text))
+                if len(batch) == size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    # Each group's batches already come in input order, so merging the groups gives the order a
+    # sort of all batches by their first sequence would, one batch per group at a time.
+    return heapq.merge(*(group_batches(g) for g in groups.values()), key=lambda b: (b[0].request, b[0].sample))
 
 
 def _completion(seq: _Seq, started: float) -> Completion:

@@ -224,9 +224,14 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ModelLoadError(f"{path.parent} has no {path.name}; it is not a Hugging Face model folder.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path} is not valid JSON: {exc}.") from exc
+    if not isinstance(value, dict):
+        # A list or a number parses, then fails far away (`'list' object has no attribute 'get'`).
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(value), "a number")
+        raise ModelLoadError(f"{path} holds {kind}, not a JSON object: it is not a valid {path.name}.")
+    return value
 
 
 def load_tokenizer(folder: Path, *, trust_remote_code: bool = False, padding_side: str = "left") -> Any:

@@ -5,10 +5,18 @@ Kept free of torch so bad values are rejected (exit 2) before a model loads.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from gptcli.errors import UsageError
+
+# Documented limits (README, "Sampling settings"). Each sequence of a request is generated in
+# batches, so memory does not grow with -n; the cap keeps one typo from queueing hours of work.
+MAX_RETURN_SEQUENCES = 1024
+# Seeds are unsigned 64-bit numbers for torch.Generator; the n-th sample uses seed + n.
+MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,12 @@ class SamplingParams:
     def validate(self) -> SamplingParams:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens}).")
+        # NaN compares false with everything, so it passes every range check below and then
+        # turns every probability into NaN: the output stops depending on the seed.
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number (got {value}).")
         if self.temperature < 0:
             raise UsageError(f"--temperature must be 0 or more (got {self.temperature}).")
         if self.top_k is not None and self.top_k < 0:
@@ -56,13 +70,49 @@ class SamplingParams:
             raise UsageError(f"--min-p must be in [0, 1] (got {self.min_p}).")
         if self.repetition_penalty is not None and self.repetition_penalty <= 0:
             raise UsageError(f"--repetition-penalty must be above 0 (got {self.repetition_penalty}).")
-        if self.num_return_sequences < 1:
-            raise UsageError(f"--num-return-sequences must be at least 1 (got {self.num_return_sequences}).")
+        if not 1 <= self.num_return_sequences <= MAX_RETURN_SEQUENCES:
+            raise UsageError(f"--num-return-sequences must be from 1 to {MAX_RETURN_SEQUENCES} "
+                             f"(got {self.num_return_sequences}).")
         if self.num_beams < 1:
             raise UsageError(f"--num-beams must be at least 1 (got {self.num_beams}).")
         if any(s == "" for s in self.stop):
             raise UsageError("--stop strings must not be empty.")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED - (self.num_return_sequences - 1):
+            last = MAX_SEED - (self.num_return_sequences - 1)
+            raise UsageError(f"--seed must be from 0 to {last}" + (" with this --num-return-sequences" if last < MAX_SEED else "")
+                             + f" (got {_short(self.seed)}).")
         return self
+
+
+def _short(value: Any) -> str:
+    """A number for an error message: a 4,000-digit seed is shown by its size, not in full
+    (and str() refuses integers over 4,300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 100:
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = str(value)
+    return text if len(text) <= 40 else f"a {len(text)}-character value"
+
+
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)", re.DOTALL)
+_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    r"""`\n`, `\t`, `\r`, `\\` and `\uXXXX` in a --stop value typed on the command line, as llama.cpp does.
+
+    A shell cannot put a newline in an argument without $'...' quoting, so `--stop "\n"` arrives
+    as a backslash and an n. Any other backslash sequence is kept as typed.
+    """
+
+    def one(match: re.Match) -> str:
+        code = match.group(1)
+        if code in _SIMPLE:
+            return _SIMPLE[code]
+        if len(code) == 5 and not 0xD800 <= int(code[1:], 16) <= 0xDFFF:  # a lone surrogate cannot be printed
+            return chr(int(code[1:], 16))
+        return match.group(0)
+
+    return _ESCAPE.sub(one, text)
 
 
 def coerce(name: str, value: Any) -> Any:
@@ -84,7 +134,14 @@ def coerce(name: str, value: Any) -> Any:
         return tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
     if name not in types:
         raise UsageError(f"unknown sampling option '{name}'.", hint=f"Known: {', '.join(sorted(types) + ['greedy', 'stop'])}.")
+    if isinstance(value, bool):  # JSON true/false are ints to Python; no setting here means that
+        raise UsageError(f"{name} needs a number (got {str(value).lower()}).")
+    if types[name] is int and isinstance(value, float):
+        # JSON numbers such as 1e400 (infinity), 2.5 or 1e23 arrive as floats.
+        if not value.is_integer():
+            raise UsageError(f"{name} needs a whole number (got {_short(value)}).")
+        value = int(value)
     try:
         return types[name](value)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{name} needs a number (got '{value}').") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UsageError(f"{name} needs a{' whole' if types[name] is int else ''} number (got '{_short(value)}').") from exc

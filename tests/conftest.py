@@ -59,7 +59,8 @@ class CliResult:
     def json_lines(self) -> list:
         import json
 
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+        # "\n" only: splitlines() would also cut at U+2028 and the like inside a JSON string.
+        return [json.loads(line) for line in self.stdout.split("\n") if line.strip()]
 
 
 @pytest.fixture

@@ -110,9 +110,16 @@ def test_stop_string_ends_generation_and_is_not_printed(cli, gpt2_dir):
 
 def test_stdin_prompt_and_combination(cli, gpt2_dir):
     tok = AutoTokenizer.from_pretrained(gpt2_dir)
+    # `echo "The sun was warm" | gptcli generate` continues the sentence: echo's newline is dropped...
     r = cli("generate", "-m", gpt2_dir, "-t", 3, "--json", "--seed", 1, stdin="The sun was warm\n")
     assert r.exit_code == 0
-    assert r.json_lines()[0]["prompt_tokens"] == len(tok("The sun was warm\n")["input_ids"])
+    (rec,) = r.json_lines()
+    assert rec["prompt"] == "The sun was warm"
+    assert rec["prompt_tokens"] == len(tok("The sun was warm")["input_ids"])
+    # ... one of them only: a blank line at the end keeps a newline in the prompt.
+    for stdin, prompt in [("Title\n\n", "Title\n"), ("Mom said\r\n", "Mom said"), ("no newline", "no newline")]:
+        r = cli("generate", "-", "-m", gpt2_dir, "-t", 1, "--json", "--seed", 1, stdin=stdin)
+        assert r.json_lines()[0]["prompt"] == prompt
     r = cli("generate", "In short:", "-m", gpt2_dir, "-t", 3, "--json", "--seed", 1, stdin="The sun was warm\n")
     assert r.json_lines()[0]["prompt_tokens"] == len(tok("The sun was warm\nIn short:")["input_ids"])
     r = cli("generate", "-", "-m", gpt2_dir, "-t", 3, "--json", "--seed", 1, stdin="Mom said")
@@ -137,3 +144,120 @@ def test_stats_go_to_stderr(cli, gpt2_dir):
     assert r.exit_code == 0
     assert "tokens/s" in r.stderr and "time to first token" in r.stderr and "peak memory" in r.stderr
     assert "tokens/s" not in r.stdout
+
+
+def test_stop_escapes_are_interpreted(cli, gpt2_dir):
+    from gptcli.sampling import unescape
+
+    assert unescape(r"\n") == "\n" and unescape(r"a\tb") == "a\tb" and unescape(r"\u2028") == "\u2028"
+    assert unescape("\\\\n") == "\\n"  # an escaped backslash stays one backslash, followed by n
+    assert unescape(r"C:\x") == r"C:\x" and unescape(r"\u12") == r"\u12"  # unknown sequences are kept
+    assert unescape("\n") == "\n"  # $'\n' from the shell is a real newline already
+    base = cli("generate", "Once", "-m", gpt2_dir, "--greedy", "-t", 40, "--dtype", "float32", "--json").json_lines()[0]
+    text = base["text"]
+    stop = text[4:6]
+    typed = "".join(f"\\u{ord(c):04x}" for c in stop)  # what `--stop "\u0061\u0062"` passes
+    r = cli("generate", "Once", "-m", gpt2_dir, "--greedy", "-t", 40, "--dtype", "float32", "--stop", typed, "--json")
+    rec = r.json_lines()[0]
+    assert rec["finish_reason"] == "stop" and rec["text"] == text[: text.index(stop)]
+
+
+@pytest.mark.parametrize("where", ["core", "renderer"])
+def test_ctrl_c_prints_partial_output_and_true_stats(cli, gpt2_dir, monkeypatch, where):
+    """Ctrl-C during a forward pass (core) or while printing (renderer) keeps what was generated."""
+    from gptcli import generation
+    from gptcli.cli import generate as generate_cli
+
+    def interrupt_at(patch, owner, name, n):
+        real, calls = getattr(owner, name), []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        patch.setattr(owner, name, wrapper)
+
+    args = ["generate", "Once upon a time", "-m", gpt2_dir, "-t", 30, "-n", 2, "--seed", 3, "--stats",
+            "--temperature", 0.01, "--dtype", "float32"]
+    results = {}
+    for as_json in (True, False):
+        with monkeypatch.context() as patch:
+            if where == "core":
+                interrupt_at(patch, generation, "choose_tokens", 4)
+            else:  # two sequences, one piece each per step: during the 3rd step
+                interrupt_at(patch, generate_cli._JsonRenderer if as_json else generate_cli._TextRenderer, "piece", 6)
+            r = results[as_json] = cli(*args, *(["--json"] if as_json else []))
+        assert r.exit_code == 130
+        stats = [line for line in r.stderr.splitlines() if "tokens/s" in line]
+        assert len(stats) == 1
+        r.generated = int(stats[0].split("generated ")[1].split()[0])
+        assert r.generated >= 4  # not the zeros printed before
+    recs = results[True].json_lines()
+    assert [(x["sample"], x["finish_reason"]) for x in recs] == [(0, "interrupted"), (1, "interrupted")]
+    assert sum(x["completion_tokens"] for x in recs) == results[True].generated
+    assert all(x["seed"] in (3, 4) and x["prompt_tokens"] > 0 for x in recs)
+    # Text mode prints the same partial texts, each ending its line, so the stats line starts on its own.
+    assert results[False].stdout == "".join(x["text"] + "\n" for x in recs)
+    assert results[False].generated == results[True].generated
+
+
+def test_file_records_keep_their_input_line_numbers(cli, gpt2_dir, tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("Once upon a time\n\n   \nMom said\n\nThe sky\n", encoding="utf-8")
+    r = cli("generate", "--file", f, "-m", gpt2_dir, "-t", 2, "--json", "--seed", 1)
+    assert r.exit_code == 0, r.stderr
+    assert [(x["prompt"], x["line"], x["index"]) for x in r.json_lines()] == [
+        ("Once upon a time", 1, 0), ("Mom said", 4, 1), ("The sky", 6, 2)]
+    f = tmp_path / "prompts.jsonl"
+    f.write_text('{"id": "a", "prompt": "Hi"}\n\n{"id": "b", "prompt": "Max"}\n', encoding="utf-8")
+    recs = cli("generate", "--file", f, "-m", gpt2_dir, "-t", 2, "--json", "--seed", 1).json_lines()
+    assert [(x["id"], x["line"]) for x in recs] == [("a", 1), ("b", 3)]
+    # A prompt from the argument has no line.
+    assert "line" not in cli("generate", "Hi", "-m", gpt2_dir, "-t", 1, "--json").json_lines()[0]
+
+
+def test_max_new_tokens_beyond_the_context_is_said_once(cli, gpt2_dir, tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("Once upon a time\nMom said\n", encoding="utf-8")
+    r = cli("generate", "--file", f, "-m", gpt2_dir, "-t", 500, "--json", "--greedy", "--dtype", "float32")
+    assert r.exit_code == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and "500" in warnings[0] and "context" in warnings[0] and "64" in warnings[0]
+    for rec in r.json_lines():
+        assert rec["prompt_tokens"] + rec["completion_tokens"] <= 64
+    r = cli("generate", "Once upon a time", "-m", gpt2_dir, "-t", 5, "--json")
+    assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_return_sequences_are_created_batch_by_batch(gpt2_dir):
+    """-n 1024 on a thousand prompts starts at once with little memory, instead of building a
+    million sequences first (the old way grew to gigabytes before printing anything)."""
+    import tracemalloc
+
+    from gptcli.generation import Request, stream_generate
+    from gptcli.sampling import SamplingParams
+    from gptcli.session import open_model
+
+    lm, _ = open_model(str(gpt2_dir), device="cpu", dtype="float32")
+    params = SamplingParams(max_new_tokens=1, num_return_sequences=1024, seed=1)
+    requests = [Request(prompt="Max", params=params)] * 1000
+    tracemalloc.start()
+    events = stream_generate(lm, requests, batch_size=4)
+    first = next(events)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    events.close()
+    assert (first.request, first.sample) == (0, 0)
+    assert peak < 30 * 2**20
+
+
+def test_batches_keep_input_order_across_sampling_groups(cli, gpt2_dir, tmp_path):
+    f = tmp_path / "req.jsonl"
+    lines = [{"id": i, "prompt": "Max", "max_new_tokens": 2, "seed": i, "temperature": 0.5 + (i % 2),
+              "num_return_sequences": 3} for i in range(5)]
+    f.write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
+    r = cli("generate", "--file", f, "-m", gpt2_dir, "--json", "-b", 2)
+    assert r.exit_code == 0, r.stderr
+    assert [(x["id"], x["sample"]) for x in r.json_lines()] == [(i, s) for i in range(5) for s in range(3)]

@@ -130,8 +130,29 @@ def run(argv: list[str] | None = None) -> int:
         if _debug():
             traceback.print_exc()
         _flush_quietly()
-        _print_error(f"{type(exc).__name__}: {exc} (set GPTCLI_DEBUG=1 for the traceback)")
+        _print_error(_out_of_memory(exc) or f"{type(exc).__name__}: {exc} (set GPTCLI_DEBUG=1 for the traceback)")
         return EXIT_RUNTIME
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """One line for a memory limit too low for gptcli's libraries (`ulimit -v`).
+
+    Loading a shared library then fails with "failed to map segment", and numpy wraps that in
+    a page of installation advice that does not apply.
+    """
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, MemoryError):
+        return "out of memory. Free some memory, or raise the memory limit (ulimit -v) if one is set."
+    for cause in reversed(chain):  # the root cause first: numpy's wrapper repeats it inside its page
+        text = str(cause).strip()
+        if isinstance(cause, MemoryError) or "failed to map segment" in text or "Cannot allocate memory" in text:
+            detail = text.splitlines()[0] if text else type(cause).__name__
+            return (f"not enough memory to load the libraries gptcli needs ({detail}). "
+                    "Is a memory limit (ulimit -v) set too low?")
+    return None
 
 
 def _flush_quietly() -> None:

@@ -71,7 +71,7 @@ def generate(
         from gptcli.inputs import Record
 
         records = [Record(gather_prompt(prompt))]
-    requests = _requests(records, base)
+    requests = _requests(records, base, "stdin" if str(file) == "-" else str(file or "stdin"))
 
     from gptcli.generation import Completion, RunStats, stream_generate
     from gptcli.session import describe_load, open_model, stats_line
@@ -84,6 +84,9 @@ def generate(
     events = stream_generate(
         lm, requests, batch_size=batch_size or 8, truncate=truncate, stats=run_stats,
         on_truncate=lambda label, n: console.warn(f"{label} was cut to its last {n} tokens to fit the context."),
+        on_capped=lambda label, n, room: console.warn(
+            f"max_new_tokens {n} is more than the context leaves after {label}: at most {room} new tokens "
+            f"(the model's context is {lm.context_length} tokens)."),
     )
     render = _JsonRenderer(lm, records, requests, echo) if as_json else _TextRenderer(records, requests, echo)
     try:
@@ -92,18 +95,30 @@ def generate(
                 render.completion(event)
             else:
                 render.piece(event)
+    except KeyboardInterrupt:
+        # Ctrl-C may land here or inside the core; closing the stream makes the core record the
+        # sequences it was generating (and finish the stats) either way. Print them, then stop.
+        events.close()
+        render.interrupted(run_stats.unfinished)
+        raise
     finally:
         if stats:
             console.info(stats_line(run_stats))
 
 
-def _requests(records, base):
+def _requests(records, base, source: str):
+    from gptcli.errors import UsageError
     from gptcli.generation import Request
     from gptcli.sampling import coerce
 
     requests = []
     for rec in records:
-        params = base.updated(**{k: coerce(k, v) for k, v in rec.overrides.items()}) if rec.overrides else base
+        try:
+            params = base.updated(**{k: coerce(k, v) for k, v in rec.overrides.items()}) if rec.overrides else base
+        except UsageError as exc:
+            if rec.line is None:
+                raise
+            raise UsageError(f"{source} line {rec.line}: {exc.message}", hint=exc.hint) from exc
         requests.append(Request(prompt=rec.prompt, params=params, id=rec.id))
     return requests
 
@@ -113,23 +128,35 @@ class _InOrder:
 
     def __init__(self, records, requests, echo: bool):
         self.records, self.echo = records, echo
-        self.order = [(r, s) for r, req in enumerate(requests) for s in range(req.params.num_return_sequences)]
-        self.next = 0  # index into self.order of the sequence output next
+        # Samples per request; the order is walked, not listed: -n 1000 on many prompts is millions.
+        self.counts = [req.params.num_return_sequences for req in requests]
+        self.head = (0, 0) if requests else None  # the (request, sample) output next
         self.done: dict[tuple[int, int], object] = {}
 
     def _head(self):
-        return self.order[self.next] if self.next < len(self.order) else None
+        return self.head
+
+    def _advance(self) -> None:
+        r, s = self.head
+        self.head = (r, s + 1) if s + 1 < self.counts[r] else ((r + 1, 0) if r + 1 < len(self.counts) else None)
 
     def _release(self, emit) -> None:
         while self._head() in self.done:
             emit(self.done.pop(self._head()))
-            self.next += 1
+            self._advance()
+
+    def _flush_all(self, emit) -> None:
+        """After an interrupt: everything finished or cut short, in order; sequences never started have nothing."""
+        for key in sorted(self.done):
+            emit(self.done.pop(key))
+        self.head = None
 
 
 class _TextRenderer(_InOrder):
     """Streams the sequence due next live; others print whole, in input order, as they complete."""
 
     live_started = False
+    live_chars = 0  # characters of the live sequence already printed
 
     def _begin(self, ev) -> None:
         from gptcli import console
@@ -144,6 +171,7 @@ class _TextRenderer(_InOrder):
         if self._head() == (ev.request, ev.sample):
             self._begin(ev)
             console.write(ev.text)
+            self.live_chars += len(ev.text)
 
     def completion(self, ev) -> None:
         from gptcli import console
@@ -151,11 +179,24 @@ class _TextRenderer(_InOrder):
         if self._head() == (ev.request, ev.sample):
             self._begin(ev)
             console.write("\n")
-            self.next += 1
-            self.live_started = False
+            self._advance()
+            self.live_started, self.live_chars = False, 0
         else:
             self.done[(ev.request, ev.sample)] = ev
         self._release(self._print_whole)
+
+    def interrupted(self, unfinished) -> None:
+        from gptcli import console
+
+        for ev in unfinished:
+            self.done[(ev.request, ev.sample)] = ev
+        live = self.done.pop(self._head(), None)
+        if live is not None:
+            # Its text is partly on screen: print the rest (any text held back) and end the line.
+            self._begin(live)
+            console.write(live.text[self.live_chars:] + "\n")
+            self.live_started, self.live_chars = False, 0
+        self._flush_all(self._print_whole)
 
     def _print_whole(self, ev) -> None:
         from gptcli import console
@@ -175,14 +216,24 @@ class _JsonRenderer(_InOrder):
         pass
 
     def completion(self, ev) -> None:
+        self.done[(ev.request, ev.sample)] = ev
+        self._release(self._print)
+
+    def interrupted(self, unfinished) -> None:
+        for ev in unfinished:
+            self.done[(ev.request, ev.sample)] = ev
+        self._flush_all(self._print)
+
+    def _print(self, ev) -> None:
         from gptcli import console
 
-        self.done[(ev.request, ev.sample)] = ev
-        self._release(lambda done: console.write(json.dumps(self._record(done), ensure_ascii=False) + "\n"))
+        console.write(json.dumps(self._record(ev), ensure_ascii=False) + "\n")
 
     def _record(self, ev) -> dict:
         rec = self.records[ev.request]
         out = {"id": rec.id} if rec.id is not None else {"prompt": rec.prompt}
+        if rec.line is not None:
+            out["line"] = rec.line  # blank lines are skipped, so `index` alone cannot find the input line
         out.update(
             index=ev.request,
             sample=ev.sample,

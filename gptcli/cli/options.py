@@ -109,9 +109,16 @@ NumBeams = Annotated[
     Optional[int],
     typer.Option("--num-beams", help="Beam search width; 1 turns beam search off.", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
+def _unescape_stop(values: Optional[list[str]]) -> Optional[list[str]]:
+    from gptcli.sampling import unescape
+
+    return [unescape(v) for v in values] if values else values
+
+
 Stop = Annotated[
     Optional[list[str]],
-    typer.Option("--stop", help="Stop when this string is produced (not printed). Repeatable.", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--stop", help="Stop when this string is produced (not printed). \\n, \\t, \\\\ and \\uXXXX are understood. Repeatable.",
+                 rich_help_panel=SAMPLING_PANEL, show_default=False, callback=_unescape_stop),
 ]
 
 # --- output ------------------------------------------------------------------

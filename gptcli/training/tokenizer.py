@@ -102,10 +102,19 @@ def encode_documents(tok: Any, texts: list[str]) -> list[list[int]]:
     out: list[list[int]] = []
     for text in texts:
         if by_line:
-            encs = backend.encode_batch(text.splitlines(keepends=True), add_special_tokens=False)
+            # Lines end at "\n" only: str.splitlines() also cuts at U+2028, form feeds and the like,
+            # where the pre-tokenizer may join characters, so the tokens would differ.
+            encs = backend.encode_batch(_lines_keepends(text), add_special_tokens=False)
             out.append([i for e in encs for i in e.ids])
         elif backend is not None:
             out.append(backend.encode(text, add_special_tokens=False).ids)
         else:
             out.append(tok.encode(text, add_special_tokens=False))
     return out
+
+
+def _lines_keepends(text: str) -> list[str]:
+    """`text` cut after each "\n", keeping it (no empty last piece)."""
+    parts = [line + "\n" for line in text.split("\n")]
+    parts[-1] = parts[-1][:-1]
+    return parts if parts[-1] else parts[:-1]

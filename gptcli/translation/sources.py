@@ -7,7 +7,6 @@ each line translated as soon as it arrives, while a fast one fills whole batches
 
 from __future__ import annotations
 
-import json
 import queue
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 
 from gptcli.errors import InputError
 from gptcli.fileio import split_lines
-from gptcli.inputs import decode_utf8, read_text_file
+from gptcli.inputs import decode_utf8, parse_json_line, read_text_file
 
 
 @dataclass
@@ -45,10 +44,7 @@ class _Parser:
             return Line(number, text)
         if not text.strip():
             return None  # blank lines between records carry nothing
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{self.source} line {number} is not valid JSON: {exc.msg}.") from exc
+        obj = parse_json_line(text, self.source, number)
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise InputError(f"{self.source} line {number} needs a \"text\" string, like {{\"id\": 1, \"text\": \"Hello\"}}.")
         return Line(number, obj["text"], obj)
