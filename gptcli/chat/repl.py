@@ -45,7 +45,6 @@ def _show(text: str) -> None:
     console.write(text.translate(_CONTROLS))
 
 
-
 def _prompt_output() -> Any:
     """Where the line editor draws: the terminal. With stdout piped (`gptcli chat | tee log`) that
     is stderr, so stdout gets only the replies, never the editor's prompts and redraw codes."""
