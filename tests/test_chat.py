@@ -478,6 +478,29 @@ def test_history_writers_keep_each_others_exchanges(tmp_path):
     assert [json.loads(x)["content"] for x in _lines(path)] == ["B's system.", "a1", "reply a1", "a2", "reply a2"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="advisory locks are POSIX flock")
+def test_history_writes_wait_for_the_lock(tmp_path):
+    import fcntl
+    import threading
+    import time
+
+    from gptcli.chat.history import HistoryFile, Message
+
+    path = tmp_path / "h.jsonl"
+    path.write_text('{"role": "user", "content": "hi"}\n')
+    h = HistoryFile(path)
+    conv = h.load()
+    conv.messages.append(Message("assistant", "yo"))
+    with open(path) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another writer is busy with the file
+        writer = threading.Thread(target=h.sync, args=(conv,))
+        writer.start()
+        time.sleep(0.3)
+        assert writer.is_alive() and len(_lines(path)) == 1
+    writer.join(10)  # closing the file released the lock
+    assert [json.loads(x)["content"] for x in _lines(path)] == ["hi", "yo"]
+
+
 def test_concurrent_chat_processes_keep_every_exchange(gpt2_dir, tmp_path):
     import subprocess
     import sys
