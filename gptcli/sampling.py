@@ -129,7 +129,14 @@ def coerce(name: str, value: Any) -> Any:
         "seed": int,
     }
     if name == "greedy":
-        return str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"greedy needs true or false (got '{value}').")  # not a silent False
     if name == "stop":
         return tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
     if name not in types:

@@ -120,3 +120,24 @@ def test_ctrl_c_keeps_partial_reply_and_ctrl_d_leaves(long_model, tmp_path):
     reply = json.loads(saved.read_text().splitlines()[-1])
     assert reply["role"] == "assistant" and reply["interrupted"] is True
     assert 8 <= len(reply["content"])
+
+
+def test_piped_stdout_gets_only_the_replies(gpt2_dir, tmp_path):
+    # `gptcli chat | tee log`: stdin is a terminal, stdout is not. The line editor draws on the
+    # terminal (stderr); stdout gets the replies and nothing else.
+    out, hist = tmp_path / "out.txt", tmp_path / "h.jsonl"
+    env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
+    command = f'exec "{sys.executable}" -m gptcli chat --model "{gpt2_dir}" -t 6 --history "{hist}" > "{out}"'
+    child = pexpect.spawn("bash", ["-c", command], env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    try:
+        child.expect_exact(READING)  # the editor is on the terminal
+        say(child, "Hello Max")
+        assert "Sampling" in say(child, "/set")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    reply = json.loads(hist.read_text().splitlines()[-1])["content"]
+    shown = "".join("\ufffd" if (ord(c) < 32 and c not in "\n\t") or c == "\x7f" else c for c in reply)
+    assert out.read_text() == shown + "\n"

@@ -14,7 +14,7 @@ from typing import Any
 
 from gptcli import console
 from gptcli.chat.history import read_conversation, save_conversation
-from gptcli.chat.session import ChatSession, TrimmedStream
+from gptcli.chat.session import SETTABLE, ChatSession, TrimmedStream
 from gptcli.errors import GptcliError
 
 BLOCK = '"""'
@@ -27,7 +27,8 @@ HELP = f"""Commands:
   /save FILE         save the conversation as JSON Lines (role/content records)
   /load FILE         load a conversation saved with /save (or any --history file)
   /set NAME VALUE    change a sampling option: max_new_tokens, temperature, top_k, top_p,
-                     min_p, repetition_penalty, greedy, stop, seed (/set alone shows them)
+                     min_p, repetition_penalty, greedy, stop, seed (/set alone shows them;
+                     /set NAME alone or /set NAME - puts back its default)
   /exit              leave (Ctrl-D too)
 Typing:
   Enter sends. Esc then Enter (or Alt+Enter) starts a new line; a line holding only {BLOCK}
@@ -44,7 +45,17 @@ def _show(text: str) -> None:
     console.write(text.translate(_CONTROLS))
 
 
-SETTABLE = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "greedy", "stop", "seed")
+def _prompt_output() -> Any:
+    """Where the line editor draws: the terminal. With stdout piped (`gptcli chat | tee log`) that
+    is stderr, so stdout gets only the replies, never the editor's prompts and redraw codes."""
+    try:
+        if sys.stdout is not None and sys.stdout.isatty():
+            return None  # prompt_toolkit's default: stdout
+    except (AttributeError, ValueError):
+        pass
+    from prompt_toolkit.output import create_output
+
+    return create_output(stdout=sys.stderr)
 
 
 class Repl:
@@ -78,7 +89,7 @@ class Repl:
 
         style = Style.from_dict({"you": "ansigreen bold", "more": "ansigreen"}) if self.color else None
         return PromptSession(history=InMemoryHistory(), key_bindings=keys, style=style,
-                             include_default_pygments_style=False)
+                             include_default_pygments_style=False, output=_prompt_output())
 
     def _read(self, prompts: Any) -> str:
         line = prompts.prompt([("class:you", "you> ")])
@@ -177,16 +188,11 @@ class Repl:
         return Path(parts[0]).expanduser()
 
     def _set(self, arg: str) -> None:
-        from gptcli.errors import UsageError
-
         params = self.session.params
         if not arg:
             shown = ", ".join(f"{k}={getattr(params, k)!r}" for k in SETTABLE)
             self.notice(f"Sampling: {shown}")
             return
         name, _, value = arg.partition(" ")
-        if not value.strip():
-            raise UsageError(f"/set {name} needs a value, e.g. /set temperature 0.7")
-        self.session.set_option(name, value.strip())
-        key = name.replace("-", "_")
+        key = self.session.set_option(name, value)
         self.notice(f"{key} = {getattr(self.session.params, key)!r}")

@@ -8,11 +8,10 @@ messages are added to the conversation as they are (a system prompt, a few-shot 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from gptcli import console
-from gptcli.chat.history import Message
+from gptcli.chat.history import Message, json_line
 from gptcli.chat.session import ChatSession, TrimmedStream, Turn
 
 
@@ -48,7 +47,7 @@ def run_scripted(session: ChatSession, inputs: list[Message], *, as_json: bool, 
             continue
         if as_json:
             turn = session.send(message.content)
-            console.write(json.dumps(reply_record(turn, session.lm.name), ensure_ascii=False) + "\n")
+            console.write(json_line(reply_record(turn, session.lm.name)) + "\n")
         else:
             turn = session.send(message.content, on_text=TrimmedStream(console.write))
             console.write("\n")

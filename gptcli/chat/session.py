@@ -18,7 +18,8 @@ from gptcli.chat.prompt import ChatFormat
 from gptcli.errors import InputError, UsageError
 from gptcli.sampling import SamplingParams, coerce
 
-# Sampling settings that make no sense for a single chat reply.
+# The sampling settings chat uses (`/set NAME VALUE`); the others make no sense for a single reply.
+SETTABLE = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "greedy", "stop", "seed")
 NOT_SETTABLE = ("num_return_sequences", "num_beams")
 
 
@@ -93,6 +94,7 @@ class ChatSession:
         self.cache = PromptCache()
         prefer_eager_attention(lm)  # open_model already does this; a caller's own model may not have
         self.window_start = 0  # index of the first message the model still sees (older ones were dropped)
+        self._counts: dict[int, tuple[Message, int]] = {}  # id(message) -> (message, its token count)
 
     # ------------------------------------------------------------------ conversation edits
 
@@ -121,15 +123,26 @@ class ChatSession:
         self._sync()
         return True
 
-    def set_option(self, name: str, value: str) -> None:
-        name = name.replace("-", "_")
+    def set_option(self, name: str, value: str | None) -> str:
+        """Change one sampling option; no value (or "-") puts back its default. Returns its name."""
+        name = name.replace("-", "_").lower()
         if name in NOT_SETTABLE:
             raise UsageError(f"{name} cannot be changed in chat: it always gives one reply.")
-        self.params = self.params.updated(**{name: coerce(name, value)})
+        if name not in SETTABLE:
+            raise UsageError(f"unknown sampling option '{name}'.", hint=f"Known: {', '.join(SETTABLE)}.")
+        if value is None or value.strip() in ("", "-"):
+            # updated() skips None values, so the default is put back with dataclasses.replace.
+            from dataclasses import replace
+
+            self.params = replace(self.params, **{name: getattr(SamplingParams(), name)}).validate()
+        else:
+            self.params = self.params.updated(**{name: coerce(name, value.strip())})
+        return name
 
     def _sync(self) -> None:
         if self.history is not None:
-            self.history.sync(self.conv)
+            with _ctrl_c_held():  # a history write is never cut in half by Ctrl-C
+                self.history.sync(self.conv)
 
     # ------------------------------------------------------------------ prompts
 
@@ -145,25 +158,20 @@ class ChatSession:
         budget = context - min(self.params.max_new_tokens, context // 2)
         starts = [i for i, m in enumerate(msgs) if m.role == "user"]
         start = self.window_start if self.window_start < len(msgs) else (starts[-1] if starts else 0)
-        target = budget
-        while True:
-            ids = self.format.ids(system, msgs[start:])
-            if len(ids) <= target:
-                break
+        ids = self.format.ids(system, msgs[start:])
+        if len(ids) > budget:
             later = [i for i in starts if i > start]
-            if not later and len(ids) <= budget:
-                break
-            if not later:
+            if later:
+                # Once exchanges must go, free half the context (as llama.cpp's context shift does):
+                # dropping one at a time would change the prompt's start, and so miss the cache, on
+                # every turn from then on.
+                start, ids = self._drop_until(system, msgs, start, len(ids), later, budget - context // 2)
+            if len(ids) > budget:
                 raise InputError(
                     f"the message is too long: with the system prompt it is {len(ids)} tokens, and the model's "
                     f"context of {context} tokens must keep {context - budget} for the reply.",
                     hint="Shorten it, or lower --max-new-tokens.",
                 )
-            start = later[0]
-            # Once exchanges must go, free half the context (as llama.cpp's context shift does):
-            # dropping one at a time would change the prompt's start, and so miss the cache, on
-            # every turn from then on.
-            target = budget - context // 2
         if start > self.window_start:
             dropped = sum(1 for m in msgs[:start] if m.role == "user")
             which = "oldest exchange" if dropped == 1 else f"oldest {dropped} exchanges"
@@ -173,6 +181,49 @@ class ChatSession:
             )
         self.window_start = start
         return ids
+
+    def _drop_until(self, system: str | None, msgs: list[Message], first: int, total: int, later: list[int],
+                    target: int) -> tuple[int, list[int]]:
+        """The earliest exchange start in `later` whose prompt has at most `target` tokens (else the
+        last one), with that prompt's ids. `total` is the prompt's length from `first`.
+
+        Tokenizing the whole remaining conversation once per dropped exchange is quadratic (minutes
+        for a few thousand exchanges). Instead each message is tokenized once, and the lengths,
+        scaled to the exact `total` (the format adds tokens around each message), estimate where
+        the prompt fits; exact prompts, each about `target` tokens long, then settle it.
+        """
+        counts = self._message_tokens(msgs[first:])
+        scale = total / max(1, sum(counts))
+        estimate, dropped, k = [], 0, first
+        for s in later:  # the estimated length of the prompt from each later start
+            while k < s:
+                dropped += counts[k - first]
+                k += 1
+            estimate.append(total - scale * dropped)
+        exact: dict[int, list[int]] = {}
+
+        def ids_from(j: int) -> list[int]:
+            if j not in exact:
+                exact[j] = self.format.ids(system, msgs[later[j]:])
+            return exact[j]
+
+        j = next((j for j, e in enumerate(estimate) if e <= target), len(later) - 1)
+        while j < len(later) - 1 and len(ids_from(j)) > target:
+            j += 1
+        while j > 0 and len(ids_from(j)) <= target and len(ids_from(j - 1)) <= target:
+            j -= 1
+        return later[j], ids_from(j)
+
+    def _message_tokens(self, messages: list[Message]) -> list[int]:
+        """Each message's token count (its content alone, plus one), counted once per message."""
+        missing = [m for m in messages if id(m) not in self._counts]
+        if missing:
+            encoded = self.lm.tokenizer([m.content for m in missing], add_special_tokens=False)["input_ids"]
+            for m, ids in zip(missing, encoded):
+                self._counts[id(m)] = (m, len(ids) + 1)
+        # Keep only the messages asked about: dropped ones never come back (and their ids may be reused).
+        self._counts = {id(m): self._counts[id(m)] for m in messages}
+        return [self._counts[id(m)][1] for m in messages]
 
     # ------------------------------------------------------------------ turns
 
