@@ -245,7 +245,11 @@ def supports_fast_decode(lm: Any) -> bool:
     if lm.is_encoder_decoder:
         return False
     params = inspect.signature(lm.model.forward).parameters
-    return _cache_kwarg(lm.model) is not None and "attention_mask" in params
+    if _cache_kwarg(lm.model) is None or "attention_mask" not in params:
+        return False
+    from gptcli.kvcache import decode_support
+
+    return decode_support(lm.model).cached  # what our decode loop cannot drive goes to model.generate
 
 
 def _new_cache(model: Any) -> Any:
