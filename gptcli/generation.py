@@ -554,6 +554,9 @@ def _hf_generate_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completio
         do_sample=not params.is_greedy,
         pad_token_id=lm.pad_token_id,
         eos_token_id=lm.eos_token_ids or None,
+        # Each sequence stops at its own max_new_tokens (below); a forced end token (Marian)
+        # would land at the batch's longest limit, so a line alone came out a token shorter.
+        forced_eos_token_id=None,
     )
     if not params.is_greedy:
         gen_kwargs.update(temperature=params.temperature, top_k=params.top_k or 0, top_p=params.top_p or 1.0)

@@ -263,7 +263,11 @@ def load_model(
         from gptcli.runtime import fit_to_model
 
         runtime = fit_to_model(runtime, n_params)
-    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    # Decoder-only prompts are padded on the left so every row's last token is the next to
+    # continue; an encoder's input is padded on the right, as its tokenizer does by default,
+    # since left padding shifts a short source's positions and changes its translation.
+    side = "right" if getattr(config, "is_encoder_decoder", False) else "left"
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code, padding_side=side)
     model = _instantiate(folder, config, runtime, allow_pickle, trust_remote_code)
     if not for_training:
         model.eval()

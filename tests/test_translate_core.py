@@ -243,6 +243,20 @@ def test_batched_and_single_line_runs_give_the_same_lines(marian):
     assert batched[4].startswith("  ") or batched[4] == ""  # indentation kept
 
 
+def test_a_line_translates_the_same_alone_and_beside_a_long_line(marian):
+    """Encoder inputs are padded on the right (left padding shifted a short line's positions), and
+    each line keeps its own length limit in a batch (the forced end token cut it short when alone)."""
+    from gptcli.translation.sources import Line, LineFeed
+
+    long = "The cat is black and the station is where I like tea, you like coffee."
+    alone = _translator(marian, batch_size=1).run(LineFeed([Line(1, "Go."), Line(2, long)]))
+    batched = _translator(marian, batch_size=16).run(LineFeed([Line(1, "Go."), Line(2, long)]))
+    alone, batched = list(alone), list(batched)
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert [r.completion_tokens for r in batched] == [r.completion_tokens for r in alone]
+    assert marian.tokenizer.padding_side == "right"
+
+
 # --------------------------------------------------------------------------- scoring
 
 
