@@ -207,8 +207,27 @@ def test_long_line_is_cut_at_sentence_boundaries(marian):
     out = list(tr.run(LineFeed([Line(1, "Hello world."), Line(2, long), Line(3, "")])))
     assert [r.line.number for r in out] == [1, 2, 3] and out[1].pieces == len(pieces) and out[2].text == ""
     assert all("\n" not in r.text for r in out)
-    with pytest.raises(InputError, match="line 7 has a sentence of"):
-        tr.pieces(Line(7, "word " * 200))
+
+
+
+def test_sentence_longer_than_the_context_is_cut_at_clauses_then_words(marian):
+    from gptcli.translation.sources import Line, LineFeed
+
+    tr = _translator(marian)
+    clauses = ", ".join(["the cat is black"] * 10) + "; " + ", ".join(["where is the station"] * 10) + "."
+    words = "word " * 200
+    glued = "x" * 400  # one "word" longer than the context
+    for text in (clauses, words, glued):
+        assert tr.count(text) > tr.budget
+        pieces, cut = tr.split(Line(1, text))
+        assert cut == 1 and len(pieces) > 1 and all(tr.count(p) <= tr.budget for p in pieces)
+        assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+    pieces, _ = tr.split(Line(1, clauses))
+    assert all(p.endswith((",", ";", ".")) for p in pieces)  # cut after clauses, not inside them
+    out = list(tr.run(LineFeed([Line(1, "Hello world."), Line(2, words + ". " + clauses), Line(3, "I like tea.")])))
+    assert [r.line.number for r in out] == [1, 2, 3] and all(r.text for r in out)
+    assert out[0].warning is None and out[2].warning is None
+    assert "line 2: 2 sentences longer than the model's context" in out[1].warning
 
 
 def test_streaming_writes_a_line_before_the_next_one_arrives(marian):
