@@ -153,7 +153,7 @@ def test_sentence_longer_than_the_context_is_cut_with_one_warning(marian_dir):
     res = cli("--to", "fr", "-m", marian_dir, "-t", "4", input=f"Hello world.\n{long}\nI like tea.\n")
     assert res.returncode == 0, res.stderr
     err = res.stderr.decode()
-    assert err.count("\n") == 1 and err.startswith("Warning: line 2: a sentence longer than the model's context")
+    assert err.count("\n") == 1 and err.startswith("Warning: line 2: a sentence too long for the model's context")
     assert len(lines_of(res.stdout)) == 3 and all(lines_of(res.stdout))
 
 

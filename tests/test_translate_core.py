@@ -227,7 +227,7 @@ def test_sentence_longer_than_the_context_is_cut_at_clauses_then_words(marian):
     out = list(tr.run(LineFeed([Line(1, "Hello world."), Line(2, words + ". " + clauses), Line(3, "I like tea.")])))
     assert [r.line.number for r in out] == [1, 2, 3] and all(r.text for r in out)
     assert out[0].warning is None and out[2].warning is None
-    assert "line 2: 2 sentences longer than the model's context" in out[1].warning
+    assert "line 2: 2 sentences too long for the model's context" in out[1].warning
 
 
 def test_streaming_writes_a_line_before_the_next_one_arrives(marian):

@@ -178,8 +178,8 @@ class Translator:
 
     def _warning(self, line: Line, cut: int) -> str:
         what = "a sentence" if cut == 1 else f"{cut} sentences"
-        return (f"line {line.number}: {what} longer than the model's context ({self.lm.context_length} tokens, "
-                f"pieces of at most {self.budget}) cut at clauses or words and translated in parts.")
+        return (f"line {line.number}: {what} too long for the model's context ({self.lm.context_length} tokens; "
+                f"source pieces of at most {self.budget}) cut at clauses or words and translated in parts.")
 
     def request(self, text: str) -> Request:
         wanted = self.max_new_tokens or 2 * self.count(text) + 10
