@@ -130,7 +130,8 @@ def decode_support(model: Any) -> DecodeSupport:
     it; others may not take left padding with explicit position ids. Rather than keep a list
     of architectures, a tiny padded batch is run through the decode loop and compared with
     plain uncached forwards of the same rows; whatever fails or disagrees falls back (plain
-    growing cache, else transformers' own `generate`).
+    growing cache, else transformers' own `generate`). The probe costs a few forward passes
+    of at most 7 tokens, once per loaded model.
     """
     verdict = getattr(model, "_gptcli_decode_support", None)
     if verdict is None:
@@ -154,7 +155,8 @@ def _probe(model: Any, *, whole_buffer: bool) -> bool:
     if name is None:
         return False
     takes_positions = "position_ids" in inspect.signature(model.forward).parameters
-    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab < 2:
         return False
     device = next(model.parameters()).device
