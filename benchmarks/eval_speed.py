@@ -59,13 +59,15 @@ class PlainLoop:
         from gptcli.evaluation.windows import plan_windows
 
         started = time.perf_counter()
-        ids = self.tok(text, verbose=False)["input_ids"][:max_tokens]
+        # lm-evaluation-harness's rolling rule, as gptcli eval: the text after BOS (else EOS), every token scored.
+        prefix = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
+        ids = [prefix] + self.tok(text, add_special_tokens=False, verbose=False)["input_ids"][:max_tokens]
         total, count = 0.0, 0
         with torch.no_grad():
             for w in plan_windows(len(ids), 1024, 1024):
-                window = torch.tensor([ids[w.begin : w.end]])
-                logits = self.model(window).logits[0]
-                total += F.cross_entropy(logits[-w.targets - 1 : -1], window[0, -w.targets :], reduction="sum").item()
+                logits = self.model(torch.tensor([ids[w.begin : w.end]])).logits[0]
+                targets = torch.tensor(ids[w.end - w.targets + 1 : w.end + 1])  # each position predicts the next token
+                total += F.cross_entropy(logits[-w.targets :], targets, reduction="sum").item()
                 count += w.targets
         return count, time.perf_counter() - started, total / count
 

@@ -249,7 +249,11 @@ def supports_fast_decode(lm: Any) -> bool:
     if lm.is_encoder_decoder:
         return False
     params = inspect.signature(lm.model.forward).parameters
-    return _cache_kwarg(lm.model) is not None and "attention_mask" in params
+    if _cache_kwarg(lm.model) is None or "attention_mask" not in params:
+        return False
+    from gptcli.kvcache import decode_support
+
+    return decode_support(lm.model).cached  # what our decode loop cannot drive goes to model.generate
 
 
 def _new_cache(model: Any) -> Any:
@@ -612,6 +616,9 @@ def _hf_generate_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completio
         do_sample=not params.is_greedy,
         pad_token_id=lm.pad_token_id,
         eos_token_id=lm.eos_token_ids or None,
+        # Each sequence stops at its own max_new_tokens (below); a forced end token (Marian)
+        # would land at the batch's longest limit, so a line alone came out a token shorter.
+        forced_eos_token_id=None,
     )
     if not params.is_greedy:
         gen_kwargs.update(temperature=params.temperature, top_k=params.top_k or 0, top_p=params.top_p or 1.0)

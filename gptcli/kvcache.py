@@ -18,6 +18,7 @@ those copies were about a third of the attention time at batch 8.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 # Whole-buffer mode: capacity grows in steps of this many positions, plus a quarter of the
@@ -92,7 +93,8 @@ def _growing_layer_class():
     return GrowingLayer, DynamicLayer
 
 
-def new_cache(model: Any) -> Any:
+def new_cache(model: Any, whole_buffer: bool | None = None) -> Any:
+    """A cache of growing layers; `whole_buffer` None: whole-buffer mode where it pays and is safe."""
     from transformers import DynamicCache
 
     try:
@@ -106,10 +108,94 @@ def new_cache(model: Any) -> Any:
     layers = getattr(cache, "layers", None)
     if layers and all(type(layer) is plain for layer in layers):
         cache.layers = [growing() for _ in layers]
-        if _whole_buffer_pays(model):
-            for layer in cache.layers:
-                layer.whole_buffer = True
+        if whole_buffer is None:
+            whole_buffer = _whole_buffer_pays(model) and decode_support(model).whole_buffer
+        for layer in cache.layers:
+            layer.whole_buffer = whole_buffer
     return cache
+
+
+@dataclass(frozen=True)
+class DecodeSupport:
+    cached: bool  # the cached decode loop (left padding, position ids, this cache) gives the model's own logits
+    whole_buffer: bool  # ... and so it does when attention reads the whole buffer
+
+
+def decode_support(model: Any) -> DecodeSupport:
+    """Whether this model can be decoded with our cache and calling convention, probed once per model.
+
+    Most architectures build their attention mask from the cache's `get_mask_sizes`, so a
+    whole buffer with masked spare room is invisible to them. Some add a bias built from the
+    attention mask instead (BLOOM's ALiBi is as long as the mask, not the buffer) and fail on
+    it; others may not take left padding with explicit position ids. Rather than keep a list
+    of architectures, a tiny padded batch is run through the decode loop and compared with
+    plain uncached forwards of the same rows; whatever fails or disagrees falls back (plain
+    growing cache, else transformers' own `generate`). The probe costs a few forward passes
+    of at most 7 tokens, once per loaded model.
+    """
+    verdict = getattr(model, "_gptcli_decode_support", None)
+    if verdict is None:
+        whole = _probe(model, whole_buffer=True)
+        verdict = DecodeSupport(cached=whole or _probe(model, whole_buffer=False), whole_buffer=whole)
+        try:
+            model._gptcli_decode_support = verdict
+        except (AttributeError, TypeError):  # pragma: no cover - a model object that takes no attributes
+            pass
+    return verdict
+
+
+def _probe(model: Any, *, whole_buffer: bool) -> bool:
+    import inspect
+
+    import torch
+
+    from gptcli.generation import _cache_kwarg
+
+    name = _cache_kwarg(model)
+    if name is None:
+        return False
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab < 2:
+        return False
+    device = next(model.parameters()).device
+    # Row 0 is left-padded by two, as the decode loop pads a shorter prompt.
+    rows = [[5, 6, 7, 8, 9], [11, 12, 13, 14, 15]]
+    rows = [[t % vocab for t in row] for row in rows]
+    lengths = [3, 5]
+    fed = [[(17 + i) % vocab, (19 + i) % vocab] for i in range(2)]  # two decode steps per row
+    try:
+        with torch.inference_mode():
+            ids = torch.tensor(rows, device=device)
+            mask = torch.tensor([[0] * (5 - n) + [1] * n for n in lengths], device=device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            cache = new_cache(model, whole_buffer=whole_buffer)
+            got, step = [], ids
+            for k in range(3):
+                kwargs = {name: cache, "attention_mask": mask, "use_cache": True}
+                if takes_positions:
+                    kwargs["position_ids"] = positions[:, -step.shape[1]:]
+                out = model(input_ids=step, **kwargs)
+                cache = getattr(out, name, None) or getattr(out, "past_key_values", None) or cache
+                got.append(out.logits[:, -1, :].float())
+                if k == 2:
+                    break
+                step = torch.tensor([[f[k]] for f in fed], device=device)
+                mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
+                positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+            for r, n in enumerate(lengths):
+                full = torch.tensor([rows[r][5 - n:] + fed[r]], device=device)
+                want = model(input_ids=full, attention_mask=torch.ones_like(full), use_cache=False).logits[0].float()
+                for k in range(3):
+                    a, b = got[k][r], want[n - 1 + k]
+                    scale = max(1.0, b.abs().max().item())
+                    tol = (1e-3 if next(model.parameters()).dtype == torch.float32 else 5e-2) * scale
+                    if not bool(torch.isfinite(a).all()) or (a - b).abs().max().item() > tol:
+                        return False
+    except Exception:  # an architecture our loop cannot drive: fall back, never crash
+        return False
+    return True
 
 
 def _whole_buffer_pays(model: Any) -> bool:

@@ -74,7 +74,8 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec)
 
 
-def resolve_source(spec: str | None, *, allow_pickle: bool = False) -> ModelSource:
+def resolve_source(spec: str | None, *, allow_pickle: bool = False, flag: str = "--model") -> ModelSource:
+    """The local folder for what the user passed with `flag` (named in every message)."""
     spec = spec or default_model_name()
     if not spec:
         raise UsageError(
@@ -88,22 +89,42 @@ def resolve_source(spec: str | None, *, allow_pickle: bool = False) -> ModelSour
     if local.is_dir():
         return ModelSource(spec, local.resolve(), "folder")
     if local.exists():
-        raise UsageError(f"--model '{spec}' is a file; pass the folder that holds config.json.")
+        raise UsageError(f"{flag} '{spec}' is a file; pass the folder that holds config.json.")
     if _looks_like_path(spec) or not _HUB_ID_RE.match(spec):
         raise UsageError(
-            f"model folder '{spec}' does not exist.",
+            f"{flag} folder '{spec}' does not exist.",
             hint="Pass an existing folder, a Hub id like 'gpt2', or a bundled name (`gptcli models`).",
         )
-    return ModelSource(spec, _hub_snapshot(spec, allow_pickle), "hub")
+    return ModelSource(spec, _hub_snapshot(spec, allow_pickle, flag), "hub")
 
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """The network error behind a Hub failure (refused, unreachable, DNS, timeout), if that is what it was.
+
+    huggingface_hub reports "cannot reach the Hub and nothing is cached" as LocalEntryNotFoundError,
+    whose name reads like "not found"; what happened is in its cause chain.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if isinstance(exc, (ConnectionError, TimeoutError)) or names & {
+            "ConnectError", "ConnectTimeout", "TransportError", "NetworkError", "TimeoutException", "ProxyError",
+            "SSLError", "MaxRetryError", "NewConnectionError", "NameResolutionError", "OfflineModeIsEnabled",
+        }:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _hub_snapshot(repo_id: str, allow_pickle: bool, flag: str = "--model") -> Path:
     from huggingface_hub import snapshot_download
 
+    what = "tokenizer" if flag == "--tokenizer" else "model"
     patterns = _HUB_PATTERNS + (["*.bin", "*.pt", "*.pth"] if allow_pickle else [])
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
@@ -111,21 +132,30 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
         pass  # not cached (or partially): try the network unless told not to
     if _offline():
         raise ModelLoadError(
-            f"model '{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set.",
-            hint="Download it once while online, or pass a local folder with --model.",
+            f"{what} '{repo_id}' ({flag}) is not in the local Hugging Face cache and HF_HUB_OFFLINE is set.",
+            hint=f"Download it once while online, or pass a local folder with {flag}.",
         )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
-    except Exception as exc:  # network errors come in many types; all mean the same here
-        name = type(exc).__name__
-        if "NotFound" in name or "RepositoryNotFound" in name:
+    except Exception as exc:  # network errors come in many types; tell apart the ones that matter
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        network = _connection_failure(exc)
+        if network is not None:
+            reason = str(network).strip().splitlines()[0] if str(network).strip() else ""
+            reason = f"{type(network).__name__}: {reason}" if reason else type(network).__name__
             raise ModelLoadError(
-                f"model '{repo_id}' was not found on the Hugging Face Hub.",
-                hint="Check the id, or pass a local folder with --model.",
+                f"could not connect to the Hugging Face Hub to download {what} '{repo_id}' ({flag}): {reason}.",
+                hint=f"Check the network connection; without one, pass a local folder with {flag} "
+                     "(or set HF_HUB_OFFLINE=1 to use only what is cached).",
+            ) from exc
+        if names & {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"}:
+            raise ModelLoadError(
+                f"{what} '{repo_id}' ({flag}) was not found on the Hugging Face Hub (or is private or gated).",
+                hint=f"Check the id, or pass a local folder with {flag}.",
             ) from exc
         raise ModelLoadError(
-            f"model '{repo_id}' is not cached and could not be downloaded ({name}).",
-            hint="Connect to the network once, or pass a local folder with --model.",
+            f"{what} '{repo_id}' ({flag}) is not cached and could not be downloaded ({type(exc).__name__}).",
+            hint=f"Connect to the network once, or pass a local folder with {flag}.",
         ) from exc
 
 
@@ -268,7 +298,11 @@ def load_model(
         from gptcli.runtime import fit_to_model
 
         runtime = fit_to_model(runtime, n_params)
-    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    # Decoder-only prompts are padded on the left so every row's last token is the next to
+    # continue; an encoder's input is padded on the right, as its tokenizer does by default,
+    # since left padding shifts a short source's positions and changes its translation.
+    side = "right" if getattr(config, "is_encoder_decoder", False) else "left"
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code, padding_side=side)
     model = _instantiate(folder, config, runtime, allow_pickle, trust_remote_code)
     if not for_training:
         model.eval()

@@ -73,28 +73,50 @@ def test_max_tokens_cuts_the_sample(cli, gpt2_dir, tmp_path):
     r = cli("eval", tmp_path, "-m", gpt2_dir, "--max-tokens", n + 10, "--per-doc")
     assert r.exit_code == 0, r.stderr
     a, b = r.json_lines()
-    assert a["tokens"] == n - 1 and "truncated" not in a
-    assert b["tokens"] == 9 and b["truncated"] is True
+    assert a["tokens"] == n and "truncated" not in a
+    assert b["tokens"] == 10 and b["truncated"] is True
     assert 0 < b["bytes"] < a["bytes"]
 
 
-def test_single_token_document_is_skipped_with_a_count(cli, gpt2_dir, tmp_path):
+def test_single_token_document_is_scored_after_the_end_of_text_token(cli, gpt2_dir, tmp_path):
+    """Every token is scored after the EOS prefix (lm-evaluation-harness's rule), a document's first one too."""
     tok = AutoTokenizer.from_pretrained(gpt2_dir)
     assert len(tok("Max")["input_ids"]) == 1
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": TEXT}) + "\n" + json.dumps({"text": "Max"}) + "\n", encoding="utf-8")
     r = cli("eval", path, "-m", gpt2_dir, "--per-doc", "--json")
     assert r.exit_code == 0, r.stderr
+    full, single, summary = r.json_lines()
+    assert full["tokens"] == len(tok(TEXT)["input_ids"]) and full["bytes"] == len(TEXT.encode())
+    assert single["tokens"] == 1 and single["bytes"] == 3 and math.isfinite(single["nll"]) and "skipped" not in single
+    assert summary["documents"] == 2 and summary["skipped_documents"] == 0 and "skipped" not in r.stderr
+
+
+def _without_bos_or_eos(gpt2_dir, folder):
+    import shutil
+
+    shutil.copytree(gpt2_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    for key in ("bos_token", "eos_token"):
+        config.pop(key, None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_no_prefix_token_single_token_document_is_skipped_with_a_count(cli, gpt2_dir, tmp_path):
+    model = _without_bos_or_eos(gpt2_dir, tmp_path / "m")
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": TEXT}) + "\n" + json.dumps({"text": "Max"}) + "\n", encoding="utf-8")
+    r = cli("eval", path, "-m", model, "--per-doc", "--json")
+    assert r.exit_code == 0, r.stderr
     assert "NaN" not in r.stdout and "Infinity" not in r.stdout  # what json.dumps writes for nan/inf
     full, single, summary = r.json_lines()
+    assert full["tokens"] == len(AutoTokenizer.from_pretrained(gpt2_dir)(TEXT)["input_ids"]) - 1
     assert single["skipped"] and single["tokens"] == 0 and single["nll"] is None
     assert summary["documents"] == 1 and summary["skipped_documents"] == 1
     assert summary["tokens"] == full["tokens"] and math.isfinite(summary["nll"])
     assert "skipped 1 document" in r.stderr
-
-
-def test_only_single_token_documents_is_a_usage_error(cli, gpt2_dir):
-    r = cli("eval", "-m", gpt2_dir, stdin="Max")
+    r = cli("eval", "-m", model, stdin="Max")
     assert r.exit_code == 2
     assert r.stderr.startswith("Error: nothing to score") and r.stdout == ""
 

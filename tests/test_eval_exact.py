@@ -1,4 +1,5 @@
-"""`gptcli eval` numbers against independent computations with plain transformers (float32, no fast path)."""
+"""`gptcli eval` numbers against independent computations with plain transformers (float32, no fast path),
+under lm-evaluation-harness's `loglikelihood_rolling` rule (BOS/EOS prefix, every text token scored)."""
 
 import json
 import math
@@ -22,27 +23,42 @@ def reference(gpt2_dir):
     return tok, model
 
 
+def prefixed(tok, text):
+    """lm-evaluation-harness's rolling rule: the text's tokens (no special tokens) after BOS, else EOS."""
+    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    return [prefix] + tok(text, add_special_tokens=False)["input_ids"]
+
+
 def full_forward_nll(model, ids):
-    """Mean NLL over shifted labels from one forward pass over the whole text."""
+    """Mean NLL over shifted labels from one forward pass over the whole sequence."""
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0]
     return F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="mean").item()
 
 
+def rolling_token_windows(token_list, prefix_token, max_seq_len, context_len):
+    """lm-evaluation-harness's `utils.get_rolling_token_windows`, as published."""
+    pred_len = max_seq_len - context_len + 1
+    predicted = 0
+    first_seq_len = min(max_seq_len, len(token_list))
+    yield [prefix_token] + token_list[: first_seq_len - 1], token_list[:first_seq_len]
+    predicted += first_seq_len
+    while predicted < len(token_list):
+        window_pred_len = min(len(token_list) - predicted, pred_len)
+        window_end = predicted + window_pred_len
+        yield token_list[window_end - max_seq_len - 1 : window_end - 1], token_list[window_end - window_pred_len : window_end]
+        predicted += window_pred_len
+
+
 def reference_loop(model, ids, context, stride):
-    """One forward per window, like the transformers perplexity guide: token chunks of `stride`
-    (at most context-1) new tokens, each predicted with the tokens before it that fit the context."""
-    step = min(stride, context - 1)
+    """One forward per harness window (`ids` = prefix + text tokens); stride S is `context_len` C - S + 1."""
     total, count = 0.0, 0
-    chunk_start, chunk_end = 1, min(context, len(ids))
-    while chunk_start < len(ids):
-        window = ids[max(0, chunk_end - context) : chunk_end]
+    for inputs, targets in rolling_token_windows(ids[1:], ids[0], context, context - stride + 1):
+        assert len(inputs) <= context
         with torch.no_grad():
-            logits = model(torch.tensor([window])).logits[0]
-        n = chunk_end - chunk_start
-        total += F.cross_entropy(logits[-n - 1 : -1], torch.tensor(window[-n:]), reduction="sum").item()
-        count += n
-        chunk_start, chunk_end = chunk_end, min(chunk_end + step, len(ids))
+            logits = model(torch.tensor([inputs])).logits[0]
+        total += F.cross_entropy(logits[-len(targets):], torch.tensor(targets), reduction="sum").item()
+        count += len(targets)
     return total, count
 
 
@@ -61,12 +77,12 @@ def test_window_plan_scores_every_token_once_within_the_context(n, context, stri
     from gptcli.evaluation.windows import plan_windows
 
     windows = plan_windows(n, context, min(stride, context))
-    scored = [t for w in windows for t in range(w.end - w.targets, w.end)]
-    assert scored == list(range(1, n))  # each token after the first, once, in order
+    predicted = [t for w in windows for t in range(w.end - w.targets + 1, w.end + 1)]
+    assert predicted == list(range(1, n))  # every token after the prefix, once, in order
     for w in windows:
-        assert 0 <= w.begin < w.end - w.targets and w.length <= context
-        # every window but the first has min(stride, context - 1) new tokens (the last may have fewer)
-    assert all(w.targets == min(stride, context - 1) for w in windows[1:-1])
+        assert 0 <= w.begin <= w.end - w.targets and w.length <= context
+    # every window but the first has min(stride, context) new tokens (the last may have fewer)
+    assert all(w.targets == min(stride, context) for w in windows[1:-1])
 
 
 def per_doc(cli, *args):
@@ -76,22 +92,21 @@ def per_doc(cli, *args):
 
 
 def test_single_window_nll_equals_full_forward_cross_entropy(cli, gpt2_dir, reference, tmp_path):
+    """The whole text is scored after the end-of-text token, as lm-evaluation-harness does: its first token too."""
     tok, model = reference
-    ids = tok(SHORT)["input_ids"]
-    assert 2 < len(ids) <= CONTEXT
+    ids = prefixed(tok, SHORT)
+    assert ids[0] == tok.convert_tokens_to_ids("<|endoftext|>") and 2 < len(ids) <= CONTEXT
     (tmp_path / "short.txt").write_text(SHORT, encoding="utf-8")
     r = cli("eval", tmp_path / "short.txt", "-m", gpt2_dir, "--dtype", "float32", "--json")
     assert r.exit_code == 0, r.stderr
     (rec,) = r.json_lines()
     want = full_forward_nll(model, ids)
-    assert rec["tokens"] == len(ids) - 1
+    assert rec["tokens"] == len(ids) - 1 == len(tok(SHORT)["input_ids"])
     assert abs(rec["nll"] - want) < 1e-5
     assert abs(rec["ppl"] - math.exp(want)) < 1e-5 * math.exp(want)
-    # bits per byte: total NLL in bits over the UTF-8 bytes after the first (unscored) token.
-    first = tok.decode(ids[:1])
-    n_bytes = len(SHORT.encode()) - len(first.encode())
-    assert rec["bytes"] == n_bytes
-    assert abs(rec["bits_per_byte"] - want * (len(ids) - 1) / math.log(2) / n_bytes) < 1e-5
+    # bits per byte: total NLL in bits over all the text's UTF-8 bytes.
+    assert rec["bytes"] == len(SHORT.encode())
+    assert abs(rec["bits_per_byte"] - want * (len(ids) - 1) / math.log(2) / len(SHORT.encode())) < 1e-5
 
 
 @pytest.mark.parametrize("stride, context", [(64, None), (16, None), (20, 32)])
@@ -100,9 +115,9 @@ def test_sliding_window_matches_reference_loop(cli, gpt2_dir, reference, corpus_
     extra = ("--context", context) if context else ()
     got = per_doc(cli, corpus_dir, "-m", gpt2_dir, "--stride", stride, *extra)
     for name, text in (("b_long.txt", LONG), ("a_short.txt", SHORT), ("c_medium.txt", MEDIUM)):
-        ids = tok(text)["input_ids"]
+        ids = prefixed(tok, text)
         total, count = reference_loop(model, ids, context or CONTEXT, stride)
-        assert count == len(ids) - 1  # every token but the first, once
+        assert count == len(ids) - 1  # every token of the text, once
         assert got[name]["tokens"] == count
         assert abs(got[name]["nll"] - total / count) < 1e-5, name
     assert len(tok(LONG)["input_ids"]) > 2 * CONTEXT
@@ -134,7 +149,7 @@ def test_concat_scores_one_joined_text(cli, gpt2_dir, reference, corpus_dir):
     assert r.exit_code == 0, r.stderr
     (rec,) = r.json_lines()
     joined = "\n\n".join([SHORT, LONG, MEDIUM])
-    total, count = reference_loop(model, tok(joined)["input_ids"], CONTEXT, CONTEXT)
+    total, count = reference_loop(model, prefixed(tok, joined), CONTEXT, CONTEXT)
     assert rec["id"] == "concat" and rec["tokens"] == count
     assert abs(rec["nll"] - total / count) < 1e-5
 
@@ -147,7 +162,9 @@ def test_llama_single_window(cli, llama_dir, tmp_path):
     assert r.exit_code == 0, r.stderr
     (rec,) = r.json_lines()
     assert rec["id"] == "s1"
-    assert abs(rec["nll"] - full_forward_nll(model, tok(SHORT)["input_ids"])) < 1e-5
+    ids = prefixed(tok, SHORT)
+    assert rec["tokens"] == len(ids) - 1
+    assert abs(rec["nll"] - full_forward_nll(model, ids)) < 1e-5
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -165,6 +182,6 @@ def test_packed_weight_fast_path_keeps_results_exact(arch, request, reference):
     score = evaluate_model(lm, [Document("long", LONG, "t")], stride=16, batch_size=4)
     tok = AutoTokenizer.from_pretrained(model_dir)
     plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    total, count = reference_loop(plain, tok(LONG)["input_ids"], CONTEXT, 16)
+    total, count = reference_loop(plain, prefixed(tok, LONG), CONTEXT, 16)
     assert score.tokens == count
     assert abs(score.nll - total / count) < 1e-5

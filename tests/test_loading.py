@@ -53,6 +53,35 @@ def test_uncached_hub_id_offline_fails_in_one_line(cli, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_hub_unreachable_without_offline_flag_is_a_connection_failure(tmp_path):
+    """No network and no HF_HUB_OFFLINE: say the Hub could not be reached (not "not found"), naming the flag used."""
+    from conftest import cli_env, run_cli
+
+    env = cli_env(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # a closed port
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(var, None)
+    data = tmp_path / "d.txt"
+    data.write_text("Once upon a time.\n", encoding="utf-8")
+    for args, flag in ((["generate", "hi", "-m", "gpt2"], "--model"),
+                       (["train", data, "--tokenizer", "gpt2", "--out", tmp_path / "run"], "--tokenizer")):
+        r = run_cli(*args, env=env, timeout=60)
+        err = r.stderr.decode()
+        assert r.returncode == 1, err
+        assert "could not connect to the Hugging Face Hub" in err and "not found" not in err
+        assert f"'gpt2' ({flag})" in err and f"local folder with {flag}" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_uncached_tokenizer_offline_names_the_tokenizer_flag(cli, tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("Once upon a time.\n", encoding="utf-8")
+    r = cli("train", data, "--tokenizer", "someone/not-cached", "--out", tmp_path / "run",
+            env={"HF_HOME": str(tmp_path / "hf")})
+    assert r.exit_code == 1 and "not in the local Hugging Face cache" in r.stderr
+    assert "with --tokenizer" in r.stderr and "--model" not in r.stderr
+
+
 def test_no_model_and_no_default_is_a_usage_error(cli, monkeypatch):
     from gptcli import bundled
 

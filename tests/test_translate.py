@@ -148,12 +148,13 @@ def test_non_utf8_stdin_names_the_line_after_earlier_lines_are_out(marian_dir):
     assert len(lines_of(res.stdout)) == 1 and b"Traceback" not in res.stderr
 
 
-def test_sentence_longer_than_the_context_is_a_clear_error(marian_dir):
-    res = cli("--to", "fr", "-m", marian_dir, input="Hello world.\n" + "word " * 200 + "\n")
-    assert res.returncode == 1
+def test_sentence_longer_than_the_context_is_cut_with_one_warning(marian_dir):
+    long = ", ".join(["the cat is black"] * 30) + "."
+    res = cli("--to", "fr", "-m", marian_dir, "-t", "4", input=f"Hello world.\n{long}\nI like tea.\n")
+    assert res.returncode == 0, res.stderr
     err = res.stderr.decode()
-    assert "line 2 has a sentence of" in err and err.count("\n") == 1
-    assert len(lines_of(res.stdout)) == 1
+    assert err.count("\n") == 1 and err.startswith("Warning: line 2: a sentence too long for the model's context")
+    assert len(lines_of(res.stdout)) == 3 and all(lines_of(res.stdout))
 
 
 def test_bundled_model_is_the_default_for_english_to_french():

@@ -207,8 +207,27 @@ def test_long_line_is_cut_at_sentence_boundaries(marian):
     out = list(tr.run(LineFeed([Line(1, "Hello world."), Line(2, long), Line(3, "")])))
     assert [r.line.number for r in out] == [1, 2, 3] and out[1].pieces == len(pieces) and out[2].text == ""
     assert all("\n" not in r.text for r in out)
-    with pytest.raises(InputError, match="line 7 has a sentence of"):
-        tr.pieces(Line(7, "word " * 200))
+
+
+
+def test_sentence_longer_than_the_context_is_cut_at_clauses_then_words(marian):
+    from gptcli.translation.sources import Line, LineFeed
+
+    tr = _translator(marian)
+    clauses = ", ".join(["the cat is black"] * 10) + "; " + ", ".join(["where is the station"] * 10) + "."
+    words = "word " * 200
+    glued = "x" * 400  # one "word" longer than the context
+    for text in (clauses, words, glued):
+        assert tr.count(text) > tr.budget
+        pieces, cut = tr.split(Line(1, text))
+        assert cut == 1 and len(pieces) > 1 and all(tr.count(p) <= tr.budget for p in pieces)
+        assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+    pieces, _ = tr.split(Line(1, clauses))
+    assert all(p.endswith((",", ";", ".")) for p in pieces)  # cut after clauses, not inside them
+    out = list(tr.run(LineFeed([Line(1, "Hello world."), Line(2, words + ". " + clauses), Line(3, "I like tea.")])))
+    assert [r.line.number for r in out] == [1, 2, 3] and all(r.text for r in out)
+    assert out[0].warning is None and out[2].warning is None
+    assert "line 2: 2 sentences too long for the model's context" in out[1].warning
 
 
 def test_streaming_writes_a_line_before_the_next_one_arrives(marian):
@@ -241,6 +260,20 @@ def test_batched_and_single_line_runs_give_the_same_lines(marian):
     assert len(batched) == len(lines) and batched[1] == ""
     assert batched == single
     assert batched[4].startswith("  ") or batched[4] == ""  # indentation kept
+
+
+def test_a_line_translates_the_same_alone_and_beside_a_long_line(marian):
+    """Encoder inputs are padded on the right (left padding shifted a short line's positions), and
+    each line keeps its own length limit in a batch (the forced end token cut it short when alone)."""
+    from gptcli.translation.sources import Line, LineFeed
+
+    long = "The cat is black and the station is where I like tea, you like coffee."
+    alone = _translator(marian, batch_size=1).run(LineFeed([Line(1, "Go."), Line(2, long)]))
+    batched = _translator(marian, batch_size=16).run(LineFeed([Line(1, "Go."), Line(2, long)]))
+    alone, batched = list(alone), list(batched)
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert [r.completion_tokens for r in batched] == [r.completion_tokens for r in alone]
+    assert marian.tokenizer.padding_side == "right"
 
 
 # --------------------------------------------------------------------------- scoring

@@ -103,9 +103,9 @@ def evaluate(
                                    progress=bar.advance, on_plan=bar.plan)
         del lm  # free the weights before the next model loads
         if not score.tokens:
-            raise UsageError(f"nothing to score: all {len(score.docs)} documents are shorter than 2 tokens for {score.model}.")
+            raise UsageError(f"nothing to score: none of the {len(score.docs)} documents has a token to score for {score.model}.")
         if score.skipped:
-            console.warn(f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} shorter than 2 tokens.")
+            console.warn(f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} with no token to score.")
         if per_doc:  # stream per-document records as each model finishes
             write_jsonl(doc_record(score.model, d) for d in score.docs)
         scores.append(score)

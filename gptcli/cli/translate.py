@@ -101,6 +101,8 @@ def translate(
     hypotheses: list[str] = []
     try:
         for result in translator.run(feed):
+            if result.warning:
+                console.warn(result.warning)
             if refs is not None:
                 hypotheses.append(result.text.strip())
             if sink is not None:

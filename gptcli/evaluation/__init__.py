@@ -1,6 +1,6 @@
 """`gptcli eval`: how well a model predicts text.
 
-- windows.py    which tokens each forward pass scores (sliding window; pure Python)
+- windows.py    which tokens each forward pass scores (lm-evaluation-harness rolling windows; pure Python)
 - perplexity.py tokenize documents, score the windows in batches, add up per document
 - report.py     JSON records, the comparison table and the progress display
 

@@ -1,17 +1,17 @@
 """Score text with a causal language model: NLL per token, perplexity, bits per byte.
 
-Each document is tokenized the way the model's tokenizer does by default (so a
-BOS token is added when the tokenizer adds one), cut into sliding windows
-(windows.py), and every window is scored exactly once. Windows of all
-documents are sorted by length and run in batches, right-padded: in a causal
-model a token never attends to positions after it, so padding on the right
-changes nothing for the real tokens and needs no attention mask.
+The rule of lm-evaluation-harness's `loglikelihood_rolling`, so numbers compare
+with it: each document is tokenized without special tokens, the tokenizer's BOS
+token (else its EOS token, the end-of-text separator GPT-2-style models are
+trained with before every document) is put in front, and every token of the text
+is scored, cut into rolling windows (windows.py). Windows of all documents are
+sorted by length and run in batches, right-padded: in a causal model a token
+never attends to positions after it, so padding on the right changes nothing for
+the real tokens and needs no attention mask.
 
-Bytes for bits per byte: the UTF-8 bytes of the text the scored tokens stand
-for, i.e. the document's text minus the bytes of its first token (which is
-only context). When the first token is a special token the tokenizer added
-(BOS), that is the whole text. When --max-tokens cuts a document, the text ends
-with the last kept token.
+Bytes for bits per byte: all the UTF-8 bytes of the text (up to the last kept
+token when --max-tokens cuts it). A tokenizer with neither BOS nor EOS has no
+prefix: its first token is then only context and its bytes are not counted.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ class _Metrics:
 class DocScore(_Metrics):
     id: str
     source: str
-    tokens: int = 0  # tokens scored (the first token of a document is context only)
+    tokens: int = 0  # tokens scored: every token of the text (after the BOS/EOS prefix)
     nll_sum: float = 0.0  # nats, summed over the scored tokens
-    bytes: int = 0  # UTF-8 bytes of the text the scored tokens stand for
+    bytes: int = 0  # UTF-8 bytes of the text the scored tokens stand for (all of it, unless cut)
     truncated: bool = False  # cut by --max-tokens
     skipped: str | None = None  # why nothing was scored
 
@@ -158,7 +158,7 @@ def evaluate_model(
     for item in items:
         item.windows = plan_windows(len(item.ids), context, stride)
         if not item.windows:
-            item.doc.skipped = "shorter than 2 tokens"
+            item.doc.skipped = "no token to score"
     if on_plan is not None:
         on_plan(sum(w.targets for it in items for w in it.windows))
     _score(lm, items, batch_size, progress)
@@ -177,36 +177,45 @@ def evaluate_model(
 # --- tokenizing and byte accounting -------------------------------------------
 
 
+def prefix_token(tokenizer) -> int | None:
+    """The token each document is scored after: BOS, else EOS (lm-evaluation-harness's `prefix_token_id`)."""
+    for value in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def _tokenize(tokenizer, documents: list[Document], max_tokens: int | None) -> list[_Tokenized]:
     texts = [d.text for d in documents]
     with_offsets = bool(getattr(tokenizer, "is_fast", False))
-    enc = tokenizer(texts, add_special_tokens=True, return_attention_mask=False,
+    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                     return_offsets_mapping=with_offsets, verbose=False) if texts else {"input_ids": []}
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    prefix = prefix_token(tokenizer)
+    head = [] if prefix is None else [prefix]
+    unscored = 0 if head else 1  # without a prefix the first text token is only context
     items: list[_Tokenized] = []
-    budget = max_tokens
+    budget = max_tokens  # text tokens (the prefix is not part of the text)
     for i, doc in enumerate(documents):
         ids = list(enc["input_ids"][i])
         offsets = enc["offset_mapping"][i] if with_offsets else None
         cut = False
         if budget is not None:
-            if budget < 2:
+            if budget <= unscored:
                 break  # the sample is full; later documents are not part of it
             if len(ids) > budget:
                 ids, cut = ids[:budget], True
             budget -= len(ids)
         score = DocScore(id=doc.id, source=doc.source, truncated=cut)
-        if len(ids) >= 2:
-            score.bytes = _kept_bytes(tokenizer, doc.text, ids, offsets, cut) - _first_token_bytes(
-                tokenizer, doc.text, ids[0], offsets, special)
-        items.append(_Tokenized(score, ids, []))
+        if len(ids) > unscored:
+            score.bytes = _kept_bytes(tokenizer, doc.text, ids, offsets, cut)
+            if unscored:
+                score.bytes -= _first_token_bytes(tokenizer, doc.text, ids[0], offsets)
+        items.append(_Tokenized(score, head + ids, []))
     return items
 
 
-def _first_token_bytes(tokenizer, text: str, first_id: int, offsets, special: set[int]) -> int:
-    """Bytes of the text the (unscored) first token covers; 0 for an added BOS."""
-    if first_id in special and (offsets is None or tuple(offsets[0]) == (0, 0)):
-        return 0
+def _first_token_bytes(tokenizer, text: str, first_id: int, offsets) -> int:
+    """Bytes of the text the (unscored) first token covers, when there is no prefix token."""
     piece = tokenizer.decode([first_id])
     if piece and "\ufffd" not in piece and text.startswith(piece):
         return len(piece.encode("utf-8"))
@@ -268,18 +277,19 @@ def _score(lm, items: list[_Tokenized], batch_size: int, progress: Callable[[int
             ids = torch.zeros((len(batch), width), dtype=torch.long)
             for row, (i, w) in enumerate(batch):
                 ids[row, : w.length] = torch.tensor(items[i].ids[w.begin : w.end], dtype=torch.long)
-            # Logits are needed from the position before each window's first target on.
-            first_needed = min(w.length - w.targets - 1 for _, w in batch)
+            # Logits are needed at each window's last `targets` positions.
+            first_needed = min(w.length - w.targets for _, w in batch)
             kwargs = {"logits_to_keep": width - first_needed} if keep_ok else {}
             logits = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits  # (B, K, V)
             shift = width - logits.shape[1]  # position of logits[:, 0]
-            labels = ids.to(logits.device)
             row_sums = []
-            for row, (_i, w) in enumerate(batch):
-                start = w.length - w.targets - 1 - shift
+            for row, (i, w) in enumerate(batch):
+                start = w.length - w.targets - shift
                 # float32 log-softmax even for bf16/fp16 models: the sum must not lose precision.
                 pred = logits[row, start : start + w.targets].float()  # (targets, V)
-                row_sums.append(F.cross_entropy(pred, labels[row, w.length - w.targets : w.length], reduction="sum"))
+                # Each position predicts the token after it: the last target is past the fed tokens.
+                labels = torch.tensor(items[i].ids[w.end - w.targets + 1 : w.end + 1], dtype=torch.long)
+                row_sums.append(F.cross_entropy(pred, labels.to(logits.device), reduction="sum"))
             del logits
             for (i, _), value in zip(batch, torch.stack(row_sums).double().tolist()):  # one device sync per batch
                 sums[i] += value

@@ -80,7 +80,7 @@ def load_existing(spec: str, trust_remote_code: bool = False) -> Any:
     """`--tokenizer PATH|ID`: reuse a tokenizer; it needs an end-of-text (eos) token."""
     from gptcli.loading import load_tokenizer, resolve_source
 
-    source = resolve_source(spec)
+    source = resolve_source(spec, flag="--tokenizer")  # messages name the flag the user passed
     try:
         tok = load_tokenizer(source.path, trust_remote_code=trust_remote_code, padding_side="right")
     except ModelLoadError:

@@ -1,7 +1,8 @@
 """The line-aligned translation pipeline: lines in, exactly one translation per line out, in order.
 
 Lines are gathered into batches of up to `batch_size` pieces (a line longer
-than the model's context is cut at sentence boundaries into several pieces),
+than the model's context is cut at sentence boundaries into several pieces, a
+sentence longer than that at clauses, then words),
 translated together through the shared generation core, and handed back in
 input order as soon as a line and every line before it are done. Empty lines
 cost nothing and come back empty.
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptcli.errors import GptcliError, InputError, UsageError
+from gptcli.errors import GptcliError, UsageError
 from gptcli.generation import Completion, Request, RunStats, stream_generate
 from gptcli.sampling import SamplingParams
 from gptcli.translation.families import Plan
@@ -25,6 +26,9 @@ from gptcli.translation.sources import Line, LineFeed
 
 # After ., !, ?, … (then whitespace), or after CJK full stops (no space follows them).
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
+# A sentence too long for the context is cut further: after clause punctuation, then between words.
+_CLAUSE_END = re.compile(r"(?<=[,;:–—])\s+|(?<=[，；：、])")
+_WORD_GAP = re.compile(r"\s+")
 # Characters that some reader would count as a line break: never let one into a translation.
 _BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
 # Output room for a causal model: the translation may be this many times the source's tokens.
@@ -36,6 +40,7 @@ class Translation:
     line: Line
     text: str  # the translation, one line
     pieces: int = 0  # how many generation requests it took (0 for an empty line)
+    warning: str | None = None  # said once on stderr: a sentence had to be cut to fit the context
     completion_tokens: int = 0
     finish_reasons: list[str] = field(default_factory=list)
 
@@ -73,6 +78,32 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(text) if s.strip()]
 
 
+def _units(text: str, boundary: re.Pattern) -> list[str]:
+    """`text` cut at `boundary`, each unit keeping the separator after it (so joining them gives `text`)."""
+    units, start = [], 0
+    for match in boundary.finditer(text):
+        if match.end() > start and match.start() > start:
+            units.append(text[start:match.end()])
+            start = match.end()
+    units.append(text[start:])
+    return [u for u in units if u.strip()]
+
+
+def _halves(text: str) -> list[str]:
+    middle = len(text) // 2
+    return [text[:middle], text[middle:]]
+
+
+# Coarsest first: sentences, clauses, words, and for a single word longer than the context
+# (a URL, a run of CJK without punctuation) halves of it, down to what fits.
+_LEVELS = (
+    lambda t: _units(t, _SENTENCE_END),
+    lambda t: _units(t, _CLAUSE_END),
+    lambda t: _units(t, _WORD_GAP),
+    _halves,
+)
+
+
 def one_line(text: str) -> str:
     return " ".join(_BREAKS.sub(" ", text).split())
 
@@ -87,6 +118,7 @@ class Translator:
         self.batch_size = batch_size
         self.joiner = "" if plan.target.code in NO_SPACE else " "
         self.stats = TranslateStats()
+        self._warnings: dict[int, str] = {}  # line number -> its warning, until the line is translated
         context = lm.context_length
         if plan.seq2seq:
             # Room for the prefix, a language token and end-of-sequence on the encoder side.
@@ -105,30 +137,49 @@ class Translator:
         return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def pieces(self, line: Line) -> list[str]:
-        """The text of a line as pieces that fit the context, cut at sentence boundaries."""
+        """The text of a line as pieces that fit the context (see `split`)."""
+        return self.split(line)[0]
+
+    def split(self, line: Line) -> tuple[list[str], int]:
+        """The line as pieces that fit the context, and how many of its sentences had to be cut.
+
+        Pieces are whole sentences, packed up to the budget; a sentence that does not fit
+        alone is cut at clauses, then words (then within a word) and its parts packed the
+        same way, so any line can be translated.
+        """
         text = line.text.strip()
         if not text:
-            return []
+            return [], 0
         if self.count(text) <= self.budget:
-            return [text]
+            return [text], 0
+        cut = [0]
+        return self._fit(text, 0, cut), cut[0]
+
+    def _fit(self, text: str, level: int, cut: list[int]) -> list[str]:
         chunks: list[str] = []
         current = ""
-        for sentence in split_sentences(text):
-            size = self.count(sentence)
-            if size > self.budget:
-                raise InputError(
-                    f"line {line.number} has a sentence of {size} tokens; the model's context "
-                    f"({self.lm.context_length} tokens) fits source pieces of at most {self.budget} tokens.",
-                    hint="Split that sentence, or use a model with a longer context.",
-                )
-            joined = f"{current} {sentence}" if current else sentence
-            if current and self.count(joined) > self.budget:
-                chunks.append(current)
-                joined = sentence
+        for unit in _LEVELS[level](text):
+            if self.count(unit.strip()) > self.budget and len(unit.strip()) > 1:
+                if level == 0:
+                    cut[0] += 1
+                if current.strip():
+                    chunks.append(current.strip())
+                current = ""
+                chunks.extend(self._fit(unit.strip(), min(level + 1, len(_LEVELS) - 1), cut))
+                continue
+            joined = current + unit
+            if current.strip() and self.count(joined.strip()) > self.budget:
+                chunks.append(current.strip())
+                joined = unit
             current = joined
-        if current:
-            chunks.append(current)
+        if current.strip():
+            chunks.append(current.strip())
         return chunks
+
+    def _warning(self, line: Line, cut: int) -> str:
+        what = "a sentence" if cut == 1 else f"{cut} sentences"
+        return (f"line {line.number}: {what} too long for the model's context ({self.lm.context_length} tokens; "
+                f"source pieces of at most {self.budget}) cut at clauses or words and translated in parts.")
 
     def request(self, text: str) -> Request:
         wanted = self.max_new_tokens or 2 * self.count(text) + 10
@@ -167,15 +218,16 @@ class Translator:
     def _gather(self, feed: LineFeed) -> tuple[list[tuple[Line, list[str]]], GptcliError | None]:
         """Lines for the next batch: at least one (waiting for it), then whatever is ready, up to batch_size pieces.
 
-        A failure (bad input line, a sentence too long) ends the batch; it is raised
-        after the lines before it are written.
+        A failure (a bad input line) ends the batch; it is raised after the lines before it are written.
         """
         batch: list[tuple[Line, list[str]]] = []
         pieces = 0
         try:
             line = feed.get(timeout=None)
             while line is not None:
-                chunks = self.pieces(line)
+                chunks, cut = self.split(line)
+                if cut:
+                    self._warnings[line.number] = self._warning(line, cut)
                 batch.append((line, chunks))
                 pieces += len(chunks)
                 if pieces >= self.batch_size:
@@ -192,7 +244,7 @@ class Translator:
         owners: list[int] = []  # request index -> batch index
         results = []
         for i, (line, chunks) in enumerate(batch):
-            results.append(Translation(line, "", pieces=len(chunks)))
+            results.append(Translation(line, "", pieces=len(chunks), warning=self._warnings.pop(line.number, None)))
             for chunk in chunks:
                 requests.append(self.request(chunk))
                 owners.append(i)
