@@ -9,7 +9,7 @@
 #   4. copy the final model into the package with its card and licence;
 #   5. score it on the held-out pairs with `gptcli translate --references`.
 #
-# Usage: [STEPS=800] [MODEL=folder] benchmarks/make_en_fr.sh [WORKDIR]   (default /tmp/gptcli-en-fr; about 12 minutes of one CPU core)
+# Usage: [STEPS=800] [MODEL=folder] recipes/make_en_fr.sh [WORKDIR]   (default /tmp/gptcli-en-fr; about 12 minutes of one CPU core)
 # Deterministic: fixed split seed and training seed (same machine and versions give the same weights).
 set -euo pipefail
 
@@ -54,8 +54,8 @@ gptcli train "$WORK/train.txt" --out "$WORK/run" --overwrite \
 
 rm -rf "$MODEL.new" && mkdir -p "$MODEL.new"
 cp "$WORK/run"/{config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json} "$MODEL.new"/
-cp "$ROOT/benchmarks/data/tiny-en-fr.card.json" "$MODEL.new/gptcli-model.json"
-cp "$ROOT/benchmarks/data/tiny-en-fr.LICENSE.txt" "$MODEL.new/LICENSE.txt"
+cp "$ROOT/recipes/cards/tiny-en-fr.json" "$MODEL.new/gptcli-model.json"
+cp "$ROOT/recipes/cards/tiny-en-fr-LICENSE.txt" "$MODEL.new/LICENSE.txt"
 rm -rf "$MODEL" && mv "$MODEL.new" "$MODEL"
 
 gptcli translate --references "$HELDOUT" -m "$MODEL" --from en --to fr --json -o "$WORK/heldout.fr.txt" | tee "$WORK/score.json"

@@ -1,6 +1,6 @@
 """Copy a trained model folder into the package as a bundled model (float16 weights + card).
 
-    python tools/bundle_model.py RUN_DIR gptcli/bundled/NAME --card card.json [--eval-data FILE]
+    python recipes/bundle_model.py RUN_DIR gptcli/bundled/NAME --card card.json [--eval-data FILE]
 
 Weights are stored as float16 safetensors (half the bytes of float32; gptcli loads them
 in the runtime's dtype). The card (gptcli-model.json) gets the parameter count and, from

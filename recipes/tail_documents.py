@@ -1,6 +1,6 @@
 """Print the last FRACTION of a `<|endoftext|>`-separated text file's documents (the held-out part).
 
-    python tools/tail_documents.py DATA.txt 0.05 > heldout.txt
+    python recipes/tail_documents.py DATA.txt 0.05 > heldout.txt
 """
 
 import sys
