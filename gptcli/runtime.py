@@ -15,7 +15,6 @@ from typing import Any
 
 from gptcli.errors import UsageError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {
     "fp32": "float32",
