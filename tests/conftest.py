@@ -17,7 +17,6 @@ os.environ.pop("GPTCLI_DTYPE", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +27,14 @@ def gpt2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def marian_dir(tmp_path_factory) -> Path:
+    """A tiny Marian en→fr model (sentencepiece trained here), built once: tests only read it."""
+    from tiny_translate import build_marian
+
+    return build_marian(tmp_path_factory.mktemp("marian-en-fr"))
 
 
 def cli_env(**extra) -> dict:
