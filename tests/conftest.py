@@ -37,11 +37,16 @@ def marian_dir(tmp_path_factory) -> Path:
     return build_marian(tmp_path_factory.mktemp("marian-en-fr"))
 
 
-def cli_env(**extra) -> dict:
+def cli_env(**extra: str | None) -> dict:
+    """The environment for a subprocess run; a variable given as None is removed."""
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
     env.pop("GPTCLI_DEBUG", None)
-    env.update({k: v for k, v in extra.items() if v is not None})
+    for k, v in extra.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     return env
 
 
