@@ -7,7 +7,6 @@ bad byte, so a user can find it with `head -c`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +169,3 @@ def read_prompt_file(path: Path | str, text_field: str = "prompt") -> tuple[list
     if not records:
         raise UsageError(f"{source} has no prompts.")
     return records, jsonl
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")

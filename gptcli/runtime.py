@@ -15,7 +15,6 @@ from typing import Any
 
 from gptcli.errors import UsageError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {
     "fp32": "float32",
@@ -85,9 +84,8 @@ def _mps_available() -> bool:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX).
 
-    Measured on this project's reference machine (Zen 4, avx512_bf16): bfloat16
-    weights decode ~1.5x faster than float32 because decoding is memory-bound.
-    Without the instructions bfloat16 is emulated and slower, so we keep float32.
+    Decoding is memory-bound, so half-size bfloat16 weights decode faster than
+    float32 there. Without the instructions bfloat16 is emulated and slower, so we keep float32.
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
@@ -163,10 +161,8 @@ def set_threads(threads: int | None) -> bool:
     return True
 
 
-# Models below this size run faster on CPU in float32 on one thread. Measured with the bundled
-# 4.2 M-parameter model on the 2-core reference machine, 50 tokens: float32 on 1 thread 736
-# tokens/s, bfloat16 on 1 thread 379 tokens/s, bfloat16 on 2 threads 26 tokens/s (with the other
-# core busy). Small matrices gain nothing from half-size weights and lose to thread hand-offs.
+# Models below this size run faster on CPU in float32 on one thread: small matrices gain
+# nothing from half-size weights and lose to thread hand-offs (worst when other cores are busy).
 SMALL_MODEL_PARAMS = 20_000_000
 
 

@@ -17,7 +17,6 @@ os.environ.pop("GPTCLI_DTYPE", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +29,24 @@ def llama_dir(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
-def cli_env(**extra) -> dict:
+@pytest.fixture(scope="session")
+def marian_dir(tmp_path_factory) -> Path:
+    """A tiny Marian en→fr model (sentencepiece trained here), built once: tests only read it."""
+    from tiny_translate import build_marian
+
+    return build_marian(tmp_path_factory.mktemp("marian-en-fr"))
+
+
+def cli_env(**extra: str | None) -> dict:
+    """The environment for a subprocess run; a variable given as None is removed."""
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
     env.pop("GPTCLI_DEBUG", None)
-    env.update({k: v for k, v in extra.items() if v is not None})
+    for k, v in extra.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     return env
 
 

@@ -35,6 +35,11 @@ def test_out_of_range_values_are_usage_errors_before_loading(cli, args, fragment
     assert r.stdout == ""
 
 
+def test_unknown_option_is_exit_2(cli):
+    r = cli("generate", "--no-such-flag")
+    assert r.exit_code == 2 and "No such option" in r.stderr and r.stdout == ""
+
+
 def test_missing_model_folder_is_a_usage_error(cli):
     r = cli("generate", "hello", "-m", NO_MODEL)
     assert r.exit_code == 2 and "does not exist" in r.stderr

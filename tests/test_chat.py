@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import cli_env, run_cli
+from conftest import cli_env
 from tiny import build_model
 
 # A template like many instruction models': optional system prompt, then strictly user/assistant turns.
@@ -89,8 +89,8 @@ def test_template_rejecting_the_roles_is_a_clear_error(cli, tpl_dir, tmp_path):
 # --------------------------------------------------------------------------- history files
 
 
-def test_piped_message_continues_history_and_appends(gpt2_long, tmp_path):
-    # The issue's example, through a real pipe: only the reply on stdout, the exchange appended.
+def test_piped_message_continues_history_and_appends(cli, gpt2_long, tmp_path):
+    # The issue's example, a message piped in: only the reply on stdout, the exchange appended.
     hist = tmp_path / "story.jsonl"
     original = (
         '{"role": "system", "content": "You tell stories."}\n'
@@ -98,9 +98,9 @@ def test_piped_message_continues_history_and_appends(gpt2_long, tmp_path):
         '{"role": "assistant", "content": "Max was a dog."}\n'
     )
     hist.write_text(original)
-    r = run_cli("chat", "--history", hist, "--model", gpt2_long, "-t", "6", "--seed", "3", input="and then?\n")
-    assert r.returncode == 0, r.stderr
-    reply = r.stdout.decode()
+    r = cli("chat", "--history", hist, "--model", gpt2_long, "-t", "6", "--seed", "3", stdin="and then?\n")
+    assert r.exit_code == 0, r.stderr
+    reply = r.stdout
     assert reply.endswith("\n") and reply.count("\n") >= 1
     text = hist.read_text()
     assert text.startswith(original)  # existing lines kept byte for byte
@@ -108,7 +108,7 @@ def test_piped_message_continues_history_and_appends(gpt2_long, tmp_path):
     assert added[0] == {"role": "user", "content": "and then?"}
     assert added[1]["role"] == "assistant"
     assert reply == added[1]["content"] + "\n"
-    assert r.stderr.decode().strip() == ""
+    assert r.stderr.strip() == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["story.jsonl"]  # no temporary file left
 
 

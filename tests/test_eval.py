@@ -4,18 +4,17 @@ import json
 import math
 
 import pytest
-from conftest import cli_env, run_cli
 from transformers import AutoTokenizer
 
 TEXT = "Once upon a time there was a little dog named Max. Max liked to run in the park with his friend Tom.\n"
 
 
-def test_compare_two_models_plain_table_from_piped_stdin(gpt2_dir, llama_dir):
-    """A real pipe: stdin is the text, stdout a plain table (no escapes, no box lines), stderr quiet."""
-    r = run_cli("eval", "-m", gpt2_dir, "-m", llama_dir, input=TEXT, env=cli_env(TERM="xterm-256color"))
-    assert r.returncode == 0, r.stderr
-    out = r.stdout.decode()
-    assert "\x1b" not in out and "\x1b" not in r.stderr.decode()
+def test_compare_two_models_plain_table_from_piped_stdin(cli, gpt2_dir, llama_dir):
+    """Piped: stdin is the text, stdout a plain table (no escapes, no box lines), stderr quiet."""
+    r = cli("eval", "-m", gpt2_dir, "-m", llama_dir, stdin=TEXT, env={"TERM": "xterm-256color"})
+    assert r.exit_code == 0, r.stderr
+    out = r.stdout
+    assert "\x1b" not in out and "\x1b" not in r.stderr
     assert not set("─━│┃┌┏") & set(out)
     header, *rows = out.strip().splitlines()
     assert header.split() == ["model", "docs", "tokens", "nll/token", "perplexity", "bits/byte", "tokens/s"]
@@ -23,7 +22,7 @@ def test_compare_two_models_plain_table_from_piped_stdin(gpt2_dir, llama_dir):
     for row in rows:
         nll, ppl = float(row.split()[3]), float(row.split()[4])
         assert abs(math.exp(nll) - ppl) < 0.01 * ppl
-    assert "Error" not in r.stderr.decode()
+    assert "Error" not in r.stderr
 
 
 def test_json_summary_one_line_per_model(cli, gpt2_dir, llama_dir, tmp_path):

@@ -7,8 +7,6 @@ valid inside a JSON string and a line of text; a reader that split there cut one
 
 import json
 
-import pytest
-
 # Every character str.splitlines() treats as a line end, other than \n and \r.
 INNER = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
@@ -36,13 +34,6 @@ def test_eval_jsonl_records_with_separator_characters(cli, gpt2_dir, tmp_path):
     assert r.exit_code == 0, r.stderr
     (rec,) = r.json_lines()
     assert rec["documents"] == len(docs)
-
-
-@pytest.fixture(scope="module")
-def marian_dir(tmp_path_factory):
-    from tiny_translate import build_marian
-
-    return build_marian(tmp_path_factory.mktemp("marian-en-fr"))
 
 
 def test_translate_file_gives_one_output_line_per_input_line(cli, marian_dir, tmp_path):

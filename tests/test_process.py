@@ -73,11 +73,6 @@ def test_no_ansi_escapes_when_piped_or_no_color(gpt2_dir):
     assert p.returncode == 0 and b"\x1b[" not in p.stdout
 
 
-def test_unknown_option_is_exit_2():
-    p = run_cli("generate", "--no-such-flag")
-    assert p.returncode == 2 and b"No such option" in p.stderr
-
-
 def test_help_and_completion_do_not_import_torch():
     code = (
         "import sys\n"

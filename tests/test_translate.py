@@ -1,4 +1,8 @@
-"""`gptcli translate` end to end, in real subprocesses: alignment, streaming, both model paths, bad input."""
+"""`gptcli translate` end to end: alignment, streaming, both model paths, bad input.
+
+In-process through the CLI's error boundary (the `cli` fixture) except where a real
+process is the point: a closed pipe (`| head`) and line-by-line streaming over a pipe.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,20 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli_env, run_cli
+from conftest import cli_env
 
 # One thread: these models are tiny, and the test machine's cores are shared.
-ENV = cli_env(GPTCLI_THREADS="1")
+THREADS = {"GPTCLI_THREADS": "1"}
+ENV = cli_env(**THREADS)
 
 
-def cli(*args, **kw):
-    return run_cli("translate", *args, env=ENV, **kw)
+@pytest.fixture
+def translate(cli):
+    # stdin defaults to an empty pipe, as in a subprocess run with nothing piped in.
+    def invoke(*args, stdin: bytes | str = b""):
+        return cli("translate", *args, stdin=stdin, env=THREADS)
 
-
-@pytest.fixture(scope="module")
-def marian_dir(tmp_path_factory):
-    from tiny_translate import build_marian
-
-    return build_marian(tmp_path_factory.mktemp("marian-en-fr"))
+    return invoke
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +34,7 @@ def causal_dir(tmp_path_factory):
     return build_causal(tmp_path_factory.mktemp("causal"), "gpt2", context=128)
 
 
-def lines_of(stdout: bytes) -> list[str]:
-    text = stdout.decode("utf-8")
+def lines_of(text: str) -> list[str]:
     assert text.endswith("\n")
     return text[:-1].split("\n")
 
@@ -49,22 +51,22 @@ MIXED = [
 ]
 
 
-def test_marian_stdin_keeps_one_line_per_line(marian_dir):
-    res = cli("--to", "fr", "-m", marian_dir, "-b", "3", input="\n".join(MIXED))
-    assert res.returncode == 0, res.stderr
+def test_marian_stdin_keeps_one_line_per_line(translate, marian_dir):
+    res = translate("--to", "fr", "-m", marian_dir, "-b", "3", stdin="\n".join(MIXED))
+    assert res.exit_code == 0, res.stderr
     out = lines_of(res.stdout)
     assert len(out) == len(MIXED)
     assert [i for i, line in enumerate(out) if line == ""] == [i for i, line in enumerate(MIXED) if not line.strip()]
-    assert b"Traceback" not in res.stderr and res.stderr == b""
+    assert "Traceback" not in res.stderr and res.stderr == ""
 
 
-def test_causal_plain_prompt_with_jsonl_records(causal_dir, tmp_path):
+def test_causal_plain_prompt_with_jsonl_records(translate, causal_dir, tmp_path):
     src = tmp_path / "items.jsonl"
     records = [{"id": "a", "text": "I like tea."}, {"id": 7, "text": ""}, {"id": "c", "text": "Où est la gare ? 🙂", "extra": 1}]
     src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
     # Beam search sends causal prompts through model.generate, with the end-of-line stop.
-    res = cli("--from", "en", "--to", "French", "-m", causal_dir, "--file", src, "--num-beams", "2")
-    assert res.returncode == 0, res.stderr
+    res = translate("--from", "en", "--to", "French", "-m", causal_dir, "--file", src, "--num-beams", "2")
+    assert res.exit_code == 0, res.stderr
     got = [json.loads(line) for line in lines_of(res.stdout)]
     assert [g["id"] for g in got] == ["a", 7, "c"]
     assert [g["text"] for g in got] == [r["text"] for r in records] and got[2]["extra"] == 1
@@ -72,14 +74,14 @@ def test_causal_plain_prompt_with_jsonl_records(causal_dir, tmp_path):
     assert got[1]["translation"] == "" and got[0]["from"] == "en" and got[0]["to"] == "fr"
 
 
-def test_plain_lines_with_json_output_and_output_file(causal_dir, tmp_path):
+def test_plain_lines_with_json_output_and_output_file(translate, causal_dir, tmp_path):
     out = tmp_path / "out.jsonl"
-    res = cli("I like tea.\n\nGood night.", "--from", "en", "--to", "fr", "-m", causal_dir, "--json", "-o", out, "-v")
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == b""
+    res = translate("I like tea.\n\nGood night.", "--from", "en", "--to", "fr", "-m", causal_dir, "--json", "-o", out, "-v")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == ""
     got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [(g["line"], g["text"]) for g in got] == [(1, "I like tea."), (2, ""), (3, "Good night.")]
-    assert b"lines/s" in res.stderr and not list(tmp_path.glob(".out.jsonl.*"))
+    assert "lines/s" in res.stderr and not list(tmp_path.glob(".out.jsonl.*"))
 
 
 def test_head_n_1_stops_quietly(marian_dir, tmp_path):
@@ -92,15 +94,15 @@ def test_head_n_1_stops_quietly(marian_dir, tmp_path):
     assert res.stderr == b""
 
 
-def test_references_print_bleu_and_chrf(marian_dir, tmp_path):
+def test_references_print_bleu_and_chrf(translate, marian_dir, tmp_path):
     from sacrebleu.metrics import BLEU, CHRF
 
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("Hello world.\tBonjour le monde.\nHello world.\tSalut le monde.\nThe cat is black.\tLe chat est noir.\n",
                      encoding="utf-8")
     hyps_file = tmp_path / "hyps.txt"
-    res = cli("-r", pairs, "--to", "fr", "-m", marian_dir, "--json", "-o", hyps_file)
-    assert res.returncode == 0, res.stderr
+    res = translate("-r", pairs, "--to", "fr", "-m", marian_dir, "--json", "-o", hyps_file)
+    assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     hyps = hyps_file.read_text(encoding="utf-8").splitlines()
     assert len(hyps) == 2
@@ -114,56 +116,56 @@ def test_references_print_bleu_and_chrf(marian_dir, tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-def test_unknown_language_is_a_usage_error_with_close_matches():
-    res = cli("Hello", "--to", "frnch")
-    assert res.returncode == 2
-    err = res.stderr.decode()
-    assert err.startswith("Error: unknown language 'frnch'") and "French (fr)" in err and res.stdout == b""
+def test_unknown_language_is_a_usage_error_with_close_matches(translate):
+    res = translate("Hello", "--to", "frnch")
+    assert res.exit_code == 2
+    err = res.stderr
+    assert err.startswith("Error: unknown language 'frnch'") and "French (fr)" in err and res.stdout == ""
 
 
-def test_to_equal_to_from_is_a_usage_error():
-    res = cli("Hello", "--from", "en", "--to", "English")
-    assert res.returncode == 2
-    assert "nothing to translate" in res.stderr.decode() and res.stdout == b""
+def test_to_equal_to_from_is_a_usage_error(translate):
+    res = translate("Hello", "--from", "en", "--to", "English")
+    assert res.exit_code == 2
+    assert "nothing to translate" in res.stderr and res.stdout == ""
 
 
-def test_model_that_cannot_translate_into_the_language(marian_dir):
-    res = cli("Hello", "--to", "de", "-m", marian_dir)
-    assert res.returncode == 2
-    err = res.stderr.decode()
+def test_model_that_cannot_translate_into_the_language(translate, marian_dir):
+    res = translate("Hello", "--to", "de", "-m", marian_dir)
+    assert res.exit_code == 2
+    err = res.stderr
     assert err.count("\n") == 1 and "cannot translate into German" in err and "English to French" in err
 
 
-def test_pair_without_bundled_model_says_what_to_pass():
-    res = cli("Hello", "--from", "en", "--to", "de")
-    assert res.returncode == 2
-    err = res.stderr.decode()
+def test_pair_without_bundled_model_says_what_to_pass(translate):
+    res = translate("Hello", "--from", "en", "--to", "de")
+    assert res.exit_code == 2
+    err = res.stderr
     assert "no bundled model translates English→German" in err and "opus-mt-en-de" in err
 
 
-def test_non_utf8_stdin_names_the_line_after_earlier_lines_are_out(marian_dir):
-    res = cli("--to", "fr", "-m", marian_dir, input=b"Hello world.\nCaf\xe9 au lait\nmore\n")
-    assert res.returncode == 1
-    assert "stdin line 2 is not valid UTF-8" in res.stderr.decode()
-    assert len(lines_of(res.stdout)) == 1 and b"Traceback" not in res.stderr
+def test_non_utf8_stdin_names_the_line_after_earlier_lines_are_out(translate, marian_dir):
+    res = translate("--to", "fr", "-m", marian_dir, stdin=b"Hello world.\nCaf\xe9 au lait\nmore\n")
+    assert res.exit_code == 1
+    assert "stdin line 2 is not valid UTF-8" in res.stderr
+    assert len(lines_of(res.stdout)) == 1 and "Traceback" not in res.stderr
 
 
-def test_sentence_longer_than_the_context_is_cut_with_one_warning(marian_dir):
+def test_sentence_longer_than_the_context_is_cut_with_one_warning(translate, marian_dir):
     long = ", ".join(["the cat is black"] * 30) + "."
-    res = cli("--to", "fr", "-m", marian_dir, "-t", "4", input=f"Hello world.\n{long}\nI like tea.\n")
-    assert res.returncode == 0, res.stderr
-    err = res.stderr.decode()
+    res = translate("--to", "fr", "-m", marian_dir, "-t", "4", stdin=f"Hello world.\n{long}\nI like tea.\n")
+    assert res.exit_code == 0, res.stderr
+    err = res.stderr
     assert err.count("\n") == 1 and err.startswith("Warning: line 2: a sentence too long for the model's context")
     assert len(lines_of(res.stdout)) == 3 and all(lines_of(res.stdout))
 
 
-def test_bundled_model_is_the_default_for_english_to_french():
+def test_bundled_model_is_the_default_for_english_to_french(translate):
     from gptcli import bundled
 
     if bundled.path_of("tiny-en-fr") is None:
         pytest.skip("the bundled tiny-en-fr model is not installed")
-    res = cli("I'm cold.\n\nGood night.", "--to", "fr", "--json")
-    assert res.returncode == 0, res.stderr
+    res = translate("I'm cold.\n\nGood night.", "--to", "fr", "--json")
+    assert res.exit_code == 0, res.stderr
     got = [json.loads(line) for line in lines_of(res.stdout)]
     assert [(g["model"], g["from"], g["to"]) for g in got] == [("tiny-en-fr", "en", "fr")] * 3
     assert got[0]["translation"].strip() and got[1]["translation"] == "" and got[2]["translation"].strip()

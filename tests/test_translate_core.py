@@ -121,12 +121,10 @@ def test_causal_models_plain_needs_source_chat_does_not():
 
 
 @pytest.fixture(scope="module")
-def marian(tmp_path_factory):
-    from tiny_translate import build_marian
-
+def marian(marian_dir):
     from gptcli.session import open_model
 
-    lm, _ = open_model(str(build_marian(tmp_path_factory.mktemp("marian"))), device="cpu", dtype="float32", threads=1)
+    lm, _ = open_model(str(marian_dir), device="cpu", dtype="float32", threads=1)
     return lm
 
 

@@ -72,10 +72,6 @@ class Conversation:
         head = [Message("system", self.system).to_line()] if self.system else []
         return head + [m.to_line() for m in self.messages]
 
-    def exchanges(self) -> int:
-        return sum(1 for m in self.messages if m.role == "user")
-
-
 # --------------------------------------------------------------------------- JSON lines
 
 # Valid inside a JSON string, but a line break to str.splitlines() (and to JavaScript's JSON.parse).

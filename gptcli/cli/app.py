@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         console.silence_stdout()
     command = next((a for a in args if not a.startswith("-")), None)
     if command in _FAST_EXIT_COMMANDS and "torch" in sys.modules:
-        # Tearing down an interpreter that loaded torch and transformers takes ~0.9 s on the
-        # reference machine (measured: 3.3 s vs 2.4 s for the same imports), a third of a quick
-        # generation. Everything these commands write is flushed or renamed into place by now.
+        # Tearing down an interpreter that loaded torch and transformers takes most of a second,
+        # a third of a quick generation. Everything these commands write is flushed or renamed
+        # into place by now.
         try:
             sys.stderr.flush()
         finally:

@@ -74,7 +74,6 @@ def evaluate(
         raise UsageError(f"--stride {stride} is longer than --context {context}.")
     if max_tokens is not None and max_tokens < 2:
         raise UsageError("--max-tokens must be at least 2: a token is scored from the ones before it.")
-    # `--translation` (BLEU/chrF, owned by translate) dispatches here, before the perplexity path.
     sources = [str(f) for f in files or []]
     if not sources:
         if stdin_is_tty():

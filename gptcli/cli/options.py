@@ -138,8 +138,3 @@ InputFile = Annotated[
     Optional[Path],
     typer.Option("--file", "-f", help="Read inputs from this file (text lines or JSONL).", show_default=False, dir_okay=False),
 ]
-
-
-def sampling_changes(**values) -> dict:
-    """Sampling option values given on the command line (None = not given)."""
-    return {k: v for k, v in values.items() if v is not None and v is not False}

@@ -1,9 +1,9 @@
 """Model size presets and building a transformers config from them.
 
 A preset fixes depth, width, heads and context; every knob can be overridden
-on the command line. The configs use the fast choices measured on CPU (see
-PERF-NOTES): exact GELU instead of the tanh approximation, SDPA attention,
-tied input/output embeddings.
+on the command line. The configs use the choices that train fastest on CPU:
+exact GELU instead of the tanh approximation, SDPA attention, tied
+input/output embeddings.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def build_config(arch: str, shape: dict[str, Any], vocab_size: int, eot_id: int)
         return GPT2Config(
             vocab_size=vocab_size, n_positions=shape["block_size"], n_embd=shape["n_embd"],
             n_layer=shape["n_layer"], n_head=shape["n_head"],
-            activation_function="gelu",  # exact GELU is one fused op; gelu_new is several (PERF-NOTES)
+            activation_function="gelu",  # exact GELU is one fused op; gelu_new is several
             resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, tie_word_embeddings=True, **specials,
         )
     if arch == "llama":

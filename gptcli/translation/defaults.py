@@ -12,13 +12,6 @@ KINDS_HINT = (
 )
 
 
-def bundled_pair(name: str) -> tuple[Language | None, Language | None]:
-    for (src, tgt), bundled_name in bundled.DEFAULT_TRANSLATION_MODELS.items():
-        if bundled_name == name:
-            return find(src), find(tgt)
-    return None, None
-
-
 def default_model(source: Language | None, target: Language) -> tuple[str, Language]:
     """The bundled model for (source, target) and its source language; a UsageError when there is none."""
     for (src, tgt), name in bundled.DEFAULT_TRANSLATION_MODELS.items():

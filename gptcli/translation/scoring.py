@@ -23,10 +23,6 @@ class References:
     refs: list[list[str]]  # per input sentence, its references
     sources: list[str] | None = None  # from a TSV: the sentences to translate
 
-    @property
-    def count(self) -> int:
-        return sum(len(r) for r in self.refs)
-
     def source_lines(self) -> list[Line]:
         return [Line(i, text) for i, text in enumerate(self.sources or [], start=1)]
 
