@@ -19,6 +19,7 @@ from gptcli.cli import chat as chat_cmd
 from gptcli.cli import completion as completion_cmd
 from gptcli.cli import evaluate as eval_cmd
 from gptcli.cli import generate as generate_cmd
+from gptcli.cli import help as help_cls
 from gptcli.cli import models as models_cmd
 from gptcli.cli import train as train_cmd
 from gptcli.cli import translate as translate_cmd
@@ -31,6 +32,7 @@ app = typer.Typer(
     add_completion=False,  # static scripts live in completions/ and `gptcli completion SHELL`
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=help_cls.Group,
 )
 
 
@@ -53,14 +55,14 @@ def _root(
     """
 
 
-app.command("generate")(generate_cmd.generate)
-app.command("chat")(chat_cmd.chat)
-app.command("train")(train_cmd.train)
-app.command("finetune")(train_cmd.finetune)
-app.command("eval")(eval_cmd.evaluate)
-app.command("translate")(translate_cmd.translate)
-app.command("models")(models_cmd.models)
-app.command("completion")(completion_cmd.completion)
+app.command("generate", cls=help_cls.Command)(generate_cmd.generate)
+app.command("chat", cls=help_cls.Command)(chat_cmd.chat)
+app.command("train", cls=help_cls.Command)(train_cmd.train)
+app.command("finetune", cls=help_cls.Command)(train_cmd.finetune)
+app.command("eval", cls=help_cls.Command)(eval_cmd.evaluate)
+app.command("translate", cls=help_cls.Command)(translate_cmd.translate)
+app.command("models", cls=help_cls.Command)(models_cmd.models)
+app.command("completion", cls=help_cls.Command)(completion_cmd.completion)
 
 
 def _is_click_error(exc: BaseException) -> bool:
