@@ -1,10 +1,14 @@
 """Help output, defaults shown in help, shell completion of values, SIGTERM, and the README install block."""
 
+import json
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
 from conftest import cli_env
+from tiny import build_model
 
 COMMANDS = ("generate", "chat", "train", "finetune", "eval", "translate", "models", "completion")
 
@@ -49,3 +53,25 @@ def test_help_piped_to_head_exits_0():
         assert p.returncode == 0, (args, p.stderr)
         assert p.stderr == b""
         assert p.stdout.decode().split("\n")[0].strip().startswith("Usage: gptcli"), p.stdout
+
+
+# --------------------------------------------------------------------------- SIGTERM (generate's test is in test_process.py)
+
+
+def test_sigterm_in_chat_keeps_the_partial_reply_and_exits_130(tmp_path):
+    model = build_model(tmp_path / "m", "gpt2", context=512)
+    hist = tmp_path / "h.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "gptcli", "chat", "Tell me a story", "--history", str(hist),
+                          "--model", str(model), "--greedy", "-t", "480"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        head = os.read(p.stdout.fileno(), 64)  # the reply is streaming
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert b"Traceback" not in err
+    records = [json.loads(line) for line in hist.read_text().splitlines()]
+    assert records[-1]["interrupted"] is True and records[-1]["role"] == "assistant"
+    assert (head + out).decode() == records[-1]["content"] + "\n"  # what was printed is what was kept
