@@ -2,12 +2,13 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 
 import pytest
-from conftest import cli_env
+from conftest import ROOT, cli_env
 from tiny import build_model
 
 COMMANDS = ("generate", "chat", "train", "finetune", "eval", "translate", "models", "completion")
@@ -75,3 +76,47 @@ def test_sigterm_in_chat_keeps_the_partial_reply_and_exits_130(tmp_path):
     records = [json.loads(line) for line in hist.read_text().splitlines()]
     assert records[-1]["interrupted"] is True and records[-1]["role"] == "assistant"
     assert (head + out).decode() == records[-1]["content"] + "\n"  # what was printed is what was kept
+
+
+# --------------------------------------------------------------------------- completion of values
+
+BASH_SCRIPT = ROOT / "completions" / "gptcli.bash"
+
+
+def bash_complete(*words: str, cwd=None) -> list[str]:
+    """What the committed bash script offers after `gptcli WORDS...` (the last word is being typed)."""
+    line = ["gptcli", *words]
+    script = (f'source "{BASH_SCRIPT}"; COMP_WORDS=({" ".join(shlex.quote(w) for w in line)}); '
+              f'COMP_CWORD={len(line) - 1}; _gptcli; printf "%s\\n" "${{COMPREPLY[@]}}"')
+    p = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True, cwd=cwd, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return [w for w in p.stdout.split("\n") if w]
+
+
+def test_bash_completes_models_and_folders_after_model(tmp_path):
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    offered = bash_complete("generate", "--model", "", cwd=tmp_path)
+    assert {"tinystories", "tiny-en-fr", "my-model"} <= set(offered)
+    assert "notes.txt" not in offered
+    assert bash_complete("generate", "-m", "tiny") == ["tiny-en-fr", "tinystories"]
+
+
+def test_bash_completes_values_of_options_and_arguments():
+    assert bash_complete("completion", "") == ["bash", "zsh", "fish"]
+    assert "micro" in bash_complete("train", "--preset", "")
+    assert bash_complete("finetune", "--format", "c") == ["completion", "chat"]
+    assert "fr" in bash_complete("translate", "--to", "") and "de" in bash_complete("translate", "--from", "")
+    assert "auto" in bash_complete("train", "--resume", "")
+
+
+def test_completion_values_come_from_the_commands_tables():
+    from gptcli import bundled
+    from gptcli.completions import known_values
+    from gptcli.training.presets import PRESETS
+    from gptcli.translation.languages import LANGUAGES
+
+    known = known_values()
+    assert set(known["--model"]) == set(bundled.names())
+    assert set(known["--preset"]) == set(PRESETS)
+    assert set(known["--to"]) == set(LANGUAGES)
