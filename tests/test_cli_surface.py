@@ -120,3 +120,52 @@ def test_completion_values_come_from_the_commands_tables():
     assert set(known["--model"]) == set(bundled.names())
     assert set(known["--preset"]) == set(PRESETS)
     assert set(known["--to"]) == set(LANGUAGES)
+
+
+# --------------------------------------------------------------------------- README install block = CI
+
+
+def _readme_block():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_block", ROOT / "tools" / "readme_block.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.block
+
+
+def test_readme_install_block_is_a_checkout_install():
+    block = _readme_block()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    install = block(readme, "install")
+    assert install.startswith("python3 -m venv .venv\n. .venv/bin/activate\n")
+    assert 'python -m pip install -e ".[dev]"' in install
+    assert "download.pytorch.org" not in install  # CI reaches only the package registries
+    assert block(readme, "test") == "python -m pytest -q\n"
+    assert "pip install gptcli" not in readme  # not published
+
+
+def test_readme_block_extractor_rejects_missing_or_doubled_blocks():
+    block = _readme_block()
+    one = "<!-- x:begin -->\n```bash\necho hi\n```\n<!-- x:end -->\n"
+    assert block(one, "x") == "echo hi\n"
+    for text in ("no block here", one + one, "<!-- x:begin -->\n```\necho hi\n```\n<!-- x:end -->\n"):
+        with pytest.raises(ValueError):
+            block(text, "x")
+
+
+def test_ci_runs_the_readme_blocks_in_one_shell(tmp_path):
+    """.ci/run on a copy whose README blocks only record that they ran: install, then tests, in one shell."""
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / "tools").mkdir()
+    (tmp_path / ".ci" / "run").write_text((ROOT / ".ci" / "run").read_text())
+    (tmp_path / "tools" / "readme_block.py").write_text((ROOT / "tools" / "readme_block.py").read_text())
+    (tmp_path / "README.md").write_text(
+        "# x\n<!-- install:begin (note) -->\n```bash\necho install >> ran.txt\nINSTALLED=yes\n```\n<!-- install:end -->\n"
+        "text\n<!-- test:begin -->\n```bash\necho \"tests $INSTALLED\" >> ran.txt\n```\n<!-- test:end -->\n"
+    )
+    p = subprocess.run(["bash", ".ci/run"], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "ran.txt").read_text() == "install\ntests yes\n"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install" not in ci and "pytest" not in ci  # everything it runs comes from README.md
