@@ -169,3 +169,36 @@ def test_ci_runs_the_readme_blocks_in_one_shell(tmp_path):
     assert (tmp_path / "ran.txt").read_text() == "install\ntests yes\n"
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install" not in ci and "pytest" not in ci  # everything it runs comes from README.md
+
+
+# --------------------------------------------------------------------------- dependency floors
+
+
+def _requirements():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return {r.name.lower(): r for r in map(Requirement, project["dependencies"]) if r.marker is None or r.marker.evaluate()}
+
+
+def test_installed_versions_meet_the_declared_floors():
+    from importlib.metadata import version
+
+    for name, req in _requirements().items():
+        assert req.specifier.contains(version(name), prereleases=True), f"{name} {version(name)} is outside {req.specifier}"
+
+
+def test_transformers_floor_reads_the_bundled_tokenizers():
+    """Bundled (and `train`-made) tokenizers name TokenizersBackend, which transformers 5 introduced."""
+    import json
+
+    from packaging.version import Version
+
+    classes = {json.loads(p.read_text())["tokenizer_class"] for p in (ROOT / "gptcli" / "bundled").glob("*/tokenizer_config.json")}
+    assert "TokenizersBackend" in classes
+    floors = [Version(s.version) for s in _requirements()["transformers"].specifier if s.operator == ">="]
+    assert floors and min(floors) >= Version("5.0")

@@ -104,7 +104,7 @@ def _command(args: list[str]) -> str | None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code; never raises (except SystemExit from --help paths)."""
+    """Run the CLI and return its exit code; never raises."""
     from contextlib import nullcontext
 
     from gptcli import console
