@@ -18,7 +18,7 @@ _gptcli() {
                 --repetition-penalty) return ;;
                 --stop) return ;;
                 --seed) return ;;
-                --model|-m) return ;;
+                --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
@@ -28,11 +28,11 @@ _gptcli() {
         completion)
             case "$prev" in
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help -h" -- "$cur")); else COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); fi
             ;;
         eval)
             case "$prev" in
-                --model|-m) return ;;
+                --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
                 --text-field) return ;;
                 --stride) return ;;
                 --context) return ;;
@@ -44,13 +44,13 @@ _gptcli() {
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --stride --context --concat --max-docs --max-tokens --per-doc --json --batch-size -b --seed --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=() || COMPREPLY=($(compgen -f -- "$cur")); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --stride --context --concat --max-docs --max-tokens --per-doc --json --batch-size -b --seed --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi
             ;;
         finetune)
             case "$prev" in
-                --model|-m) return ;;
+                --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
                 --text-field) return ;;
-                --format) return ;;
+                --format) COMPREPLY=($(compgen -W "auto text completion chat" -- "$cur")); return ;;
                 --val-split) return ;;
                 --val-data) return ;;
                 --block-size) return ;;
@@ -77,7 +77,7 @@ _gptcli() {
                 --log-every) return ;;
                 --seed) return ;;
                 --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --resume) return ;;
+                --resume) COMPREPLY=($(compgen -W "auto" -- "$cur") $(compgen -d -- "$cur")); return ;;
                 --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --threads) return ;;
@@ -97,7 +97,7 @@ _gptcli() {
                 --num-return-sequences|-n) return ;;
                 --stop) return ;;
                 --seed) return ;;
-                --model|-m) return ;;
+                --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
@@ -118,7 +118,7 @@ _gptcli() {
                 --tokenizer-type) COMPREPLY=($(compgen -W "bpe char bytes" -- "$cur")); return ;;
                 --vocab-size) return ;;
                 --arch) COMPREPLY=($(compgen -W "gpt2 llama" -- "$cur")); return ;;
-                --preset) return ;;
+                --preset) COMPREPLY=($(compgen -W "tiny micro mini small gpt2 gpt2-medium" -- "$cur")); return ;;
                 --n-layer) return ;;
                 --n-head) return ;;
                 --n-embd) return ;;
@@ -144,7 +144,7 @@ _gptcli() {
                 --log-every) return ;;
                 --seed) return ;;
                 --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --resume) return ;;
+                --resume) COMPREPLY=($(compgen -W "auto" -- "$cur") $(compgen -d -- "$cur")); return ;;
                 --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --threads) return ;;
@@ -153,8 +153,8 @@ _gptcli() {
             ;;
         translate)
             case "$prev" in
-                --to) return ;;
-                --from) return ;;
+                --to) COMPREPLY=($(compgen -W "af am ar az be bg bn bs ca cs cy da de el en eo es et eu fa fi fr ga gl gu he hi hr hu hy id is it ja ka kk km ko la lt lv mk ml mn mr ms my ne nl no pa pl ps pt ro ru si sk sl sq sr sv sw ta te th tl tr uk ur uz vi xh yi zh zu" -- "$cur")); return ;;
+                --from) COMPREPLY=($(compgen -W "af am ar az be bg bn bs ca cs cy da de el en eo es et eu fa fi fr ga gl gu he hi hr hu hy id is it ja ka kk km ko la lt lv mk ml mn mr ms my ne nl no pa pl ps pt ro ru si sk sl sq sr sv sw ta te th tl tr uk ur uz vi xh yi zh zu" -- "$cur")); return ;;
                 --file|-f) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --output|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --references|-r) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -167,7 +167,7 @@ _gptcli() {
                 --min-p) return ;;
                 --repetition-penalty) return ;;
                 --seed) return ;;
-                --model|-m) return ;;
+                --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;

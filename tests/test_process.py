@@ -46,7 +46,8 @@ def test_disk_full_is_a_write_error(gpt2_dir):
     assert p.stderr.decode().strip() == "Error: write error: No space left on device"
 
 
-def test_sigint_keeps_partial_output_and_exits_130(long_ctx_dir):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_keeps_partial_output_and_exits_130(long_ctx_dir, sig):
     p = subprocess.Popen(
         [sys.executable, "-m", "gptcli", "generate", "Once upon a time", "-m", str(long_ctx_dir), "-t", "4000", "--seed", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli_env(),
@@ -55,7 +56,7 @@ def test_sigint_keeps_partial_output_and_exits_130(long_ctx_dir):
     assert first
     time.sleep(0.3)
     assert p.poll() is None, "generation ended before it could be interrupted"
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     rest, err = p.communicate(timeout=60)
     assert p.returncode == 130
     assert b"Traceback" not in err

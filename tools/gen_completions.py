@@ -7,10 +7,14 @@
 import sys
 from pathlib import Path
 
-from gptcli.cli.app import app
-from gptcli.completions import SHELLS, render
+ROOT = Path(__file__).resolve().parent.parent
+# Render from the checkout this script lives in, not whichever gptcli is installed.
+sys.path.insert(0, str(ROOT))
 
-OUT = Path(__file__).resolve().parent.parent / "completions"
+from gptcli.cli.app import app  # noqa: E402
+from gptcli.completions import SHELLS, render  # noqa: E402
+
+OUT = ROOT / "completions"
 FILES = {"bash": "gptcli.bash", "zsh": "_gptcli", "fish": "gptcli.fish"}
 
 

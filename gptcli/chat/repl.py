@@ -16,6 +16,7 @@ from gptcli import console
 from gptcli.chat.history import read_conversation, save_conversation
 from gptcli.chat.session import SETTABLE, ChatSession, TrimmedStream
 from gptcli.errors import GptcliError
+from gptcli.interrupts import Terminated
 
 BLOCK = '"""'
 
@@ -111,6 +112,8 @@ class Repl:
         while True:
             try:
                 text = self._read(prompts)
+            except Terminated:
+                raise
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt clears the line
             except EOFError:
@@ -132,12 +135,16 @@ class Repl:
         except GptcliError as exc:
             self.error(exc)
             return
+        except Terminated:
+            raise
         except KeyboardInterrupt:  # before generation began: nothing to keep
             self.notice("[interrupted]", style="yellow")
             return
         console.write("\n")
         if turn.interrupted:
             self.notice("[interrupted: the partial reply is kept]", style="yellow")
+        if turn.terminated:
+            raise Terminated()
         if self.stats:
             from gptcli.session import stats_line
 

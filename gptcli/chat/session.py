@@ -16,6 +16,7 @@ from typing import Any
 from gptcli.chat.history import Conversation, HistoryFile, Message
 from gptcli.chat.prompt import ChatFormat
 from gptcli.errors import InputError, UsageError
+from gptcli.interrupts import Terminated
 from gptcli.sampling import SamplingParams, coerce
 
 # The sampling settings chat uses (`/set NAME VALUE`); the others make no sense for a single reply.
@@ -28,6 +29,7 @@ class Turn:
     reply: Message
     completion: Any  # gptcli.generation.Completion, or None when interrupted
     stats: Any  # gptcli.generation.RunStats of this turn
+    terminated: bool = False  # stopped by SIGTERM: the caller must stop too, not carry on
 
     @property
     def interrupted(self) -> bool:
@@ -66,7 +68,7 @@ def _ctrl_c_held():
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         yield
     finally:
@@ -254,10 +256,10 @@ class ChatSession:
                         parts.append(event.text)
                         if on_text:
                             on_text(event.text)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             reply = Message("assistant", "".join(parts).strip(), interrupted=True)
             self._add(reply)
-            return Turn(reply, None, stats)
+            return Turn(reply, None, stats, terminated=isinstance(exc, Terminated))
         reply = Message("assistant", done.text.strip() if done else "".join(parts).strip())
         self._add(reply)
         return Turn(reply, done, stats)

@@ -19,6 +19,7 @@ from gptcli.cli import chat as chat_cmd
 from gptcli.cli import completion as completion_cmd
 from gptcli.cli import evaluate as eval_cmd
 from gptcli.cli import generate as generate_cmd
+from gptcli.cli import help as help_cls
 from gptcli.cli import models as models_cmd
 from gptcli.cli import train as train_cmd
 from gptcli.cli import translate as translate_cmd
@@ -31,6 +32,7 @@ app = typer.Typer(
     add_completion=False,  # static scripts live in completions/ and `gptcli completion SHELL`
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=help_cls.Group,
 )
 
 
@@ -53,14 +55,14 @@ def _root(
     """
 
 
-app.command("generate")(generate_cmd.generate)
-app.command("chat")(chat_cmd.chat)
-app.command("train")(train_cmd.train)
-app.command("finetune")(train_cmd.finetune)
-app.command("eval")(eval_cmd.evaluate)
-app.command("translate")(translate_cmd.translate)
-app.command("models")(models_cmd.models)
-app.command("completion")(completion_cmd.completion)
+app.command("generate", cls=help_cls.Command)(generate_cmd.generate)
+app.command("chat", cls=help_cls.Command)(chat_cmd.chat)
+app.command("train", cls=help_cls.Command)(train_cmd.train)
+app.command("finetune", cls=help_cls.Command)(train_cmd.finetune)
+app.command("eval", cls=help_cls.Command)(eval_cmd.evaluate)
+app.command("translate", cls=help_cls.Command)(translate_cmd.translate)
+app.command("models", cls=help_cls.Command)(models_cmd.models)
+app.command("completion", cls=help_cls.Command)(completion_cmd.completion)
 
 
 def _is_click_error(exc: BaseException) -> bool:
@@ -91,13 +93,28 @@ def _quiet_unraisable(hook):
     return handle
 
 
+# Commands where SIGTERM stops like Ctrl-C (exit 130, partial output kept). Training installs
+# its own handlers (finish the step, save a checkpoint: gptcli.training.signals).
+_SIGTERM_AS_INTERRUPT = {"generate", "chat", "eval", "translate"}
+
+
+def _command(args: list[str]) -> str | None:
+    """The subcommand's name: the root takes only flags, so it is the first non-option word."""
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code; never raises (except SystemExit from --help paths)."""
+    """Run the CLI and return its exit code; never raises."""
+    from contextlib import nullcontext
+
     from gptcli import console
+    from gptcli.interrupts import sigterm_as_interrupt
 
     sys.unraisablehook = _quiet_unraisable(sys.__unraisablehook__)
+    args = sys.argv[1:] if argv is None else argv
     try:
-        rv = app(args=argv, prog_name="gptcli", standalone_mode=False)
+        with sigterm_as_interrupt() if _command(args) in _SIGTERM_AS_INTERRUPT else nullcontext():
+            rv = app(args=argv, prog_name="gptcli", standalone_mode=False)
         console.flush_stdout()
         return rv if isinstance(rv, int) else 0
     except console.StdoutClosed:
@@ -179,8 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         from gptcli import console
 
         console.silence_stdout()
-    command = next((a for a in args if not a.startswith("-")), None)
-    if command in _FAST_EXIT_COMMANDS and "torch" in sys.modules:
+    if _command(args) in _FAST_EXIT_COMMANDS and "torch" in sys.modules:
         # Tearing down an interpreter that loaded torch and transformers takes most of a second,
         # a third of a quick generation. Everything these commands write is flushed or renamed
         # into place by now.

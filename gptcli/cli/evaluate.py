@@ -44,7 +44,7 @@ def evaluate(
     ] = None,
     per_doc: Annotated[bool, typer.Option("--per-doc", help="JSON Lines on stdout, one record per document (the summary table goes to stderr).", rich_help_panel=opt.OUTPUT_PANEL)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="The summary as JSON on stdout, one line per model.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
-    batch_size: opt.BatchSize = None,
+    batch_size: opt.EvalBatchSize = None,
     seed: opt.Seed = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
@@ -98,7 +98,7 @@ def evaluate(
         lm, _ = open_model(spec, device=device, dtype=dtype, threads=threads,
                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         with progress_display(f"eval {lm.name}") as bar:
-            score = evaluate_model(lm, documents, stride=stride, context=context, batch_size=batch_size or 8, max_tokens=max_tokens,
+            score = evaluate_model(lm, documents, stride=stride, context=context, batch_size=batch_size or opt.EVAL_BATCH_SIZE, max_tokens=max_tokens,
                                    progress=bar.advance, on_plan=bar.plan)
         del lm  # free the weights before the next model loads
         if not score.tokens:

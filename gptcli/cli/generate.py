@@ -18,7 +18,7 @@ def generate(
     file: opt.InputFile = None,
     echo: Annotated[bool, typer.Option("--echo", help="Print the prompt before the generated text.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
     truncate: Annotated[bool, typer.Option("--truncate", help="Cut prompts longer than the context from the left (with a warning) instead of failing.")] = False,
-    batch_size: opt.BatchSize = None,
+    batch_size: opt.GenerateBatchSize = None,
     list_models: Annotated[bool, typer.Option("--list-models", help="List the bundled models and exit.")] = False,
     max_new_tokens: opt.MaxNewTokens = None,
     temperature: opt.Temperature = None,
@@ -82,7 +82,7 @@ def generate(
         console.info(describe_load(lm, load_s))
     run_stats = RunStats()
     events = stream_generate(
-        lm, requests, batch_size=batch_size or 8, truncate=truncate, stats=run_stats,
+        lm, requests, batch_size=batch_size or opt.GENERATE_BATCH_SIZE, truncate=truncate, stats=run_stats,
         on_truncate=lambda label, n: console.warn(f"{label} was cut to its last {n} tokens to fit the context."),
         on_capped=lambda label, n, room: console.warn(
             f"max_new_tokens {n} is more than the context leaves after {label}: at most {room} new tokens "

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gptcli.sampling import SamplingParams
+
 MODEL_PANEL = "Model and device"
 SAMPLING_PANEL = "Sampling"
 OUTPUT_PANEL = "Output"
@@ -32,7 +34,7 @@ Device = Annotated[
     typer.Option(
         "--device",
         envvar="GPTCLI_DEVICE",
-        help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then CPU.",
+        help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then CPU. (default: auto)",
         rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),
@@ -42,14 +44,20 @@ Dtype = Annotated[
     typer.Option(
         "--dtype",
         envvar="GPTCLI_DTYPE",
-        help="auto, float32, bfloat16 or float16. auto picks the fastest safe type for the device.",
+        help="auto, float32, bfloat16 or float16. auto picks the fastest safe type for the device. (default: auto)",
         rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),
 ]
 Threads = Annotated[
     Optional[int],
-    typer.Option("--threads", help="CPU threads for PyTorch.", rich_help_panel=MODEL_PANEL, show_default=False),
+    typer.Option(
+        "--threads",
+        envvar="GPTCLI_THREADS",
+        help="CPU threads for PyTorch. (default: 1 for models under 20 M parameters, else PyTorch's own count)",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
 ]
 AllowPickle = Annotated[
     bool,
@@ -69,33 +77,33 @@ TrustRemoteCode = Annotated[
 ]
 Seed = Annotated[
     Optional[int],
-    typer.Option("--seed", help="Random seed: same seed, model and device give the same output.", show_default=False),
+    typer.Option("--seed", help="Random seed: same seed, model and device give the same output. (default: a random seed)", show_default=False),
 ]
 
 # --- sampling ----------------------------------------------------------------
 MaxNewTokens = Annotated[
     Optional[int],
-    typer.Option("--max-new-tokens", "-t", help="Tokens to generate. (default: 256)", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--max-new-tokens", "-t", help=f"Tokens to generate. (default: {SamplingParams.max_new_tokens})", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 Temperature = Annotated[
     Optional[float],
-    typer.Option("--temperature", help="Sampling temperature; 0 is greedy. (default: 0.8)", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--temperature", help=f"Sampling temperature; 0 is greedy. (default: {SamplingParams.temperature})", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 TopK = Annotated[
     Optional[int],
-    typer.Option("--top-k", help="Sample from the k most likely tokens; 0 turns it off. (default: 50)", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--top-k", help=f"Sample from the k most likely tokens; 0 turns it off. (default: {SamplingParams.top_k})", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 TopP = Annotated[
     Optional[float],
-    typer.Option("--top-p", help="Nucleus sampling: smallest set with this probability mass, in (0, 1]. (default: 1.0)", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--top-p", help=f"Nucleus sampling: smallest set with this probability mass, in (0, 1]. (default: {SamplingParams.top_p})", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 MinP = Annotated[
     Optional[float],
-    typer.Option("--min-p", help="Drop tokens less likely than min-p times the most likely one.", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--min-p", help="Drop tokens less likely than min-p times the most likely one. (default: off)", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 RepetitionPenalty = Annotated[
     Optional[float],
-    typer.Option("--repetition-penalty", help="Above 1 discourages repeating tokens already present.", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--repetition-penalty", help="Above 1 discourages repeating tokens already present. (default: off)", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 Greedy = Annotated[
     bool,
@@ -103,11 +111,11 @@ Greedy = Annotated[
 ]
 NumReturnSequences = Annotated[
     Optional[int],
-    typer.Option("--num-return-sequences", "-n", help="Completions per prompt. (default: 1)", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--num-return-sequences", "-n", help=f"Completions per prompt. (default: {SamplingParams.num_return_sequences})", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 NumBeams = Annotated[
     Optional[int],
-    typer.Option("--num-beams", help="Beam search width; 1 turns beam search off.", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option("--num-beams", help=f"Beam search width; 1 turns beam search off. (default: {SamplingParams.num_beams})", rich_help_panel=SAMPLING_PANEL, show_default=False),
 ]
 def _unescape_stop(values: Optional[list[str]]) -> Optional[list[str]]:
     from gptcli.sampling import unescape
@@ -130,10 +138,22 @@ Stats = Annotated[
     bool,
     typer.Option("--stats", "-v", help="Print speed and memory statistics on stderr.", rich_help_panel=OUTPUT_PANEL),
 ]
-BatchSize = Annotated[
-    Optional[int],
-    typer.Option("--batch-size", "-b", help="Inputs processed together on the device.", show_default=False),
-]
+# Inputs per device batch when --batch-size is not given; the commands use these same values.
+GENERATE_BATCH_SIZE = 8
+EVAL_BATCH_SIZE = 8
+TRANSLATE_BATCH_SIZE = 16
+
+
+def _batch_size(default: int):
+    return Annotated[
+        Optional[int],
+        typer.Option("--batch-size", "-b", help=f"Inputs processed together on the device. (default: {default})", show_default=False),
+    ]
+
+
+GenerateBatchSize = _batch_size(GENERATE_BATCH_SIZE)
+EvalBatchSize = _batch_size(EVAL_BATCH_SIZE)
+TranslateBatchSize = _batch_size(TRANSLATE_BATCH_SIZE)
 InputFile = Annotated[
     Optional[Path],
     typer.Option("--file", "-f", help="Read inputs from this file (text lines or JSONL).", show_default=False, dir_okay=False),

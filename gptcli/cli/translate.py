@@ -25,7 +25,7 @@ def translate(
         typer.Option("--references", "-r", help="Score against references: one per input line, or a .tsv of source<TAB>reference pairs. Prints BLEU and chrF.", show_default=False, dir_okay=False),
     ] = None,
     list_languages: Annotated[bool, typer.Option("--list-languages", help="List the language codes and names, and exit.")] = False,
-    batch_size: opt.BatchSize = None,
+    batch_size: opt.TranslateBatchSize = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-t", help="Most tokens per translated piece. (default: twice the source, plus 10)", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
     num_beams: opt.NumBeams = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Above 0 samples instead of greedy decoding. (default: 0)", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
@@ -95,7 +95,7 @@ def translate(
     apply_plan(lm, plan)
     for note in plan.notes:
         console.warn(note)
-    translator = Translator(lm, plan, params, max_new_tokens=max_new_tokens, batch_size=batch_size or 16)
+    translator = Translator(lm, plan, params, max_new_tokens=max_new_tokens, batch_size=batch_size or opt.TRANSLATE_BATCH_SIZE)
 
     sink = LineSink(output) if (output is not None or refs is None) else None
     hypotheses: list[str] = []
