@@ -237,8 +237,8 @@ def test_return_sequences_are_created_batch_by_batch(gpt2_dir):
     import tracemalloc
 
     from gptcli.generation import Request, stream_generate
+    from gptcli.loading import open_model
     from gptcli.sampling import SamplingParams
-    from gptcli.session import open_model
 
     lm, _ = open_model(str(gpt2_dir), device="cpu", dtype="float32")
     params = SamplingParams(max_new_tokens=1, num_return_sequences=1024, seed=1)
@@ -261,3 +261,4 @@ def test_batches_keep_input_order_across_sampling_groups(cli, gpt2_dir, tmp_path
     r = cli("generate", "--file", f, "-m", gpt2_dir, "--json", "-b", 2)
     assert r.exit_code == 0, r.stderr
     assert [(x["id"], x["sample"]) for x in r.json_lines()] == [(i, s) for i in range(5) for s in range(3)]
+
