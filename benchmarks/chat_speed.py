@@ -119,7 +119,7 @@ def time_turns(lm, turns: list[dict], repeats: int) -> list[tuple[list[float], l
     Rounds go over all turns and both paths, interleaved, so a burst of other work on the
     machine lands on every turn alike instead of spoiling one.
     """
-    from gptcli.generation import PromptCache
+    from gptcli.kvcache import PromptCache
 
     caches = [PromptCache() for _ in turns]
     out = [([], []) for _ in turns]

@@ -309,7 +309,8 @@ def test_cache_follows_interrupts_and_undo(gpt2_long):
 
 def test_interrupt_inside_a_forward_pass_does_not_spoil_the_cache(gpt2_long):
     # Ctrl-C can land between two layers: the first has written this step's keys, the second not.
-    from gptcli.generation import Completion, PromptCache, Request, stream_generate
+    from gptcli.generation import Completion, Request, stream_generate
+    from gptcli.kvcache import PromptCache
     from gptcli.sampling import SamplingParams
 
     lm = _open(gpt2_long)

@@ -111,7 +111,8 @@ def test_model_the_loop_cannot_drive_falls_back_to_generate(tokenizer_dir, tmp_p
 
     import torch
 
-    from gptcli.generation import _cache_kwarg, supports_fast_decode
+    from gptcli.generation import supports_fast_decode
+    from gptcli.kvcache import cache_kwarg
     from gptcli.loading import open_model
 
     lm, _ = open_model(str(_build("llama", tmp_path / "llama", tokenizer_dir)), device="cpu", dtype="float32")
@@ -127,7 +128,7 @@ def test_model_the_loop_cannot_drive_falls_back_to_generate(tokenizer_dir, tmp_p
         return forward(*args, position_ids=position_ids, **kwargs)
 
     lm2.model.forward = no_position_ids
-    assert _cache_kwarg(lm2.model) is not None
+    assert cache_kwarg(lm2.model) is not None
     assert not supports_fast_decode(lm2)
     lm2.model.forward = forward
     assert _greedy(lm2, PROMPTS) == want  # answered by model.generate, same tokens

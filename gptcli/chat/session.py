@@ -86,7 +86,7 @@ class ChatSession:
         history: HistoryFile | None = None,
         notice: Callable[[str], None] | None = None,
     ):
-        from gptcli.generation import PromptCache
+        from gptcli.kvcache import PromptCache
 
         self.lm = lm
         self.params = params
