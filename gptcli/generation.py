@@ -359,8 +359,8 @@ def _batches(prepared: list[_Prepared], batch_size: int, tokenizer: Any) -> Iter
         batch: list[_Seq] = []
         for p in group:
             for s in range(p.params.num_return_sequences):
-                batch.append(_Seq(p.request, s, p.prompt_ids, p.params, sequence_seed(p.seed, s), TextTracker(tokenizer, p.params.stop),
-                                  p.encoder_text))
+                tracker = TextTracker(tokenizer, p.params.stop)
+                batch.append(_Seq(p.request, s, p.prompt_ids, p.params, sequence_seed(p.seed, s), tracker, p.encoder_text))
                 if len(batch) == size:
                     yield batch
                     batch = []
@@ -519,7 +519,7 @@ def _hf_generate_group(lm: LoadedModel, batch: list[_Seq], started: float) -> It
             gen_kwargs["min_p"] = params.min_p
     if params.repetition_penalty:
         gen_kwargs["repetition_penalty"] = params.repetition_penalty
-    seed = batch[0].seed if len(batch) == 1 else None  # a sampled group is one sequence (see above)
+    seed = None if params.is_greedy else batch[0].seed  # a sampled group is one sequence (see above)
     # fork_rng puts torch's global generator back afterwards: seeding here changes nothing outside.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
         if seed is not None:
