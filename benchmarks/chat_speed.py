@@ -119,7 +119,7 @@ def time_turns(lm, turns: list[dict], repeats: int) -> list[tuple[list[float], l
     Rounds go over all turns and both paths, interleaved, so a burst of other work on the
     machine lands on every turn alike instead of spoiling one.
     """
-    from gptcli.generation import PromptCache
+    from gptcli.kvcache import PromptCache
 
     caches = [PromptCache() for _ in turns]
     out = [([], []) for _ in turns]
@@ -149,7 +149,8 @@ def main() -> None:
                     help="written replies (as a trained model's), generated ones, or both tables")
     args = ap.parse_args()
 
-    from gptcli.session import describe_load, open_model
+    from gptcli.cli.stats import describe_load
+    from gptcli.loading import open_model
 
     model = args.model or str(build_model(Path(tempfile.gettempdir()) / "gptcli-bench-chat-gpt2-124m"))
     lm, load_s = open_model(model, dtype=args.dtype, threads=args.threads)

@@ -76,7 +76,7 @@ class GptcliEval:
     """What `gptcli eval --model FOLDER --dtype D --batch-size B` runs once the model is loaded."""
 
     def __init__(self, folder: Path, dtype: str, batch_size: int):
-        from gptcli.session import open_model
+        from gptcli.loading import open_model
 
         self.lm, _ = open_model(str(folder), device="cpu", dtype=dtype)
         self.batch_size = batch_size

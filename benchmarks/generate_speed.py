@@ -58,7 +58,7 @@ def worker_plain(model_dir: str, new_tokens: int, batch: int, dtype: str) -> Non
 
 
 def _open_gptcli(model_dir: str, dtype: str):
-    from gptcli.session import open_model
+    from gptcli.loading import open_model
 
     return open_model(model_dir, dtype=None if dtype == "auto" else dtype)[0]
 

@@ -21,7 +21,7 @@ t0 = time.perf_counter()
 import torch, transformers  # noqa: F401
 from gptcli.generation import Request, RunStats, stream_generate
 from gptcli.sampling import SamplingParams
-from gptcli.session import open_model
+from gptcli.loading import open_model
 t1 = time.perf_counter()
 lm, _ = open_model(None)
 t2 = time.perf_counter()

@@ -51,8 +51,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from gptcli.generation import stream_generate
+    from gptcli.loading import open_model
     from gptcli.sampling import SamplingParams
-    from gptcli.session import open_model
     from gptcli.translation.families import apply_plan, make_plan
     from gptcli.translation.languages import resolve
     from gptcli.translation.pipeline import Translator, one_line

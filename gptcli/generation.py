@@ -9,23 +9,46 @@ reason, timings).
 Decoder-only models with a standard KV cache use our own decode loop: one
 forward per step with only the last position's logits, finished rows dropped
 from the batch. Encoder-decoder models and beam search go through
-`model.generate`, which handles those well.
+`model.generate`, which handles those well. Both paths follow the same two rules:
+
+- Padding: prompts of a batch are left-padded with the model's pad token, else its first
+  end-of-text token, else 0 (`pad_token_id`). Padded positions are masked out, so the
+  choice never changes the output; one rule keeps the two paths from drifting apart.
+- Seeding: a sampled sequence's draws depend only on its own seed (the request's seed, plus n
+  for its n-th sample; `gptcli.sampling.sequence_seed`), never on the other sequences of its
+  batch: the same prompt and seed give the same text alone or in any batch. Our loop gives
+  each row its own generator. `model.generate` draws for a whole batch from torch's global
+  generator, so there a sampled batch is generated one sequence at a time, each seeded
+  with its own seed (the global generator's state is put back afterwards); greedy decoding
+  and plain beam search draw nothing and stay batched.
+
+The sampling code is in `gptcli.sampling`, every cache concept in `gptcli.kvcache`.
 """
 
 from __future__ import annotations
 
 import heapq
 import inspect
-import random
 import resource
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptcli.errors import InputError
-from gptcli.sampling import SamplingParams
+from gptcli.kvcache import PromptCache, cache_kwarg, new_cache
+from gptcli.sampling import (
+    SamplingParams,
+    choose_tokens,
+    process_logits,
+    resolve_seed,
+    row_generators,
+    sequence_seed,
+)
+
+if TYPE_CHECKING:
+    from gptcli.loading import LoadedModel
 
 
 @dataclass
@@ -98,7 +121,7 @@ def peak_memory_bytes(device: Any) -> int:
 # --------------------------------------------------------------------------- prompts
 
 
-def encode_prompt(lm: Any, text: str) -> list[int]:
+def encode_prompt(lm: LoadedModel, text: str) -> list[int]:
     ids = lm.tokenizer(text)["input_ids"]
     if not ids:
         # An empty prompt: start from the beginning-of-text token, as models were trained.
@@ -120,71 +143,6 @@ def fit_prompt(ids: list[int], context: int, max_new_tokens: int, truncate: bool
         )
     keep = max(1, context - min(max_new_tokens, context // 2))
     return ids[-keep:], True
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def process_logits(logits: Any, params: SamplingParams, seen: Any | None) -> Any:
-    """Apply the repetition penalty to (B, V) logits (in float32 when it applies)."""
-    import torch
-
-    if params.repetition_penalty not in (None, 1.0) and seen is not None:
-        logits = logits.float()
-        score = torch.gather(logits, 1, seen)
-        score = torch.where(score < 0, score * params.repetition_penalty, score / params.repetition_penalty)
-        logits = logits.scatter(1, seen, score)
-    return logits
-
-
-def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) -> Any:
-    """Pick one token per row: argmax, or a sample after temperature, top-k, top-p and min-p.
-
-    Sampling happens among the top-k candidates only (sorted, so top-p is a cumulative sum):
-    drawing from 50 candidates instead of a 50k vocabulary saves ~0.7 ms a token. Temperature
-    is applied after that selection, in float32: dividing by it keeps the order, so the
-    candidates are the same, and only k values per row are converted and scaled instead of
-    the whole vocabulary. The distribution is the same as masking the full vocabulary.
-    """
-    import torch
-
-    if params.is_greedy:
-        # float32 first: PyTorch's CPU argmax over bfloat16 is ~5x slower than the conversion plus argmax
-        return logits.float().argmax(dim=-1)
-    vocab = logits.shape[-1]
-    top_p = params.top_p if params.top_p is not None and params.top_p < 1.0 else None
-    if params.top_k and params.top_k < vocab:
-        values, index = torch.topk(logits, params.top_k, dim=-1)
-    elif top_p is not None or params.min_p:
-        values, index = torch.sort(logits, descending=True, dim=-1)
-    else:
-        values, index = logits, None
-    probs = (values.float() / params.temperature).softmax(-1)
-    if top_p is not None:
-        drop = (probs.cumsum(-1) - probs) >= top_p  # keep the token that crosses p
-        probs = probs.masked_fill(drop, 0.0)
-    if params.min_p:
-        floor = probs.max(dim=-1, keepdim=True).values * params.min_p
-        probs = probs.masked_fill(probs < floor, 0.0)
-    picks = _draw(probs, generators)
-    return index.gather(1, picks[:, None]).squeeze(1) if index is not None else picks
-
-
-def _draw(probs: Any, generators: list[Any]) -> Any:
-    """One index per row, drawn in proportion to the row's (unnormalised) probabilities.
-
-    Inverse CDF with one uniform number per row from that row's own generator, so a
-    sequence's draws depend only on its seed, not on what else is in the batch. One
-    `torch.rand` per row costs a few microseconds where `torch.multinomial` cost ~20.
-    """
-    import torch
-
-    cdf = probs.cumsum(-1)
-    u = torch.cat([torch.rand(1, generator=g, device=probs.device, dtype=cdf.dtype) for g in generators])
-    target = (u * cdf[:, -1])[:, None]
-    # right=True skips zero-probability entries (their CDF equals their predecessor's)
-    picks = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    return picks.clamp_(max=probs.shape[-1] - 1)
 
 
 # --------------------------------------------------------------------------- text streaming
@@ -237,34 +195,33 @@ class TextTracker:
 # --------------------------------------------------------------------------- the core
 
 
-def _cache_kwarg(model: Any) -> str | None:
-    params = inspect.signature(model.forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in params:
-            return name
-    return None
-
-
-def supports_fast_decode(lm: Any) -> bool:
+def supports_fast_decode(lm: LoadedModel) -> bool:
     if lm.is_encoder_decoder:
         return False
     params = inspect.signature(lm.model.forward).parameters
-    if _cache_kwarg(lm.model) is None or "attention_mask" not in params:
+    if cache_kwarg(lm.model) is None or "attention_mask" not in params:
         return False
     from gptcli.kvcache import decode_support
 
     return decode_support(lm.model).cached  # what our decode loop cannot drive goes to model.generate
 
 
-def _new_cache(model: Any) -> Any:
-    from gptcli.kvcache import new_cache
+def pad_token_id(lm: LoadedModel) -> int:
+    """The token left padding uses, on both decode paths (see the module docstring)."""
+    if lm.pad_token_id is not None:
+        return lm.pad_token_id
+    return lm.eos_token_ids[0] if lm.eos_token_ids else 0
 
-    return new_cache(model)
 
+def _left_padded(lm: LoadedModel, batch: list[_Seq]) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of the batch's prompts, left-padded to the longest."""
+    import torch
 
-def _sampling_key(p: SamplingParams) -> tuple:
-    # Requests that can share a batch: identical logit processing.
-    return (p.is_greedy, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.num_beams)
+    pad, width = pad_token_id(lm), max(len(s.prompt_ids) for s in batch)
+    rows = [[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in batch]
+    mask = [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch]
+    return (torch.tensor(rows, dtype=torch.long, device=lm.device),
+            torch.tensor(mask, dtype=torch.long, device=lm.device))
 
 
 @dataclass
@@ -293,15 +250,8 @@ class _Prepared:
     encoder_text: str | None
 
 
-def resolve_seed(params: SamplingParams) -> int | None:
-    """Every sampled run has a seed, reported back so any output can be reproduced."""
-    if params.is_greedy:
-        return params.seed
-    return params.seed if params.seed is not None else random.SystemRandom().randrange(2**31)
-
-
 def stream_generate(
-    lm: Any,
+    lm: LoadedModel,
     requests: list[Request],
     *,
     batch_size: int = 8,
@@ -403,15 +353,14 @@ def _batches(prepared: list[_Prepared], batch_size: int, tokenizer: Any) -> Iter
     size = max(1, batch_size)
     groups: dict[tuple, list[_Prepared]] = {}
     for p in prepared:
-        groups.setdefault(_sampling_key(p.params), []).append(p)
+        groups.setdefault(p.params.batch_key, []).append(p)
 
     def group_batches(group: list[_Prepared]) -> Iterator[list[_Seq]]:
         batch: list[_Seq] = []
         for p in group:
             for s in range(p.params.num_return_sequences):
-                seed = None if p.seed is None else p.seed + s
-                batch.append(_Seq(p.request, s, p.prompt_ids, p.params, seed, TextTracker(tokenizer, p.params.stop),
-                                  p.encoder_text))
+                tracker = TextTracker(tokenizer, p.params.stop)
+                batch.append(_Seq(p.request, s, p.prompt_ids, p.params, sequence_seed(p.seed, s), tracker, p.encoder_text))
                 if len(batch) == size:
                     yield batch
                     batch = []
@@ -442,54 +391,42 @@ def _completion(seq: _Seq, started: float) -> Completion:
     )
 
 
-def _decode_batch(lm: Any, batch: list[_Seq], prompt_cache: PromptCache | None = None) -> Iterator[Piece | Completion]:
+def _decode_batch(lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache | None = None) -> Iterator[Piece | Completion]:
     import torch
 
     model, device = lm.model, lm.device
     started = time.perf_counter()
     params = batch[0].params
-    pad = lm.pad_token_id if lm.pad_token_id is not None else (lm.eos_token_ids[0] if lm.eos_token_ids else 0)
     eos = set(lm.eos_token_ids)
-    width = max(len(s.prompt_ids) for s in batch)
-    rows = [[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in batch]
-    mask_rows = [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch]
-    input_ids = torch.tensor(rows, dtype=torch.long, device=device)
-    attention = torch.tensor(mask_rows, dtype=torch.long, device=device)
+    input_ids, attention = _left_padded(lm, batch)
+    width = input_ids.shape[1]
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    generators = []
-    for s in batch:
-        g = torch.Generator(device=device)
-        if s.seed is not None:
-            g.manual_seed(s.seed)
-        generators.append(g)
+    generators = row_generators([s.seed for s in batch], device)
     track_seen = params.repetition_penalty not in (None, 1.0)
     seen = input_ids.clone() if track_seen else None
-    cache_name = _cache_kwarg(model)
+    cache_name = cache_kwarg(model)
     accepts_positions = "position_ids" in inspect.signature(model.forward).parameters
     max_steps = min(max(s.params.max_new_tokens for s in batch), lm.context_length - width)
     active = list(range(len(batch)))  # batch rows still generating, in cache order
     step_input = input_ids
-    fed = list(batch[0].prompt_ids)  # tokens the cache will hold (tracked for prompt_cache only)
     with torch.inference_mode():
         if prompt_cache is not None:
             # One row, no padding: skip the prefix whose keys/values are already cached.
-            batch[0].cached_tokens = prompt_cache.prepare(model, fed)
+            batch[0].cached_tokens = prompt_cache.prepare(model, batch[0].prompt_ids)
             cache = prompt_cache.cache
             step_input = input_ids[:, batch[0].cached_tokens:]
         else:
-            cache = _new_cache(model)
-        for step in range(max(max_steps, 0)):
+            cache = new_cache(model)
+        for _ in range(max(max_steps, 0)):
             kwargs = {cache_name: cache, "attention_mask": attention, "use_cache": True}
             if accepts_positions:
                 kwargs["position_ids"] = positions[:, -step_input.shape[1]:]
             if prompt_cache is not None:
-                prompt_cache.consistent = False  # an interrupt inside the forward leaves layers half-written
+                prompt_cache.writing()
             out = model(input_ids=step_input, logits_to_keep=1, **kwargs)
             cache = getattr(out, cache_name, None) or getattr(out, "past_key_values", None) or cache
             if prompt_cache is not None:
-                if step:
-                    fed.append(int(step_input[0, 0]))
-                prompt_cache.cache, prompt_cache.ids, prompt_cache.consistent = cache, list(fed), True
+                prompt_cache.wrote(cache, step_input[0].tolist())
             logits = process_logits(out.logits[:, -1, :], params, seen)
             chosen = choose_tokens(logits, params, [generators[i] for i in active]).tolist()
             now = time.perf_counter()
@@ -540,81 +477,37 @@ def _decode_batch(lm: Any, batch: list[_Seq], prompt_cache: PromptCache | None =
         yield _completion(seq, started)
 
 
-class PromptCache:
-    """A key-value cache kept from one `stream_generate` call to the next (chat turns).
+def _hf_generate_batch(lm: LoadedModel, batch: list[_Seq]) -> Iterator[Piece | Completion]:
+    """Beam search and encoder-decoder models: delegate to `model.generate`, one batch at a time.
 
-    When the next prompt starts with tokens already cached, only the rest is fed; when it
-    diverges (an edited reply, a dropped exchange), the cache is cut back to the longest shared
-    prefix, or rebuilt when the cache type cannot be cut.
+    A sampled batch goes one sequence at a time, each under its own seed (the seeding rule in
+    the module docstring): `model.generate` draws the whole batch from one global generator.
     """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.cache: Any = None
-        self.ids: list[int] = []  # the tokens whose keys/values `cache` holds, in order
-        self.consistent = True  # False while a forward pass is writing into the cache
-        self._owner: int | None = None
-
-    def prepare(self, model: Any, prompt_ids: list[int]) -> int:
-        """Make the cache a prefix of `prompt_ids`; returns how many leading tokens it covers."""
-        if self.cache is None or not self.consistent or self._owner != id(model):
-            return self._fresh(model)
-        limit = min(len(self.ids), len(prompt_ids) - 1)  # feed at least one token: we need its logits
-        common = 0
-        while common < limit and self.ids[common] == prompt_ids[common]:
-            common += 1
-        if common == 0 or not _crop_cache(self.cache, len(self.ids), common):
-            return self._fresh(model)
-        self.ids = self.ids[:common]
-        return common
-
-    def _fresh(self, model: Any) -> int:
-        self.reset()
-        self.cache, self._owner = _new_cache(model), id(model)
-        return 0
+    started = time.perf_counter()
+    groups = [batch] if batch[0].params.is_greedy else [[seq] for seq in batch]
+    for group in groups:
+        yield from _hf_generate_group(lm, group, started)
 
 
-def _crop_cache(cache: Any, current: int, keep: int) -> bool:
-    """Cut a DynamicCache back to its first `keep` positions; False when that is not possible."""
-    layers = getattr(cache, "layers", None)
-    if layers is None or not hasattr(cache, "crop") or cache.get_seq_length() != current:
-        return False
-    if keep < current:
-        # Sliding-window and linear-attention layers drop old states: they cannot be cut back.
-        if any(type(layer).__name__ not in ("DynamicLayer", "GrowingLayer") for layer in layers):
-            return False
-        cache.crop(keep - current)  # a negative count removes that many tokens from the end
-    return cache.get_seq_length() == keep
-
-
-def _hf_generate_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completion]:
-    """Beam search and encoder-decoder models: delegate to `model.generate`, one batch at a time."""
+def _hf_generate_group(lm: LoadedModel, batch: list[_Seq], started: float) -> Iterator[Piece | Completion]:
     import torch
 
     model, tok, device = lm.model, lm.tokenizer, lm.device
     params = batch[0].params
-    started = time.perf_counter()
     if lm.is_encoder_decoder:
         enc = tok([s.encoder_text or "" for s in batch], return_tensors="pt", padding=True, truncation=True,
                   max_length=lm.context_length)
         inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         prompt_lens = enc["attention_mask"].sum(-1).tolist()
     else:
-        pad = lm.pad_token_id if lm.pad_token_id is not None else 0
-        width = max(len(s.prompt_ids) for s in batch)
-        ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch], device=device)
+        ids, mask = _left_padded(lm, batch)
         inputs = {"input_ids": ids, "attention_mask": mask}
         prompt_lens = [len(s.prompt_ids) for s in batch]
-    if batch[0].seed is not None:
-        torch.manual_seed(batch[0].seed)
     gen_kwargs = dict(
         max_new_tokens=max(s.params.max_new_tokens for s in batch),
         num_beams=params.num_beams,
         do_sample=not params.is_greedy,
-        pad_token_id=lm.pad_token_id,
+        pad_token_id=pad_token_id(lm),  # what finished sequences are padded with: the same rule
         eos_token_id=lm.eos_token_ids or None,
         # Each sequence stops at its own max_new_tokens (below); a forced end token (Marian)
         # would land at the batch's longest limit, so a line alone came out a token shorter.
@@ -626,8 +519,13 @@ def _hf_generate_batch(lm: Any, batch: list[_Seq]) -> Iterator[Piece | Completio
             gen_kwargs["min_p"] = params.min_p
     if params.repetition_penalty:
         gen_kwargs["repetition_penalty"] = params.repetition_penalty
-    with torch.inference_mode():
-        out = model.generate(**inputs, **gen_kwargs)
+    seed = None if params.is_greedy else batch[0].seed  # a sampled group is one sequence (see above)
+    # fork_rng puts torch's global generator back afterwards: seeding here changes nothing outside.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = model.generate(**inputs, **gen_kwargs)
     now = time.perf_counter()
     new = out if lm.is_encoder_decoder else out[:, inputs["input_ids"].shape[1]:]
     eos = set(lm.eos_token_ids)

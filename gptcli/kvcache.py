@@ -14,10 +14,15 @@ slice of the buffer is not contiguous, and PyTorch's CPU batched matmul copies s
 operand before every bfloat16 product; the whole buffer is contiguous and is read in place.
 Measured on the reference 2-core machine (GPT-2-124M shape, bfloat16, 200 new tokens):
 those copies were about a third of the attention time at batch 8.
+
+Also here: which keyword a model takes its cache by (`cache_kwarg`), whether our decode loop
+can drive a model (`decode_support`), and `PromptCache`, the cache kept from one chat turn to
+the next, cut back to the prefix the next prompt shares with it.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +98,15 @@ def _growing_layer_class():
     return GrowingLayer, DynamicLayer
 
 
+def cache_kwarg(model: Any) -> str | None:
+    """The keyword `model.forward` takes its key-value cache by; None when it takes none."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return None
+
+
 def new_cache(model: Any, whole_buffer: bool | None = None) -> Any:
     """A cache of growing layers; `whole_buffer` None: whole-buffer mode where it pays and is safe."""
     from transformers import DynamicCache
@@ -145,13 +159,9 @@ def decode_support(model: Any) -> DecodeSupport:
 
 
 def _probe(model: Any, *, whole_buffer: bool) -> bool:
-    import inspect
-
     import torch
 
-    from gptcli.generation import _cache_kwarg
-
-    name = _cache_kwarg(model)
+    name = cache_kwarg(model)
     if name is None:
         return False
     takes_positions = "position_ids" in inspect.signature(model.forward).parameters
@@ -210,3 +220,64 @@ def _whole_buffer_pays(model: Any) -> bool:
         return False
     implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
     return param.device.type == "cpu" and implementation == "eager"
+
+
+class PromptCache:
+    """A key-value cache kept from one `stream_generate` call to the next (chat turns).
+
+    When the next prompt starts with tokens already cached, only the rest is fed; when it
+    diverges (an edited reply, a dropped exchange), the cache is cut back to the longest shared
+    prefix, or rebuilt when the cache type cannot be cut.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache: Any = None
+        self.ids: list[int] = []  # the tokens whose keys/values `cache` holds, in order
+        self.consistent = True  # False while a forward pass is writing into the cache
+        self._owner: int | None = None
+
+    def prepare(self, model: Any, prompt_ids: list[int]) -> int:
+        """Make the cache a prefix of `prompt_ids`; returns how many leading tokens it covers."""
+        if self.cache is None or not self.consistent or self._owner != id(model):
+            return self._fresh(model)
+        limit = min(len(self.ids), len(prompt_ids) - 1)  # feed at least one token: we need its logits
+        common = 0
+        while common < limit and self.ids[common] == prompt_ids[common]:
+            common += 1
+        if common == 0 or not _crop_cache(self.cache, len(self.ids), common):
+            return self._fresh(model)
+        self.ids = self.ids[:common]
+        return common
+
+    def writing(self) -> None:
+        """Called before a forward pass feeds the cache: an interrupt inside it leaves layers
+        half-written, so until `wrote` the cache is not reused."""
+        self.consistent = False
+
+    def wrote(self, cache: Any, fed: list[int]) -> None:
+        """Called after a forward pass: the cache (the model may return a new object) now also
+        holds the keys/values of the tokens `fed`."""
+        self.cache = cache
+        self.ids.extend(fed)
+        self.consistent = True
+
+    def _fresh(self, model: Any) -> int:
+        self.reset()
+        self.cache, self._owner = new_cache(model), id(model)
+        return 0
+
+
+def _crop_cache(cache: Any, current: int, keep: int) -> bool:
+    """Cut a DynamicCache back to its first `keep` positions; False when that is not possible."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or not hasattr(cache, "crop") or cache.get_seq_length() != current:
+        return False
+    if keep < current:
+        # Sliding-window and linear-attention layers drop old states: they cannot be cut back.
+        if any(type(layer).__name__ not in ("DynamicLayer", "GrowingLayer") for layer in layers):
+            return False
+        cache.crop(keep - current)  # a negative count removes that many tokens from the end
+    return cache.get_seq_length() == keep

@@ -3,7 +3,8 @@
 `resolve_source` turns what the user typed for `--model` into a local folder
 (bundled name, folder, or Hub id served from the cache or downloaded), checking
 safety rules before any weight byte is read. `load_model` then builds the model
-and tokenizer with transformers and reports what callers need to know.
+and tokenizer with transformers and reports what callers need to know;
+`open_model` is what every inference command calls: runtime, weights, CPU tuning.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import math
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptcli import bundled
 from gptcli.errors import ModelLoadError, UsageError
+
+if TYPE_CHECKING:
+    from gptcli.runtime import Runtime
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -49,7 +54,7 @@ class LoadedModel:
     tokenizer: Any
     name: str
     path: Path
-    runtime: Any
+    runtime: Runtime
     context_length: int
     is_encoder_decoder: bool
     has_chat_template: bool
@@ -368,3 +373,28 @@ def _load_adapter(source: ModelSource, runtime: Any, allow_pickle: bool, trust_r
     if (source.path / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(source.path, trust_remote_code=trust_remote_code)
     return _describe(model, tokenizer, source, base.runtime, base.model.config, is_adapter=True)
+
+
+def open_model(
+    model: str | None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    fast: bool = True,
+) -> tuple[LoadedModel, float]:
+    """Load for inference. Returns the model and the seconds it took to load."""
+    from gptcli.runtime import resolve_runtime
+
+    started = time.perf_counter()
+    runtime = resolve_runtime(device, dtype, threads)
+    lm = load_model(model, runtime, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if fast:
+        from gptcli.cpu_tuning import fuse_activations, optimize_for_inference, prefer_eager_attention
+
+        optimize_for_inference(lm.model, lm.runtime)
+        fuse_activations(lm.model)
+        prefer_eager_attention(lm)
+    return lm, time.perf_counter() - started

@@ -1,11 +1,15 @@
-"""Sampling settings shared by generate, chat and translate, with one validation.
+"""Sampling: the settings shared by generate, chat and translate (one validation), and the code
+that turns a step's logits into tokens (repetition penalty, temperature, top-k/top-p/min-p, the
+seeded draw).
 
-Kept free of torch so bad values are rejected (exit 2) before a model loads.
+torch is imported inside the functions that use it, so bad values are rejected (exit 2)
+before torch or a model loads.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -36,6 +40,12 @@ class SamplingParams:
     @property
     def is_greedy(self) -> bool:
         return self.greedy or self.temperature == 0
+
+    @property
+    def batch_key(self) -> tuple:
+        """Requests whose settings have the same key can share a batch: identical logit processing."""
+        return (self.is_greedy, self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty,
+                self.num_beams)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -152,3 +162,96 @@ def coerce(name: str, value: Any) -> Any:
         return types[name](value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise UsageError(f"{name} needs a{' whole' if types[name] is int else ''} number (got '{_short(value)}').") from exc
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def resolve_seed(params: SamplingParams) -> int | None:
+    """Every sampled run has a seed, reported back so any output can be reproduced."""
+    if params.is_greedy:
+        return params.seed
+    return params.seed if params.seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def sequence_seed(seed: int | None, sample: int) -> int | None:
+    """The seed of a request's `sample`-th sequence: the n-th sample uses seed + n."""
+    return None if seed is None else seed + sample
+
+
+def row_generators(seeds: list[int | None], device: Any) -> list[Any]:
+    """One torch.Generator per sequence, seeded with its own seed (unseeded: torch's default seed)."""
+    import torch
+
+    generators = []
+    for seed in seeds:
+        g = torch.Generator(device=device)
+        if seed is not None:
+            g.manual_seed(seed)
+        generators.append(g)
+    return generators
+
+
+# --------------------------------------------------------------------------- logits to tokens
+
+
+def process_logits(logits: Any, params: SamplingParams, seen: Any | None) -> Any:
+    """Apply the repetition penalty to (B, V) logits (in float32 when it applies)."""
+    import torch
+
+    if params.repetition_penalty not in (None, 1.0) and seen is not None:
+        logits = logits.float()
+        score = torch.gather(logits, 1, seen)
+        score = torch.where(score < 0, score * params.repetition_penalty, score / params.repetition_penalty)
+        logits = logits.scatter(1, seen, score)
+    return logits
+
+
+def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) -> Any:
+    """Pick one token per row: argmax, or a sample after temperature, top-k, top-p and min-p.
+
+    Sampling happens among the top-k candidates only (sorted, so top-p is a cumulative sum):
+    drawing from 50 candidates instead of a 50k vocabulary saves ~0.7 ms a token. Temperature
+    is applied after that selection, in float32: dividing by it keeps the order, so the
+    candidates are the same, and only k values per row are converted and scaled instead of
+    the whole vocabulary. The distribution is the same as masking the full vocabulary.
+    """
+    import torch
+
+    if params.is_greedy:
+        # float32 first: PyTorch's CPU argmax over bfloat16 is ~5x slower than the conversion plus argmax
+        return logits.float().argmax(dim=-1)
+    vocab = logits.shape[-1]
+    top_p = params.top_p if params.top_p is not None and params.top_p < 1.0 else None
+    if params.top_k and params.top_k < vocab:
+        values, index = torch.topk(logits, params.top_k, dim=-1)
+    elif top_p is not None or params.min_p:
+        values, index = torch.sort(logits, descending=True, dim=-1)
+    else:
+        values, index = logits, None
+    probs = (values.float() / params.temperature).softmax(-1)
+    if top_p is not None:
+        drop = (probs.cumsum(-1) - probs) >= top_p  # keep the token that crosses p
+        probs = probs.masked_fill(drop, 0.0)
+    if params.min_p:
+        floor = probs.max(dim=-1, keepdim=True).values * params.min_p
+        probs = probs.masked_fill(probs < floor, 0.0)
+    picks = _draw(probs, generators)
+    return index.gather(1, picks[:, None]).squeeze(1) if index is not None else picks
+
+
+def _draw(probs: Any, generators: list[Any]) -> Any:
+    """One index per row, drawn in proportion to the row's (unnormalised) probabilities.
+
+    Inverse CDF with one uniform number per row from that row's own generator, so a
+    sequence's draws depend only on its seed, not on what else is in the batch. One
+    `torch.rand` per row costs a few microseconds where `torch.multinomial` cost ~20.
+    """
+    import torch
+
+    cdf = probs.cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=g, device=probs.device, dtype=cdf.dtype) for g in generators])
+    target = (u * cdf[:, -1])[:, None]
+    # right=True skips zero-probability entries (their CDF equals their predecessor's)
+    picks = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    return picks.clamp_(max=probs.shape[-1] - 1)

@@ -230,7 +230,7 @@ def test_usage_errors_before_loading(cli, tmp_path, args, stdin, words):
 
 
 def _open(folder):
-    from gptcli.session import open_model
+    from gptcli.loading import open_model
 
     return open_model(str(folder), device="cpu", dtype="float32")[0]
 
@@ -309,7 +309,8 @@ def test_cache_follows_interrupts_and_undo(gpt2_long):
 
 def test_interrupt_inside_a_forward_pass_does_not_spoil_the_cache(gpt2_long):
     # Ctrl-C can land between two layers: the first has written this step's keys, the second not.
-    from gptcli.generation import Completion, PromptCache, Request, stream_generate
+    from gptcli.generation import Completion, Request, stream_generate
+    from gptcli.kvcache import PromptCache
     from gptcli.sampling import SamplingParams
 
     lm = _open(gpt2_long)
@@ -590,3 +591,13 @@ def test_trimming_a_long_history_tokenizes_each_message_about_once(gpt2_long):
     assert ids == ids_of("Dogs.", msgs[start:]) and len(ids) <= target
     assert start < len(msgs) - 3  # a few exchanges fit
     assert msgs[start].role == "user" and len(ids_of("Dogs.", msgs[start - 2:])) > target
+
+
+def test_stats_go_to_stderr_after_each_reply(cli, gpt2_dir):
+    # The CLI hands its stats formatter to the scripted chat: one line per reply, on stderr.
+    r = cli("chat", "Hi there", "--model", gpt2_dir, "--greedy", "-t", "4", "--stats", stdin="")
+    assert r.exit_code == 0, r.stderr
+    assert "tokens/s" not in r.stdout and r.stdout.endswith("\n")
+    loaded, turn = r.stderr.splitlines()
+    assert loaded.startswith("Loaded ") and " on cpu " in loaded
+    assert turn.startswith("prompt ") and "tokens/s" in turn and "time to first token" in turn

@@ -170,10 +170,10 @@ def test_llama_single_window(cli, llama_dir, tmp_path):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_packed_weight_fast_path_keeps_results_exact(arch, request, reference):
     """The CLI leaves tiny layers unpacked, so pack every layer here and compare in float32."""
+    from gptcli.cpu_tuning import optimize_for_inference
     from gptcli.data import Document
     from gptcli.evaluation import evaluate_model
-    from gptcli.fastpath import optimize_for_inference
-    from gptcli.session import open_model
+    from gptcli.loading import open_model
 
     model_dir = request.getfixturevalue(f"{arch}_dir")
     lm, _ = open_model(str(model_dir), device="cpu", dtype="float32", fast=False)

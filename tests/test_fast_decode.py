@@ -83,7 +83,7 @@ PROMPTS = ["Once upon a time there was a little dog", "Max"]  # a batch of 2: th
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fast_decode_matches_transformers_greedy(family, dtype, tokenizer_dir, tmp_path):
     from gptcli.generation import supports_fast_decode
-    from gptcli.session import open_model
+    from gptcli.loading import open_model
 
     folder = _build(family, tmp_path / family, tokenizer_dir)
     lm, _ = open_model(str(folder), device="cpu", dtype=dtype)
@@ -97,7 +97,7 @@ def test_fast_decode_matches_transformers_greedy(family, dtype, tokenizer_dir, t
 def test_bloom_alibi_reads_the_cache_not_the_whole_buffer(tokenizer_dir, tmp_path):
     """BLOOM's ALiBi bias is as long as the attention mask; a whole-buffer cache crashed it."""
     from gptcli.kvcache import decode_support
-    from gptcli.session import open_model
+    from gptcli.loading import open_model
 
     lm, _ = open_model(str(_build("bloom", tmp_path / "bloom", tokenizer_dir)), device="cpu", dtype="float32")
     support = decode_support(lm.model)
@@ -111,8 +111,9 @@ def test_model_the_loop_cannot_drive_falls_back_to_generate(tokenizer_dir, tmp_p
 
     import torch
 
-    from gptcli.generation import _cache_kwarg, supports_fast_decode
-    from gptcli.session import open_model
+    from gptcli.generation import supports_fast_decode
+    from gptcli.kvcache import cache_kwarg
+    from gptcli.loading import open_model
 
     lm, _ = open_model(str(_build("llama", tmp_path / "llama", tokenizer_dir)), device="cpu", dtype="float32")
     want = _greedy(lm, PROMPTS)
@@ -127,7 +128,7 @@ def test_model_the_loop_cannot_drive_falls_back_to_generate(tokenizer_dir, tmp_p
         return forward(*args, position_ids=position_ids, **kwargs)
 
     lm2.model.forward = no_position_ids
-    assert _cache_kwarg(lm2.model) is not None
+    assert cache_kwarg(lm2.model) is not None
     assert not supports_fast_decode(lm2)
     lm2.model.forward = forward
     assert _greedy(lm2, PROMPTS) == want  # answered by model.generate, same tokens

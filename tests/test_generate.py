@@ -237,8 +237,8 @@ def test_return_sequences_are_created_batch_by_batch(gpt2_dir):
     import tracemalloc
 
     from gptcli.generation import Request, stream_generate
+    from gptcli.loading import open_model
     from gptcli.sampling import SamplingParams
-    from gptcli.session import open_model
 
     lm, _ = open_model(str(gpt2_dir), device="cpu", dtype="float32")
     params = SamplingParams(max_new_tokens=1, num_return_sequences=1024, seed=1)
@@ -261,3 +261,25 @@ def test_batches_keep_input_order_across_sampling_groups(cli, gpt2_dir, tmp_path
     r = cli("generate", "--file", f, "-m", gpt2_dir, "--json", "-b", 2)
     assert r.exit_code == 0, r.stderr
     assert [(x["id"], x["sample"]) for x in r.json_lines()] == [(i, s) for i in range(5) for s in range(3)]
+
+
+@pytest.mark.parametrize("beams", [1, 2], ids=["own-loop", "model-generate"])
+def test_a_sequence_draws_from_its_own_seed_on_both_decode_paths(cli, gpt2_dir, tmp_path, beams):
+    """The seeding rule (gptcli/generation.py): a sampled sequence's text depends on its seed
+    only, not on what shares its batch, and the n-th sample of seed S is what seed S+n gives
+    alone. Beam sampling goes through `model.generate`, which used to seed the whole batch
+    once from its first sequence."""
+    sampling = {"max_new_tokens": 12, "temperature": 1.5, "top_k": 0, "num_beams": beams}
+
+    def run(*records):
+        f = tmp_path / "req.jsonl"
+        f.write_text("".join(json.dumps({**sampling, **r}) + "\n" for r in records), encoding="utf-8")
+        r = cli("generate", "--file", f, "-m", gpt2_dir, "--dtype", "float32", "--json")
+        assert r.exit_code == 0, r.stderr
+        return {(rec["id"], rec["seed"]): rec["text"] for rec in r.json_lines()}
+
+    batched = run({"id": "b", "prompt": "The dog", "seed": 3},
+                  {"id": "a", "prompt": "Once upon a time", "seed": 7, "num_return_sequences": 2})
+    assert len(batched) == 3
+    for seed in (7, 8):
+        assert batched[("a", seed)] == run({"id": "a", "prompt": "Once upon a time", "seed": seed})[("a", seed)]

@@ -107,7 +107,7 @@ def test_fast_path_keeps_logits(gpt2_dir, llama_dir):
     """The packed-weight CPU fast path gives the same logits (bf16 exactly, fp32 within rounding)."""
     import torch
 
-    from gptcli.fastpath import optimize_for_inference
+    from gptcli.cpu_tuning import optimize_for_inference
     from gptcli.loading import load_model
     from gptcli.runtime import resolve_runtime
 
@@ -128,7 +128,7 @@ def test_fused_gelu_keeps_logits(gpt2_dir):
     """GPT-2's composed tanh-GELU is swapped for the fused kernel: same logits up to rounding."""
     import torch
 
-    from gptcli.fastpath import fuse_activations
+    from gptcli.cpu_tuning import fuse_activations
     from gptcli.loading import load_model
     from gptcli.runtime import resolve_runtime
 
@@ -139,3 +139,17 @@ def test_fused_gelu_keeps_logits(gpt2_dir):
     with torch.inference_mode():
         a, b = plain.model(ids).logits, fused.model(ids).logits
     assert (a - b).abs().max().item() <= 1e-4 * max(1.0, a.abs().max().item())
+
+
+def test_open_model_is_where_cpu_inference_switches_to_eager_attention(gpt2_dir):
+    """`open_model` applies the CPU tuning (the chat session no longer repeats it); training
+    and inference share one switch, and a model without an eager path keeps its default."""
+    from gptcli.cpu_tuning import use_eager_attention
+    from gptcli.loading import open_model
+
+    tuned, _ = open_model(str(gpt2_dir), device="cpu", dtype="float32")
+    plain, _ = open_model(str(gpt2_dir), device="cpu", dtype="float32", fast=False)
+    assert tuned.model.config._attn_implementation == "eager"
+    assert plain.model.config._attn_implementation == "sdpa"
+    assert use_eager_attention(plain.model) and plain.model.config._attn_implementation == "eager"
+    assert use_eager_attention(object()) is False

@@ -41,7 +41,7 @@ def test_draw_follows_the_probabilities_and_each_rows_seed():
     """Sampling draws in proportion to the weights, never a zero-weight entry, one seed per row."""
     import torch
 
-    from gptcli.generation import _draw
+    from gptcli.sampling import _draw
 
     probs = torch.tensor([[0.2, 0.0, 0.8], [0.0, 0.5, 0.5]])
     gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]

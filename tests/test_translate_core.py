@@ -122,7 +122,7 @@ def test_causal_models_plain_needs_source_chat_does_not():
 
 @pytest.fixture(scope="module")
 def marian(marian_dir):
-    from gptcli.session import open_model
+    from gptcli.loading import open_model
 
     lm, _ = open_model(str(marian_dir), device="cpu", dtype="float32", threads=1)
     return lm
@@ -132,7 +132,7 @@ def marian(marian_dir):
 def chat_llama(tmp_path_factory):
     from tiny_translate import build_causal
 
-    from gptcli.session import open_model
+    from gptcli.loading import open_model
 
     lm, _ = open_model(str(build_causal(tmp_path_factory.mktemp("chat"), "llama", chat=True)), device="cpu",
                        dtype="float32", threads=1)
@@ -151,7 +151,7 @@ def test_m2m100_sets_source_token_and_forces_the_target_token(tmp_path):
     import torch
     from tiny_translate import build_m2m100
 
-    from gptcli.session import open_model
+    from gptcli.loading import open_model
     from gptcli.translation.sources import Line, LineFeed
 
     lm, _ = open_model(str(build_m2m100(tmp_path / "m2m")), device="cpu", dtype="float32", threads=1)

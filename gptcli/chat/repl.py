@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptcli import console
 from gptcli.chat.history import read_conversation, save_conversation
 from gptcli.chat.session import SETTABLE, ChatSession, TrimmedStream
 from gptcli.errors import GptcliError
 from gptcli.interrupts import Terminated
+
+if TYPE_CHECKING:
+    from gptcli.generation import RunStats
 
 BLOCK = '"""'
 
@@ -60,9 +64,9 @@ def _prompt_output() -> Any:
 
 
 class Repl:
-    def __init__(self, session: ChatSession, *, stats: bool = False):
+    def __init__(self, session: ChatSession, *, stats: Callable[[RunStats], str] | None = None):
         self.session = session
-        self.stats = stats
+        self.stats = stats  # how to render a turn's statistics; None shows none
         self.color = console.color_enabled(sys.stdout) and console.color_enabled(sys.stderr)
 
     # ------------------------------------------------------------------ output
@@ -146,9 +150,7 @@ class Repl:
         if turn.terminated:
             raise Terminated()
         if self.stats:
-            from gptcli.session import stats_line
-
-            self.notice(stats_line(turn.stats))
+            self.notice(self.stats(turn.stats))
 
     # ------------------------------------------------------------------ slash commands
 

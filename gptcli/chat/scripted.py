@@ -8,11 +8,15 @@ messages are added to the conversation as they are (a system prompt, a few-shot 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gptcli import console
 from gptcli.chat.history import Message, json_line
 from gptcli.chat.session import ChatSession, TrimmedStream, Turn
+
+if TYPE_CHECKING:
+    from gptcli.generation import RunStats
 
 
 def reply_record(turn: Turn, model_name: str) -> dict[str, Any]:
@@ -35,9 +39,9 @@ def reply_record(turn: Turn, model_name: str) -> dict[str, Any]:
     return out
 
 
-def run_scripted(session: ChatSession, inputs: list[Message], *, as_json: bool, stats: bool) -> None:
-    from gptcli.session import stats_line
-
+def run_scripted(session: ChatSession, inputs: list[Message], *, as_json: bool,
+                 stats: Callable[[RunStats], str] | None = None) -> None:
+    """`stats`: how to render each turn's statistics (on stderr); None prints none."""
     for message in inputs:
         if message.role == "system":
             session.set_system(message.content)
@@ -52,7 +56,7 @@ def run_scripted(session: ChatSession, inputs: list[Message], *, as_json: bool, 
             turn = session.send(message.content, on_text=TrimmedStream(console.write))
             console.write("\n")
         if stats:
-            console.info(stats_line(turn.stats))
+            console.info(stats(turn.stats))
         if turn.interrupted:
             # The partial reply is printed and saved; stop like any interrupted command (exit 130).
             raise KeyboardInterrupt

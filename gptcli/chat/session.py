@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gptcli.chat.history import Conversation, HistoryFile, Message
 from gptcli.chat.prompt import ChatFormat
 from gptcli.errors import InputError, UsageError
 from gptcli.interrupts import Terminated
 from gptcli.sampling import SamplingParams, coerce
+
+if TYPE_CHECKING:
+    from gptcli.generation import Completion, RunStats
+    from gptcli.loading import LoadedModel
 
 # The sampling settings chat uses (`/set NAME VALUE`); the others make no sense for a single reply.
 SETTABLE = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "greedy", "stop", "seed")
@@ -27,8 +31,8 @@ NOT_SETTABLE = ("num_return_sequences", "num_beams")
 @dataclass
 class Turn:
     reply: Message
-    completion: Any  # gptcli.generation.Completion, or None when interrupted
-    stats: Any  # gptcli.generation.RunStats of this turn
+    completion: Completion | None  # None when interrupted
+    stats: RunStats  # of this turn
     terminated: bool = False  # stopped by SIGTERM: the caller must stop too, not carry on
 
     @property
@@ -78,14 +82,13 @@ def _ctrl_c_held():
 class ChatSession:
     def __init__(
         self,
-        lm: Any,
+        lm: LoadedModel,
         params: SamplingParams,
         conversation: Conversation | None = None,
         history: HistoryFile | None = None,
         notice: Callable[[str], None] | None = None,
     ):
-        from gptcli.fastpath import prefer_eager_attention
-        from gptcli.generation import PromptCache
+        from gptcli.kvcache import PromptCache
 
         self.lm = lm
         self.params = params
@@ -94,7 +97,6 @@ class ChatSession:
         self.notice = notice or (lambda text: None)
         self.format = ChatFormat(lm)
         self.cache = PromptCache()
-        prefer_eager_attention(lm)  # open_model already does this; a caller's own model may not have
         self.window_start = 0  # index of the first message the model still sees (older ones were dropped)
         self._counts: dict[int, tuple[Message, int]] = {}  # id(message) -> (message, its token count)
 

@@ -87,7 +87,8 @@ def chat(
     conversation = history_file.load() if history_file else None
 
     from gptcli.chat.session import ChatSession
-    from gptcli.session import describe_load, open_model
+    from gptcli.cli.stats import describe_load, stats_line
+    from gptcli.loading import open_model
 
     lm, load_s = open_model(model, device=device, dtype=dtype, threads=threads,
                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -101,8 +102,8 @@ def chat(
 
         if conversation and conversation.messages:
             console.info(f"Continuing the conversation in {history} ({len(conversation.messages)} messages).")
-        Repl(session, stats=stats).run()
+        Repl(session, stats=stats_line if stats else None).run()
     else:
         from gptcli.chat.scripted import run_scripted
 
-        run_scripted(session, inputs, as_json=as_json, stats=stats)
+        run_scripted(session, inputs, as_json=as_json, stats=stats_line if stats else None)

@@ -88,8 +88,8 @@ def evaluate(
 
     from gptcli.evaluation import evaluate_model, prepare_documents
     from gptcli.evaluation.report import doc_record, print_table, progress_display, summary_record, write_jsonl
+    from gptcli.loading import open_model
     from gptcli.runtime import seed_everything
-    from gptcli.session import open_model
 
     documents = prepare_documents(documents, concat)
     seed_everything(seed)

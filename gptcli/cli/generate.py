@@ -73,8 +73,9 @@ def generate(
         records = [Record(gather_prompt(prompt))]
     requests = _requests(records, base, "stdin" if str(file) == "-" else str(file or "stdin"))
 
+    from gptcli.cli.stats import describe_load, stats_line
     from gptcli.generation import Completion, RunStats, stream_generate
-    from gptcli.session import describe_load, open_model, stats_line
+    from gptcli.loading import open_model
 
     lm, load_s = open_model(model, device=device, dtype=dtype, threads=threads,
                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)

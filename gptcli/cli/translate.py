@@ -75,7 +75,8 @@ def translate(
 
     import warnings
 
-    from gptcli.session import describe_load, open_model
+    from gptcli.cli.stats import describe_load
+    from gptcli.loading import open_model
     from gptcli.translation.defaults import default_model
     from gptcli.translation.families import apply_plan, make_plan
     from gptcli.translation.outputs import LineSink

@@ -21,10 +21,14 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gptcli.data import Document
 from gptcli.errors import UsageError
 from gptcli.evaluation.windows import Window, plan_windows
+
+if TYPE_CHECKING:
+    from gptcli.loading import LoadedModel
 
 # Most logits one forward pass may return, in bytes: bounds memory with big
 # vocabularies (GPT-2: 50,257 x 1,024 tokens = 51 M values per full window, so
@@ -124,7 +128,7 @@ class _Tokenized:
 
 
 def evaluate_model(
-    lm,
+    lm: LoadedModel,
     documents: list[Document],
     *,
     stride: int | None = None,
@@ -262,7 +266,7 @@ def _batches(jobs: list[tuple[int, Window]], batch_size: int, logit_bytes: int) 
         yield batch
 
 
-def _score(lm, items: list[_Tokenized], batch_size: int, progress: Callable[[int], None] | None) -> None:
+def _score(lm: LoadedModel, items: list[_Tokenized], batch_size: int, progress: Callable[[int], None] | None) -> None:
     import torch
     import torch.nn.functional as F
 

@@ -34,10 +34,6 @@ def use_eager_attention(model: Any) -> None:
     (45% of it for the nanoGPT baby model); plain matmul + softmax attention trains ~1.5x faster
     there (blocks of 64 and 256 tokens). Only this training run changes: the saved config does not record the choice, so
     inference keeps SDPA."""
-    setter = getattr(model, "set_attn_implementation", None)
-    if setter is None:
-        return
-    try:
-        setter("eager")
-    except (ValueError, NotImplementedError, TypeError):
-        pass  # an architecture without an eager path keeps its default
+    from gptcli.cpu_tuning import use_eager_attention as switch
+
+    switch(model)  # an architecture without an eager path keeps its default

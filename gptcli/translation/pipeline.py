@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gptcli.errors import GptcliError, UsageError
 from gptcli.generation import Completion, Request, RunStats, stream_generate
@@ -23,6 +23,9 @@ from gptcli.translation.families import Plan
 from gptcli.translation.languages import NO_SPACE
 from gptcli.translation.prompts import prompt_ids, stop_strings
 from gptcli.translation.sources import Line, LineFeed
+
+if TYPE_CHECKING:
+    from gptcli.loading import LoadedModel
 
 # After ., !, ?, … (then whitespace), or after CJK full stops (no space follows them).
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
@@ -111,7 +114,7 @@ def one_line(text: str) -> str:
 class Translator:
     """Translates lines with one loaded model and one plan (from `families.make_plan`)."""
 
-    def __init__(self, lm: Any, plan: Plan, params: SamplingParams, *, max_new_tokens: int | None = None,
+    def __init__(self, lm: LoadedModel, plan: Plan, params: SamplingParams, *, max_new_tokens: int | None = None,
                  batch_size: int = 16):
         self.lm, self.plan, self.params = lm, plan, params
         self.max_new_tokens = max_new_tokens  # None: sized from each source's length

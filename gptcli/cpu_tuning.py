@@ -1,4 +1,9 @@
-"""CPU inference fast path: pre-packed oneDNN weights for every linear layer.
+"""CPU inference tuning: pre-packed oneDNN weights, fused GELU, and eager attention.
+
+`gptcli.loading.open_model` applies all three to every model opened for inference.
+`use_eager_attention` is the one switch to plain matmul attention (training calls it too).
+
+Pre-packed weights for every linear layer:
 
 Decoding one token is a chain of matrix-vector products, bound by how fast the
 weights stream from memory. Measured on the reference 2-core Zen 4 machine, a
@@ -16,7 +21,10 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gptcli.loading import LoadedModel
 
 
 def _enabled() -> bool:
@@ -123,7 +131,20 @@ def fuse_activations(model: Any) -> int:
     return len(swaps)
 
 
-def prefer_eager_attention(lm: Any) -> None:
+def use_eager_attention(model: Any) -> bool:
+    """Switch the model to plain matmul + softmax attention. Returns whether it switched; a
+    model without an eager path (or without a setter) keeps its default."""
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None:
+        return False
+    try:
+        setter("eager")
+    except (ValueError, ImportError, NotImplementedError, TypeError):
+        return False
+    return True
+
+
+def prefer_eager_attention(lm: LoadedModel) -> None:
     """On CPU, inference runs plain matmul attention instead of PyTorch's SDPA kernel.
 
     Generation feeds short queries against a cache. Batched decoding (GPT-2-124M shape, bf16,
@@ -135,12 +156,7 @@ def prefer_eager_attention(lm: Any) -> None:
     a fresh 80-token prompt about the same either way. The CPU flash kernel is tuned for long
     queries, not short ones against a long cache.
     """
-    model = lm.model
-    if lm.device.type != "cpu" or lm.is_encoder_decoder or not hasattr(model, "set_attn_implementation"):
+    if lm.device.type != "cpu" or lm.is_encoder_decoder:
         return
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return
-    try:
-        model.set_attn_implementation("eager")
-    except (ValueError, ImportError, NotImplementedError):  # a model without an eager path keeps SDPA
-        pass
+    if getattr(lm.model.config, "_attn_implementation", None) == "sdpa":
+        use_eager_attention(lm.model)
