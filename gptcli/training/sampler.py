@@ -69,6 +69,3 @@ class BlockSampler:
         shifts = torch.tensor([self.shift(int(e)) for e in g // self.n]) if self.n else torch.zeros(self.B, dtype=torch.long)
         last = self.L - self.T - 1  # the last window that still has T+1 tokens
         return torch.clamp(blocks * self.T + shifts, max=last)
-
-    def epoch_at(self, step: int) -> float:
-        return step * self.samples_per_step / self.n
