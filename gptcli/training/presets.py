@@ -1,9 +1,8 @@
 """Model size presets and building a transformers config from them.
 
 A preset fixes depth, width, heads and context; every knob can be overridden
-on the command line. The configs use the fast choices measured on CPU (see
-PERF-NOTES): exact GELU instead of the tanh approximation, SDPA attention,
-tied input/output embeddings.
+on the command line. The configs use the faster choices on CPU: exact GELU
+instead of the tanh approximation, SDPA attention, tied input/output embeddings.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ def build_config(arch: str, shape: dict[str, Any], vocab_size: int, eot_id: int)
         return GPT2Config(
             vocab_size=vocab_size, n_positions=shape["block_size"], n_embd=shape["n_embd"],
             n_layer=shape["n_layer"], n_head=shape["n_head"],
-            activation_function="gelu",  # exact GELU is one fused op; gelu_new is several (PERF-NOTES)
+            activation_function="gelu",  # exact GELU is one fused op; gelu_new is several
             resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, tie_word_embeddings=True, **specials,
         )
     if arch == "llama":
@@ -82,14 +81,6 @@ def config_from_json(path: str, vocab_size: int, eot_id: int) -> Any:
     config.vocab_size = vocab_size
     config.bos_token_id = config.eos_token_id = config.pad_token_id = eot_id
     return config
-
-
-def context_length(config: Any) -> int:
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1 << 30
 
 
 def new_model(config: Any, seed: int) -> Any:
