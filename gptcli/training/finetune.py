@@ -17,13 +17,13 @@ DEFAULT_MAX_BLOCK = 1024
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     from gptcli.loading import load_model, resolve_source
 
-    run = runner.setup("finetune", s, progress)
-    say = run.say
+    ctx = runner.setup("finetune", s, progress)
+    say = ctx.say
     fmt = sft.detect_format(s.data, s.format)
 
     t0 = time.perf_counter()
     source = resolve_source(s.model, allow_pickle=s.allow_pickle)
-    lm = load_model(s.model, run.runtime, allow_pickle=s.allow_pickle, trust_remote_code=s.trust_remote_code,
+    lm = load_model(s.model, ctx.runtime, allow_pickle=s.allow_pickle, trust_remote_code=s.trust_remote_code,
                     for_training=True)
     if lm.is_encoder_decoder:
         raise InputError(f"finetune trains decoder-only (causal) models; '{lm.name}' is an encoder-decoder model.")
@@ -41,7 +41,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     if s.val_data:
         v_examples, v_masks = sft.build(tok, s.val_data, sft.detect_format(s.val_data, fmt), s.text_field)
         val_stream = packing.stream(v_examples, tok.eos_token_id, v_masks)
-    provenance = runner.provenance(run)
+    provenance = runner.provenance(ctx)
     if val_stream is not None:
         frac = 0.0
         block = _block_size(s, lm.context_length, len(ids), frac)
@@ -86,7 +86,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     lr = s.lr or (2e-4 if s.lora else 1e-4)
     return runner.execute(
-        run, model=model, train=train, val=val, lr=lr, provenance=provenance, write_model=write, export=export,
+        ctx, model=model, train=train, val=val, lr=lr, provenance=provenance, write_model=write, export=export,
         describe={"base_model": base_name, "format": fmt, "lora": s.lora, "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},
     )

@@ -13,20 +13,20 @@ from gptcli.training.settings import TrainSettings
 
 
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
-    run = runner.setup("train", s, progress)
-    say = run.say
+    ctx = runner.setup("train", s, progress)
+    say = ctx.say
     texts = runner.load_texts(s.data, s.text_field)
     val_texts = runner.load_texts(s.val_data, s.text_field, "validation data") if s.val_data else None
-    provenance = runner.provenance(run)
+    provenance = runner.provenance(ctx)
 
     t0 = time.perf_counter()
-    if run.resume_from is not None:  # the checkpoint's own tokenizer and config: the exact same model
+    if ctx.resume_from is not None:  # the checkpoint's own tokenizer and config: the exact same model
         from transformers import AutoConfig
 
         from gptcli.loading import load_tokenizer
 
-        tokenizer = load_tokenizer(run.resume_from, padding_side="right")
-        config = AutoConfig.from_pretrained(run.resume_from)
+        tokenizer = load_tokenizer(ctx.resume_from, padding_side="right")
+        config = AutoConfig.from_pretrained(ctx.resume_from)
         kind = "checkpoint"
     else:
         if s.tokenizer:
@@ -56,7 +56,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         save_model_folder(m, tokenizer, folder, state_dict)
 
     return runner.execute(
-        run, model=model, train=train, val=val, lr=s.lr or 1e-3, provenance=provenance, write_model=write,
+        ctx, model=model, train=train, val=val, lr=s.lr or 1e-3, provenance=provenance, write_model=write,
         export=write,
         describe={"tokenizer": kind, "vocab_size": len(tokenizer), "model_type": config.model_type,
                   "parameters": sum(p.numel() for p in model.parameters()), "block_size": block,

@@ -146,7 +146,7 @@ def blocks(ids: Any, mask: Any | None, block_size: int, val_fraction: float,
 
 
 def execute(
-    run: Setup,
+    ctx: Setup,
     *,
     model: Any,
     train: Any,
@@ -157,20 +157,20 @@ def execute(
     export: Callable[[Any, Path, Any], None],
     describe: dict[str, Any],
 ) -> dict[str, Any]:
-    command, s, out, world_size = run.command, run.settings, run.out, run.world_size
-    resume_from = run.resume_from
+    command, s, out, world_size = ctx.command, ctx.settings, ctx.out, ctx.world_size
+    resume_from = ctx.resume_from
     steps = steps_for(s, len(train), world_size)
-    if run.is_main:
+    if ctx.is_main:
         outdir.prepare(out, resume=resume_from is not None, overwrite=s.overwrite)
         kept = outdir.published(out)  # resuming in place: the earlier run's final model is still there
         saved = _portable({k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS})
         configfile.dump(saved, out / outdir.EFFECTIVE_CONFIG)
-        manifest.write(out, command=command, settings=saved, device=str(run.runtime.device), world_size=world_size,
+        manifest.write(out, command=command, settings=saved, device=str(ctx.runtime.device), world_size=world_size,
                        extra={"steps": steps, **describe}, prints=provenance.prints, start_step=provenance.start_step,
                        earlier=provenance.earlier, outputs=kept)
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if run.progress:
+        if ctx.progress:
             console.info(
                 f"{command}: {params / 1e6:.2f} M parameters"
                 + (f" ({trainable / 1e6:.3f} M trainable)" if trainable != params else "")
@@ -178,11 +178,11 @@ def execute(
                 + (f" | {len(val):,} validation blocks" if val is not None else "")
                 + f" | {steps:,} steps of {s.batch_size * s.grad_accum * world_size} sequences"
             )
-    job = engine.Job(model=model, train=train, val=val, settings=s, runtime=run.runtime, rank=run.rank,
+    job = engine.Job(model=model, train=train, val=val, settings=s, runtime=ctx.runtime, rank=ctx.rank,
                      world_size=world_size, out=out, steps=steps, lr=lr, write_model=write_model,
-                     resume_from=resume_from, resume_state=run.resume_state,
+                     resume_from=resume_from, resume_state=ctx.resume_state,
                      resume_command=resume_command(command, s), extra_summary={"command": command})
-    summary = engine.run(job, reporter_enabled=run.progress)
+    summary = engine.run(job, reporter_enabled=ctx.progress)
     if job.is_main:
         from gptcli.training.export import publish
 
@@ -207,13 +207,13 @@ class Provenance:
     earlier: list[dict[str, Any]] = field(default_factory=list)
 
 
-def provenance(run: Setup) -> Provenance:
+def provenance(ctx: Setup) -> Provenance:
     """Fingerprint the data (before any work) and, when resuming, compare it with what the earlier
     steps were trained on. Changed data is allowed (more data, fixed typos) but never silent: a
     warning says so, and run.json keeps the earlier fingerprints as their own segments."""
-    if not run.is_main:  # only rank 0 writes run.json
+    if not ctx.is_main:  # only rank 0 writes run.json
         return Provenance({"data": [], "val_data": []})
-    s, resume_from, resume_state = run.settings, run.resume_from, run.resume_state
+    s, resume_from, resume_state = ctx.settings, ctx.resume_from, ctx.resume_state
     prints = manifest.fingerprints(s.data, s.val_data)
     if resume_from is None or resume_state is None:
         return Provenance(prints)
