@@ -7,6 +7,15 @@ umask), not the 0600 of a private temporary file. A symlinked target is written 
 the file it points to is replaced and the link stays. Temporary files left by a process
 that was killed are removed the next time the same target is written.
 
+Folders: a folder of files (a checkpoint, a model) is built in a hidden temporary folder,
+its files flushed to disk, then renamed into place (`publish_folder`), or its files renamed
+one by one into a folder that holds other things too (`publish_files`). A rename within one
+file system is atomic, so a kill at any moment leaves either the old folder (or file) or the
+new one, never a half-written one; a previous folder of the same name is kept until the new
+one is in place. Temporary folders are named `.tmp-NAME-PID` (and `.old-NAME-PID`, a
+replaced folder on its way out); a failed build removes its own, and
+`remove_stale_folders` removes those another process left behind.
+
 Reading: lines end at "\\n" (or "\\r\\n") only. `str.splitlines()` also splits at form feeds,
 U+2028, U+2029, U+0085 and other characters that are valid inside a JSON string or a
 sentence, so a JSONL record or an input line holding one would be cut in two.
@@ -16,6 +25,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -170,3 +181,76 @@ def write_atomic(path: Path | str, text: str) -> None:
     """Replace `path` with `text` all at once (see the module docstring)."""
     with AtomicFile(path) as f:
         f.write(text)
+
+
+def _staging(parent: Path, name: str, kind: str = "tmp") -> Path:
+    return parent / f".{kind}-{name}-{os.getpid()}"
+
+
+def _fsync_files(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _fresh_staging(parent: Path, name: str) -> Path:
+    tmp = _staging(parent, name)
+    if tmp.exists():  # this pid's own, from a build that could not clean up
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_folder(target: Path, build: Callable[[Path], None]) -> Path:
+    """Create (or replace) the folder `target` whole: `build` fills a temporary sibling, whose
+    files are flushed to disk before it is renamed to `target`. An existing `target` is moved
+    aside first and deleted only once the new one is in place. If `build` raises, the temporary
+    folder is removed and `target` is untouched."""
+    parent = target.parent
+    tmp = _fresh_staging(parent, target.name)
+    try:
+        build(tmp)
+        _fsync_files(tmp)
+        if target.exists():
+            old = _staging(parent, target.name, "old")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def publish_files(folder: Path, build: Callable[[Path], None], label: str) -> list[str]:
+    """Add the files `build` writes to `folder`, which holds other things too: they are built in
+    `folder/.tmp-LABEL-PID`, flushed to disk, then each renamed into `folder`, replacing a file
+    of the same name. Returns the names published; the temporary folder is always removed."""
+    remove_stale_folders(folder, (f".tmp-{label}-",))
+    tmp = _fresh_staging(folder, label)
+    try:
+        build(tmp)
+        _fsync_files(tmp)
+        names = sorted(path.name for path in tmp.iterdir())
+        for name in names:
+            os.replace(tmp / name, folder / name)
+        return names
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_folders(parent: Path, prefixes: tuple[str, ...] = (".tmp-", ".old-")) -> None:
+    """Delete the temporary folders in `parent` (names starting with `prefixes`) that another
+    process left behind, e.g. one killed in the middle of `publish_folder`."""
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    mine = f"-{os.getpid()}"
+    for entry in entries:
+        if entry.name.startswith(prefixes) and not entry.name.endswith(mine) and entry.is_dir() \
+                and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)

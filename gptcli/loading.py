@@ -206,7 +206,10 @@ def check_safetensors_file(path: Path) -> int:
         raise ModelLoadError(f"weight file {path} is corrupt: {exc}.") from exc
 
 
-def _context_length(config: Any, tokenizer: Any) -> int:
+def context_length(config: Any, tokenizer: Any = None) -> int:
+    """The longest sequence a model takes: the config's position limit, else the tokenizer's
+    model_max_length when it is a real limit, else 2048. The one rule of every command
+    (generation, chat, translation, evaluation, and the block sizes of train and finetune)."""
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -339,7 +342,7 @@ def _describe(model: Any, tokenizer: Any, source: ModelSource, runtime: Any, con
         name=source.spec,
         path=source.path,
         runtime=runtime,
-        context_length=_context_length(config, tokenizer),
+        context_length=context_length(config, tokenizer),
         is_encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         eos_token_ids=_eos_ids(model, tokenizer),

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from gptcli.errors import UsageError
-from gptcli.fileio import AtomicFile, split_lines, write_atomic
+from gptcli.fileio import AtomicFile, publish_files, publish_folder, remove_stale_folders, split_lines, write_atomic
 
 
 @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085", "\x0c", "\x0b", "\x1c", "\r"])
@@ -73,3 +73,58 @@ def test_failed_block_leaves_no_file_and_no_temporary(tmp_path):
 def test_missing_folder_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         write_atomic(tmp_path / "nope" / "out.txt", "x")
+
+
+def _fill(files: dict):
+    def build(folder):
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    return build
+
+
+def test_publish_folder_replaces_a_folder_whole(tmp_path):
+    target = tmp_path / "step-1"
+    publish_folder(target, _fill({"a": "old", "b": "old"}))
+    seen = []
+
+    def build(folder):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))  # the old folder is still in place meanwhile
+        _fill({"a": "new"})(folder)
+
+    publish_folder(target, build)
+    assert "step-1" in seen[0]
+    assert sorted(p.name for p in target.iterdir()) == ["a"] and (target / "a").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["step-1"]  # no temporary or old folder left
+
+
+def test_publish_folder_that_fails_leaves_the_old_folder_and_no_temporary(tmp_path):
+    target = tmp_path / "step-1"
+    publish_folder(target, _fill({"a": "old"}))
+
+    def broken(folder):
+        (folder / "a").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        publish_folder(target, broken)
+    assert (target / "a").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["step-1"]
+
+
+def test_publish_files_adds_files_to_a_folder_that_holds_others(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    (tmp_path / "config.json").write_text("old")
+    stale = tmp_path / ".tmp-final-999999999"  # left by a killed run
+    stale.mkdir()
+    names = publish_files(tmp_path, _fill({"config.json": "new", "model.safetensors": "w"}), "final")
+    assert names == ["config.json", "model.safetensors"]
+    assert (tmp_path / "config.json").read_text() == "new" and (tmp_path / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "keep.txt", "model.safetensors"]
+
+
+def test_remove_stale_folders_keeps_this_process_and_other_names(tmp_path):
+    for name in (".tmp-step-00000004-999999999", ".old-step-00000002-999999999", f".tmp-step-00000006-{os.getpid()}",
+                 "step-00000004"):
+        (tmp_path / name).mkdir()
+    remove_stale_folders(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-step-00000006-{os.getpid()}", "step-00000004"]

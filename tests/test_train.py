@@ -330,3 +330,85 @@ def test_later_epochs_cut_windows_at_a_new_offset():
     shift = s.shift(1)
     assert 0 < shift < T  # seed 2 draws a non-zero shift
     assert sorted(later) == sorted(min(i * T + shift, L - T - 1) for i in range(10))
+
+
+def test_a_run_resolves_its_device_once_and_the_job_carries_it(tmp_path, monkeypatch):
+    """runner.setup resolves the runtime; the engine and run.json use that one, not a second resolution."""
+    from gptcli import runtime
+    from gptcli.training import engine
+
+    calls, jobs = [], []
+    resolve, run = runtime.resolve_device, engine.run
+    monkeypatch.setattr(runtime, "resolve_device", lambda spec: calls.append(spec) or resolve(spec))
+    monkeypatch.setattr(engine, "run", lambda job, **kw: jobs.append(job) or run(job, **kw))
+    data = corpus(tmp_path, lines=120)
+    code, _, err = cli("train", data, *TINY, "--steps", "2", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert len(calls) == 1  # before: three (runtime, engine, run.json)
+    assert str(jobs[0].runtime.device) == "cpu" and (jobs[0].rank, jobs[0].world_size) == (0, 1)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["device"] == "cpu"
+
+
+def test_the_step_hook_sees_every_step(tmp_path, monkeypatch):
+    """Job.after_step: the seam tests use to slow training down (tests/slow_steps.py), read by no environment."""
+    from gptcli.training import engine
+
+    steps, run = [], engine.run
+
+    def hooked(job, **kw):
+        job.after_step = steps.append
+        return run(job, **kw)
+
+    monkeypatch.setattr(engine, "run", hooked)
+    code, _, err = cli("train", corpus(tmp_path, lines=120), *TINY, "--steps", "3", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_every_option_reaches_the_settings(command, monkeypatch):
+    """The command line hands each given option to the settings under the setting's name (nothing via locals())."""
+    import inspect
+    import typing
+    from pathlib import Path
+
+    from gptcli.cli import train as cli_train
+    from gptcli.training import runner
+    from gptcli.training.settings import FIELD_NAMES
+
+    seen = {}
+
+    class Given(Exception):
+        pass
+
+    def capture(cli, config_path, name):
+        seen.update(cli)
+        raise Given
+
+    monkeypatch.setattr(runner, "settings_from", capture)
+    fn = getattr(cli_train, command)
+    hints = typing.get_type_hints(fn)
+    values = {}
+    for name in inspect.signature(fn).parameters:  # a given (non-default) value for every option
+        kind = str(hints[name])
+        values[name] = (True if "bool" in kind and "Optional" not in kind else ["x"] if "list" in kind
+                        else Path("p") if "Path" in kind else 1 if "int" in kind or "float" in kind else "x")
+    with pytest.raises(Given):
+        fn(**values)
+    expected = {{"data_format": "format"}.get(n, n) for n in values} - {"config", "as_json"}
+    assert set(seen) == expected and expected <= FIELD_NAMES
+
+
+def test_one_context_length_rule():
+    """train, finetune and the inference commands share one rule: config, else tokenizer, else 2048."""
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, LlamaConfig
+
+    from gptcli.loading import context_length
+
+    assert context_length(GPT2Config(n_positions=64)) == 64
+    assert context_length(LlamaConfig(max_position_embeddings=128)) == 128
+    assert context_length(SimpleNamespace(), SimpleNamespace(model_max_length=512)) == 512
+    assert context_length(SimpleNamespace(), SimpleNamespace(model_max_length=1 << 30)) == 2048
+    assert context_length(SimpleNamespace()) == 2048

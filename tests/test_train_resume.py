@@ -20,9 +20,9 @@ RUN = [*TINY, "--dropout", "0.1", "--steps", "12", "--save-every", "4", "--eval-
 
 
 def _spawn(*args, delay: float = 0.3) -> subprocess.Popen:
-    env = cli_env(GPTCLI_TEST_STEP_DELAY=str(delay))
-    return subprocess.Popen([sys.executable, "-m", "gptcli", *map(str, args)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    """A real gptcli process whose training steps each take `delay` seconds more (slow enough to signal)."""
+    return subprocess.Popen([sys.executable, str(Path(__file__).parent / "slow_steps.py"), str(delay), *map(str, args)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:

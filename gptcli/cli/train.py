@@ -57,18 +57,10 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empt
 ConfigFile = Annotated[Optional[Path], _opt("--config", "-c", help="YAML or TOML file of options; the command line wins over it.", panel=RUN_PANEL)]
 
 
-# Command-line names that differ from the settings' names, and parameters that are not settings.
-_RENAMED = {"data_format": "format"}
-_NOT_SETTINGS = ("config", "as_json")
-
-
-def _given(values: dict) -> dict:
-    """The options the user gave (None, False and empty lists mean "not given"), as settings."""
-    return {
-        _RENAMED.get(k, k): (str(v) if isinstance(v, Path) else v)
-        for k, v in values.items()
-        if k not in _NOT_SETTINGS and v is not None and v is not False and v != []
-    }
+def _given(**values) -> dict:
+    """The options the user gave (None, False and empty lists mean "not given"), keyed by setting name."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()
+            if v is not None and v is not False and v != []}
 
 
 def _finish(summary: dict, as_json: bool) -> None:
@@ -128,7 +120,16 @@ def train(
     gptcli train data/ --preset micro --arch llama --out run --json ·
     gptcli train --out run --resume auto
     """
-    cli = _given(locals())
+    cli = _given(
+        data=data, text_field=text_field, val_split=val_split, val_data=val_data, tokenizer=tokenizer,
+        tokenizer_type=tokenizer_type, vocab_size=vocab_size, arch=arch, preset=preset, n_layer=n_layer,
+        n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, model_config=model_config,
+        steps=steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, min_lr=min_lr,
+        warmup=warmup, schedule=schedule, weight_decay=weight_decay, beta2=beta2, grad_clip=grad_clip,
+        precision=precision, fsdp=fsdp, eval_every=eval_every, eval_batches=eval_batches, save_every=save_every,
+        keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, out=out, resume=resume,
+        overwrite=overwrite, device=device, threads=threads,
+    )
     from gptcli.training import pretrain
     from gptcli.training.runner import settings_from
 
@@ -185,7 +186,16 @@ def finetune(
     gptcli finetune qa.jsonl -m gpt2 --lora --out qa-lora ·
     gptcli finetune chats.jsonl -m my-chat --lora --merge --out merged
     """
-    cli = _given(locals())
+    cli = _given(
+        data=data, model=model, text_field=text_field, format=data_format, val_split=val_split, val_data=val_data,
+        block_size=block_size, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=lora_targets, merge=merge, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        steps=steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, min_lr=min_lr,
+        warmup=warmup, schedule=schedule, weight_decay=weight_decay, beta2=beta2, grad_clip=grad_clip,
+        precision=precision, fsdp=fsdp, eval_every=eval_every, eval_batches=eval_batches, save_every=save_every,
+        keep_checkpoints=keep_checkpoints, log_every=log_every, seed=seed, out=out, resume=resume,
+        overwrite=overwrite, device=device, threads=threads,
+    )
     from gptcli.training import finetune as ft
     from gptcli.training.runner import settings_from
 

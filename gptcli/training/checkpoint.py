@@ -3,16 +3,16 @@
 A checkpoint is OUT/checkpoints/step-NNNNNNNN/: the model (or LoRA adapter)
 and tokenizer in Hugging Face format, so it also loads with `--model`, plus
 trainer_state.pt (optimizer, scheduler, every process's RNG states, step = data position).
-It is written into a hidden temporary folder and renamed into place only when
-complete, so a crash, a second Ctrl-C or a full disk never leaves a folder
-that `--resume` would pick up; a failed save removes its temporary folder.
+It is built in a hidden temporary folder and renamed into place only when
+complete (fileio.publish_folder), so a crash, a second Ctrl-C or a full disk
+never leaves a folder that `--resume` would pick up; a failed save removes its
+temporary folder, and the next save removes those a killed run left.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 import random
 import shutil
 from collections.abc import Callable
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.errors import GptcliError, InputError, UsageError
+from gptcli.fileio import publish_folder, remove_stale_folders
 
 STATE_FILE = "trainer_state.pt"
 MARKER = "checkpoint.json"
@@ -61,30 +62,21 @@ def _as_tuple(value: Any) -> Any:
 
 
 def save(out: Path, step: int, write_model: Callable[[Path], None], state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step` atomically, then keep only the `keep` newest."""
+    """Write checkpoint `step` atomically (fileio.publish_folder), then keep only the `keep` newest."""
     import torch
 
     root = checkpoints_dir(out)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+
+    def build(folder: Path) -> None:
+        write_model(folder)
+        torch.save(state, folder / STATE_FILE)
+        (folder / MARKER).write_text(json.dumps({"step": step, "complete": True}) + "\n", encoding="utf-8")
+
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        write_model(tmp)
-        torch.save(state, tmp / STATE_FILE)
-        (tmp / MARKER).write_text(json.dumps({"step": step, "complete": True}) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
-        if final.exists():  # re-saving the same step (resume then immediate stop): replace it
-            old = root / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        # re-saving the same step (resume then immediate stop) replaces the folder
+        final = publish_folder(root / f"{PREFIX}{step:08d}", build)
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         if _disk_full(exc, root):
             raise GptcliError(f"disk full while saving the checkpoint of step {step}; it was not written.",
                               hint="Earlier checkpoints are intact; free space and --resume auto.") from exc
@@ -107,19 +99,10 @@ def _disk_full(exc: BaseException, root: Path) -> bool:
         return False
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
 def prune(root: Path, keep: int) -> None:
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in [*root.glob(".tmp-*"), *root.glob(".old-*")]:  # left by a run that was killed mid-save
-        if not stale.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_folders(root)  # left by a run that was killed mid-save
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -171,3 +154,23 @@ def load_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "step" not in state:
         raise InputError(f"checkpoint {path} is damaged: {STATE_FILE} has no step.")
     return state
+
+
+def load_weights(model: Any, folder: Path) -> None:
+    """Load a checkpoint's weights into the freshly built model (full model or LoRA adapter)."""
+    from safetensors.torch import load_file
+
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    state: dict[str, Any] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k}
+    if set(missing) - tied or unexpected:
+        raise InputError(f"checkpoint {folder} does not match this model "
+                         f"({len(set(missing) - tied)} missing, {len(unexpected)} unexpected tensors).")

@@ -1,17 +1,13 @@
 """The training loop both `train` and `finetune` run, on Hugging Face accelerate.
 
-accelerate owns devices, mixed precision and distribution (DDP under
-`torchrun`, gloo on CPU; FSDP2 with --fsdp); this module owns the schedule,
-evaluation, checkpoints and stopping. Checkpoints hold the full model and the
-full (unsharded) optimizer state in one format whatever the mode, so a run
-saved under FSDP resumes under DDP, in one process or with another world
-size. The hot loop avoids host syncs: the loss is read back (`.item()`) only
-on logging steps.
+This module owns the schedule, evaluation, checkpoints and stopping;
+distributed.py owns the accelerator (DDP, FSDP2) and gathering the full state
+a checkpoint holds. The hot loop avoids host syncs: the loss is read back
+only on logging steps.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -20,18 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.errors import Interrupted
-from gptcli.training import checkpoint
+from gptcli.training import checkpoint, distributed
 from gptcli.training.metrics import MetricsFile
 from gptcli.training.optim import make_optimizer, make_scheduler
 from gptcli.training.packing import IGNORE, Blocks
-from gptcli.training.precision import mixed_precision, use_eager_attention
+from gptcli.training.precision import use_eager_attention
 from gptcli.training.progress import Reporter, format_duration
 from gptcli.training.sampler import BlockSampler
 from gptcli.training.settings import TrainSettings
 from gptcli.training.signals import StopRequest
 
-# Plain attention stores (T x T) scores per head for the backward pass; it was measured faster up to
-# blocks of 256 tokens, while longer blocks keep SDPA's memory-light kernel.
+# Plain attention stores (T x T) scores per head for the backward pass; it trains faster on short
+# blocks, while longer blocks keep SDPA's memory-light kernel.
 EAGER_MAX_BLOCK = 256
 
 
@@ -43,6 +39,9 @@ class Job:
     train: Blocks
     val: Blocks | None
     settings: TrainSettings
+    runtime: Any  # gptcli.runtime.Runtime, resolved once by runner.setup
+    rank: int
+    world_size: int
     out: Path
     steps: int
     lr: float
@@ -53,6 +52,8 @@ class Job:
     resume_state: dict[str, Any] | None = None  # checkpoint.load_state(resume_from)
     resume_command: str = ""
     extra_summary: dict[str, Any] = field(default_factory=dict)
+    # called after each optimizer step with the step number (tests slow the loop down with it)
+    after_step: Callable[[int], None] | None = None
     # set by run(): the trained (unwrapped) model and whether this process writes the outputs
     final_model: Any = None
     final_state: Any = None  # under FSDP: the gathered full state dict (rank 0), for the export
@@ -96,55 +97,6 @@ def evaluate(model: Any, val: Blocks, batch_size: int, max_batches: int, device:
     return float(total / max(weight, 1.0))
 
 
-def make_accelerator(settings: TrainSettings, device_type: str, world_size: int = 1) -> Any:
-    from accelerate import Accelerator
-
-    mp = mixed_precision(settings.precision, device_type)
-    if not (settings.fsdp and world_size > 1):
-        return Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
-    from accelerate.utils import DistributedType
-
-    plugin = _fsdp_plugin(mp)
-    acc = Accelerator(cpu=device_type == "cpu", mixed_precision=mp, fsdp_plugin=plugin)
-    if acc.distributed_type == DistributedType.MULTI_CPU:
-        # accelerate enables FSDP only on accelerators and would silently train DDP on CPUs, although
-        # torch's fully_shard runs on gloo (checked with torch 2.13: same losses and gradient norms as
-        # DDP); its FSDP2 code paths (prepare, no_sync, clipping, state dicts) then work unchanged.
-        acc.state.distributed_type = DistributedType.FSDP
-        acc.state.fsdp_plugin = plugin
-    if not getattr(acc, "is_fsdp2", False):
-        from gptcli.errors import GptcliError
-
-        raise GptcliError(f"--fsdp could not be enabled on {device_type} (accelerate chose {acc.distributed_type}).",
-                          hint="Run without --fsdp to train data-parallel (DDP).")
-    return acc
-
-
-def _fsdp_plugin(mp: str) -> Any:
-    """FSDP2 (fully_shard) with one unit per transformer block (the model's _no_split_modules)."""
-    import torch
-
-    from gptcli.errors import UsageError
-
-    try:
-        from accelerate.utils import FullyShardedDataParallelPlugin
-        from torch.distributed.fsdp import MixedPrecisionPolicy
-
-        # Low-precision compute, but gradients are reduced in fp32, as DDP does under autocast.
-        policy = MixedPrecisionPolicy(param_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[mp],
-                                      reduce_dtype=torch.float32) if mp != "no" else MixedPrecisionPolicy()
-        return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-                                              reshard_after_forward=True, cpu_offload=False,
-                                              state_dict_type="FULL_STATE_DICT", mixed_precision_policy=policy,
-                                              cpu_ram_efficient_loading=False, activation_checkpointing=False)
-    except (ImportError, TypeError, ValueError) as exc:
-        import accelerate
-
-        raise UsageError(f"--fsdp needs FSDP2 (accelerate >= 1.6 with torch >= 2.6); found accelerate "
-                         f"{accelerate.__version__}, torch {torch.__version__} ({exc}).",
-                         hint="Upgrade them, or run without --fsdp (DDP).") from None
-
-
 def run(job: Job, reporter_enabled: bool = True) -> dict[str, Any]:
     """Train job.model for job.steps optimizer steps; returns the summary (see README)."""
     return _Loop(job, reporter_enabled).run()
@@ -154,17 +106,10 @@ class _Loop:
     """One training run: setup, the step loop, evaluation, checkpoints and the summary."""
 
     def __init__(self, job: Job, reporter_enabled: bool):
-        import torch
-
-        from gptcli.runtime import resolve_device
-
         self.job, self.s = job, job.settings
         s = self.s
-        device = resolve_device(s.device)
-        if device.type == "cuda" and device.index is not None and "LOCAL_RANK" not in os.environ:
-            torch.cuda.set_device(device.index)  # accelerate uses the current device: honour --device cuda:N
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.acc = acc = make_accelerator(s, device.type, world_size)
+        device = job.runtime.device
+        self.acc = acc = distributed.make_accelerator(s, device, job.world_size)
         self.main = acc.is_main_process
         self.fsdp = bool(getattr(acc, "is_fsdp2", False))
         if s.fsdp and not self.fsdp and self.main and reporter_enabled:
@@ -175,8 +120,8 @@ class _Loop:
         if device.type == "cpu" and acc.mixed_precision == "bf16" and job.train.block_size <= EAGER_MAX_BLOCK:
             use_eager_attention(job.model)
         if job.resume_from is not None:  # before sharding: FSDP splits the loaded full tensors
-            job_load_weights(job.model, job.resume_from)
-        self._tied_aliases = _tied_aliases(job.model)
+            checkpoint.load_weights(job.model, job.resume_from)
+        self._tied_aliases = distributed.tied_aliases(job.model)
         optimizer = make_optimizer(job.model, s, job.lr)
         self.scheduler = make_scheduler(optimizer, s, job.steps, job.lr)
         self.model, self.optimizer = acc.prepare(job.model, optimizer)
@@ -191,7 +136,6 @@ class _Loop:
         self.eval_every = s.eval_every if s.eval_every is not None else max(1, job.steps // 10)
         self.save_every = s.save_every if s.save_every is not None else max(1, job.steps // 5)
         self.log_every = s.log_every or max(1, min(100, job.steps // 50))
-        self.step_delay = float(os.environ.get("GPTCLI_TEST_STEP_DELAY", "0") or 0)  # tests: slow enough to kill
         self.metrics = MetricsFile(job.out, enabled=self.main, resume_step=self.start if job.resume_from else None)
         self.reporter = Reporter(job.steps, self.start, enabled=self.main and reporter_enabled)
         self.reporter_enabled = reporter_enabled
@@ -205,7 +149,7 @@ class _Loop:
     def _restore(self) -> None:
         job, acc = self.job, self.acc
         state = job.resume_state or checkpoint.load_state(job.resume_from)
-        self._load_optimizer(state["optimizer"])
+        distributed.load_optimizer_state(self.optimizer, state["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(state["scheduler"])
         # each rank's dropout continues where it stopped
         checkpoint.set_rng_state(checkpoint.rng_for_rank(state, acc.process_index))
@@ -219,64 +163,13 @@ class _Loop:
                  "takes rank 0's).")
         self.start, self.tokens_seen, self.best_val = int(state["step"]), int(state["tokens_seen"]), state.get("best_val")
 
-    def _load_optimizer(self, saved: dict[str, Any]) -> None:
-        """Load a full optimizer state; under FSDP each rank keeps its shard of every tensor."""
-        if self.fsdp:
-            import torch
-            from torch.distributed.tensor import DTensor, distribute_tensor
-
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            state = {}
-            for idx, values in saved["state"].items():
-                p = params[int(idx)]
-                state[idx] = {
-                    k: distribute_tensor(v, p.device_mesh, p.placements)
-                    if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v
-                    for k, v in values.items()
-                }
-            saved = {**saved, "state": state}
-        self.optimizer.load_state_dict(saved)
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """The full optimizer state, in the format a plain optimizer's state_dict() has (on rank 0 under FSDP)."""
-        saved = self.optimizer.state_dict()
-        if not self.fsdp:
-            return saved
-        from torch.distributed.tensor import DTensor
-
-        state = {}
-        for idx in sorted(saved["state"]):  # the same order on every rank: each gather is a collective
-            values = {k: v.full_tensor().cpu() if isinstance(v, DTensor) else v for k, v in saved["state"][idx].items()}
-            if self.main:
-                state[idx] = values
-        return {**saved, "state": state}
-
     def _model_state(self) -> Any:
         """Under FSDP the full model state dict (gathered on rank 0; a collective), else None."""
         if not self.fsdp:
             return None
-        if self._gathered is not None and self._gathered[0] == self.step:
-            return self._gathered[1]
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        # not accelerate's get_state_dict: with torch 2.13 its options return the DTensor shards
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        # gathered copies no longer share storage, so save_pretrained cannot see the tie: drop the alias
-        # (lm_head.weight) here, as an unsharded save does
-        full = {k: v for k, v in full.items() if k not in self._tied_aliases}
-        self._gathered = (self.step, full)
-        return full
-
-    def _rng_states(self) -> list[dict[str, Any]]:
-        """Every rank's random states, gathered on rank 0 (a collective)."""
-        mine = checkpoint.rng_state()
-        if self.acc.num_processes == 1:
-            return [mine]
-        import torch.distributed as dist
-
-        gathered: list[Any] | None = [None] * self.acc.num_processes if self.main else None
-        dist.gather_object(mine, gathered, dst=0)
-        return gathered or []
+        if self._gathered is None or self._gathered[0] != self.step:
+            self._gathered = (self.step, distributed.full_model_state(self.model, self._tied_aliases))
+        return self._gathered[1]
 
     def autocast(self) -> Any:
         return self.acc.autocast() if self.acc.mixed_precision != "no" else nullcontext()
@@ -317,7 +210,9 @@ class _Loop:
 
     def save(self) -> None:
         # every rank takes part in gathering; only rank 0 writes
-        model_state, optimizer_state, rngs = self._model_state(), self._optimizer_state(), self._rng_states()
+        model_state = self._model_state()
+        optimizer_state = distributed.full_optimizer_state(self.optimizer, self.fsdp, self.main)
+        rngs = distributed.gather_rng_states(self.acc)
         if self.main:
             state = {
                 "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
@@ -344,8 +239,8 @@ class _Loop:
                 loss_sum += self.train_step()
                 loss_n += self.s.grad_accum
                 self.train_time += time.perf_counter() - t0
-                if self.step_delay:
-                    time.sleep(self.step_delay)
+                if job.after_step is not None:
+                    job.after_step(self.step)
                 if self.step % self.log_every == 0 or self.step == job.steps:
                     self._progress(float(loss_sum) / max(loss_n, 1), loss_n, window_start, wall0)
                     loss_sum.zero_()
@@ -409,37 +304,3 @@ class _Loop:
                  + (f" | best val loss {self.best_val:.4f}" if self.best_val is not None else "")
                  + f" | {self.tokens_seen:,} tokens")
         return summary
-
-
-def _tied_aliases(model: Any) -> set[str]:
-    """Names of parameters that are the same tensor as an earlier one (tied output embeddings)."""
-    first: dict[int, str] = {}
-    aliases = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            aliases.add(name)
-        else:
-            first[id(p)] = name
-    return aliases
-
-
-def job_load_weights(model: Any, folder: Path) -> None:
-    """Load a checkpoint's weights into the freshly built model (full model or LoRA adapter)."""
-    from safetensors.torch import load_file
-
-    adapter = folder / "adapter_model.safetensors"
-    if adapter.is_file():
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(adapter))
-        return
-    state: dict[str, Any] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {k for k in missing if "lm_head" in k}
-    if set(missing) - tied or unexpected:
-        from gptcli.errors import InputError
-
-        raise InputError(f"checkpoint {folder} does not match this model "
-                         f"({len(set(missing) - tied)} missing, {len(unexpected)} unexpected tensors).")

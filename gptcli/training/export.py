@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from gptcli.fileio import publish_files
 
 
 def save_model_folder(model: Any, tokenizer: Any, folder: Path, state_dict: Any = None) -> None:
@@ -25,19 +25,6 @@ def save_model_folder(model: Any, tokenizer: Any, folder: Path, state_dict: Any 
 
 def publish(out: Path, write: Any) -> list[str]:
     """Write the final model into OUT without ever leaving a half-written weight file there;
-    returns the names written.
-
-    Files are written to a hidden folder inside OUT first, then each one is
-    renamed into place (a rename within one file system is atomic).
-    """
-    tmp = out / f".tmp-final-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        names = sorted(path.name for path in tmp.iterdir())
-        for name in names:
-            os.replace(tmp / name, out / name)
-        return names
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    returns the names written (fileio.publish_files: built in OUT/.tmp-final-PID, then each
+    file renamed into place)."""
+    return publish_files(out, write, "final")

@@ -6,33 +6,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gptcli import console
 from gptcli.errors import InputError
 from gptcli.training import lora as lora_mod
-from gptcli.training import outdir, packing, runner, sft
+from gptcli.training import packing, runner, sft
 from gptcli.training.settings import DEFAULT_VAL_SPLIT, TrainSettings
 
 DEFAULT_MAX_BLOCK = 1024
 
 
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
-    from gptcli.loading import load_model, quiet_transformers, resolve_source
-    from gptcli.runtime import resolve_runtime, seed_everything
-    from gptcli.training.precision import mixed_precision
+    from gptcli.loading import load_model, resolve_source
 
-    quiet_transformers()
-    runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
-    mixed_precision(s.precision, runtime.device.type)  # an impossible --precision fails before any work
+    ctx = runner.setup("finetune", s, progress)
+    say = ctx.say
     fmt = sft.detect_format(s.data, s.format)
-    out = Path(s.out).expanduser()
-    outdir.check(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())
-    resume_from, resume_state = runner.resume_point(s)
-    seed_everything(s.seed)
-    say = console.info if progress and runner.is_main() else (lambda _m: None)
 
     t0 = time.perf_counter()
     source = resolve_source(s.model, allow_pickle=s.allow_pickle)
-    lm = load_model(s.model, runtime, allow_pickle=s.allow_pickle, trust_remote_code=s.trust_remote_code, for_training=True)
+    lm = load_model(s.model, ctx.runtime, allow_pickle=s.allow_pickle, trust_remote_code=s.trust_remote_code,
+                    for_training=True)
     if lm.is_encoder_decoder:
         raise InputError(f"finetune trains decoder-only (causal) models; '{lm.name}' is an encoder-decoder model.")
     model, tok = lm.model, lm.tokenizer
@@ -45,12 +37,12 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     examples, masks = sft.build(tok, s.data, fmt, s.text_field)
     ids, mask = packing.stream(examples, tok.eos_token_id, masks)
-    val_ids = val_mask = None
+    val_stream = None
     if s.val_data:
         v_examples, v_masks = sft.build(tok, s.val_data, sft.detect_format(s.val_data, fmt), s.text_field)
-        val_ids, val_mask = packing.stream(v_examples, tok.eos_token_id, v_masks)
-    provenance = runner.provenance(s, resume_from, resume_state)
-    if val_ids is not None:
+        val_stream = packing.stream(v_examples, tok.eos_token_id, v_masks)
+    provenance = runner.provenance(ctx)
+    if val_stream is not None:
         frac = 0.0
         block = _block_size(s, lm.context_length, len(ids), frac)
     else:
@@ -58,13 +50,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         frac = runner.val_fraction(s, len(ids), block, say)
         if frac == 0.0 and s.val_split is None:  # no validation after all: size the blocks for training only
             block = _block_size(s, lm.context_length, len(ids), frac)
-    if val_ids is not None:
-        train = packing.split(ids, mask, 0.0, block)[0]
-        val = packing.Blocks(val_ids, val_mask, block)
-        if len(val) < 1:
-            raise InputError(f"the validation data ({len(val_ids):,} tokens) is smaller than one block of {block + 1} tokens.")
-    else:
-        train, val = packing.split(ids, mask, frac, block)
+    train, val = runner.blocks(ids, mask, block, frac, val_stream)
     too_big = packing.max_token_id(ids)
     if too_big >= model.get_input_embeddings().num_embeddings:
         raise InputError(f"token id {too_big} is outside the model's vocabulary; tokenizer and model do not match.")
@@ -100,8 +86,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     lr = s.lr or (2e-4 if s.lora else 1e-4)
     return runner.execute(
-        "finetune", s, model=model, train=train, val=val, lr=lr, resume_from=resume_from, resume_state=resume_state,
-        provenance=provenance, write_model=write, export=export, progress=progress,
+        ctx, model=model, train=train, val=val, lr=lr, provenance=provenance, write_model=write, export=export,
         describe={"base_model": base_name, "format": fmt, "lora": s.lora, "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},
     )

@@ -11,8 +11,7 @@ def mixed_precision(precision: str, device_type: str) -> str:
     """accelerate's name for --precision on this device.
 
     auto: bf16 (else fp16) on CUDA; bf16 on CPUs that compute it natively (AVX512-BF16/AMX),
-    where steps ran 2-3.5x faster than fp32 (benchmarks/train_speed.py, 128- to 256-wide
-    GPT-2 and Llama models); fp32 elsewhere. Weights and optimizer state stay fp32 either way.
+    where it is faster than fp32; fp32 elsewhere. Weights and optimizer state stay fp32 either way.
     """
     if precision == "auto":
         if device_type == "cuda":
@@ -30,10 +29,9 @@ def mixed_precision(precision: str, device_type: str) -> str:
 
 
 def use_eager_attention(model: Any) -> None:
-    """On CPU under bf16 autocast, PyTorch's fused SDPA backward is the slowest op of a step
-    (45% of it for the nanoGPT baby model); plain matmul + softmax attention trains ~1.5x faster
-    there (blocks of 64 and 256 tokens). Only this training run changes: the saved config does not record the choice, so
-    inference keeps SDPA."""
+    """On CPU under bf16 autocast, PyTorch's fused SDPA backward is the slowest op of a step and
+    plain matmul + softmax attention trains faster on short blocks. Only this training run
+    changes: the saved config does not record the choice, so inference keeps SDPA."""
     from gptcli.cpu_tuning import use_eager_attention as switch
 
     switch(model)  # an architecture without an eager path keeps its default

@@ -6,38 +6,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gptcli import console
-from gptcli.training import outdir, packing, presets, runner
+from gptcli.loading import context_length
+from gptcli.training import packing, presets, runner
 from gptcli.training import tokenizer as toks
 from gptcli.training.settings import TrainSettings
 
 
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
-    from gptcli.loading import quiet_transformers
-    from gptcli.runtime import resolve_runtime, seed_everything
-    from gptcli.training.precision import mixed_precision
-
-    quiet_transformers()
-    runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
-    mixed_precision(s.precision, runtime.device.type)  # an impossible --precision fails before any work
-    out = Path(s.out).expanduser()
-    outdir.check(out, resume=s.resume is not None, overwrite=s.overwrite, main=runner.is_main())
-    resume_from, resume_state = runner.resume_point(s)
-    seed_everything(s.seed)
-    say = console.info if progress and runner.is_main() else (lambda _m: None)
-
+    ctx = runner.setup("train", s, progress)
+    say = ctx.say
     texts = runner.load_texts(s.data, s.text_field)
     val_texts = runner.load_texts(s.val_data, s.text_field, "validation data") if s.val_data else None
-    provenance = runner.provenance(s, resume_from, resume_state)
+    provenance = runner.provenance(ctx)
 
     t0 = time.perf_counter()
-    if resume_from is not None:  # the checkpoint's own tokenizer and config: the exact same model
+    if ctx.resume_from is not None:  # the checkpoint's own tokenizer and config: the exact same model
         from transformers import AutoConfig
 
         from gptcli.loading import load_tokenizer
 
-        tokenizer = load_tokenizer(resume_from, padding_side="right")
-        config = AutoConfig.from_pretrained(resume_from)
+        tokenizer = load_tokenizer(ctx.resume_from, padding_side="right")
+        config = AutoConfig.from_pretrained(ctx.resume_from)
         kind = "checkpoint"
     else:
         if s.tokenizer:
@@ -46,22 +35,16 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
             tokenizer, kind = toks.make_tokenizer(s.tokenizer_type, texts, s.vocab_size), s.tokenizer_type
         config = _model_config(s, tokenizer)
     eot = toks.eot_id(tokenizer)
-    block = s.block_size or presets.context_length(config)
-    runner.check_block_size(block, presets.context_length(config), "this model")
+    context = context_length(config, tokenizer)
+    block = s.block_size or context
+    runner.check_block_size(block, context, "this model")
     say(f"tokenizer: {kind}, {len(tokenizer):,} tokens ({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
     ids, _ = packing.stream(toks.encode_documents(tokenizer, texts), eot)
-    if val_texts is not None:
-        train = packing.split(ids, None, 0.0, block)[0]
-        val_ids, _ = packing.stream(toks.encode_documents(tokenizer, val_texts), eot)
-        val = packing.Blocks(val_ids, None, block)
-        if len(val) < 1:
-            from gptcli.errors import InputError
-
-            raise InputError(f"the validation data ({len(val_ids):,} tokens) is smaller than one block of {block + 1} tokens.")
-    else:
-        train, val = packing.split(ids, None, runner.val_fraction(s, len(ids), block, say), block)
+    val_stream = packing.stream(toks.encode_documents(tokenizer, val_texts), eot) if val_texts is not None else None
+    frac = 0.0 if val_stream is not None else runner.val_fraction(s, len(ids), block, say)
+    train, val = runner.blocks(ids, None, block, frac, val_stream)
     say(f"data: {len(texts):,} documents, {len(ids):,} tokens ({time.perf_counter() - t0:.1f} s)")
 
     model = presets.new_model(config, s.seed)
@@ -73,9 +56,8 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         save_model_folder(m, tokenizer, folder, state_dict)
 
     return runner.execute(
-        "train", s, model=model, train=train, val=val, lr=s.lr or 1e-3,
-        resume_from=resume_from, resume_state=resume_state, provenance=provenance, write_model=write, export=write,
-        progress=progress,
+        ctx, model=model, train=train, val=val, lr=s.lr or 1e-3, provenance=provenance, write_model=write,
+        export=write,
         describe={"tokenizer": kind, "vocab_size": len(tokenizer), "model_type": config.model_type,
                   "parameters": sum(p.numel() for p in model.parameters()), "block_size": block,
                   "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},

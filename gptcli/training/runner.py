@@ -1,8 +1,11 @@
-"""What `train` and `finetune` share around the engine: settings, output folder, run records, export.
+"""The template `train` and `finetune` share: settings, setup, run records, the engine, export.
 
-A command builds its tokenizer, model and blocks (pretrain.py, finetune.py)
-and hands them to `execute`, which writes the manifest and effective config,
-runs the engine and publishes the final model folder.
+A run is three steps. `setup` does what comes before any data or model loads
+(runtime, --precision, the output folder check, the resume point, the seed, the
+progress printer, rank and world size); the command then builds its tokenizer,
+model and examples (pretrain.py, finetune.py) and cuts them into blocks with
+`blocks`; `execute` writes the manifest and effective config, runs the engine
+and publishes the final model folder.
 """
 
 from __future__ import annotations
@@ -28,6 +31,48 @@ def world() -> tuple[int, int]:
 
 def is_main() -> bool:
     return world()[0] == 0
+
+
+@dataclass
+class Setup:
+    """What every run resolves once, before any data or model loads; the engine's job carries it on."""
+
+    command: str  # "train" or "finetune"
+    settings: TrainSettings
+    runtime: Any  # gptcli.runtime.Runtime: the one device resolution of the run
+    rank: int
+    world_size: int
+    out: Path
+    resume_from: Path | None
+    resume_state: dict[str, Any] | None
+    progress: bool  # print progress lines (stderr)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, message: str) -> None:
+        """A progress line, from rank 0 only."""
+        if self.progress and self.is_main:
+            console.info(message)
+
+
+def setup(command: str, s: TrainSettings, progress: bool = True) -> Setup:
+    """Runtime, --precision, the output folder check and the resume point: every check that needs
+    no data, so a wrong flag fails before any work; then seed the random generators."""
+    from gptcli.loading import quiet_transformers
+    from gptcli.runtime import resolve_runtime, seed_everything
+    from gptcli.training.precision import mixed_precision
+
+    quiet_transformers()
+    runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
+    mixed_precision(s.precision, runtime.device.type)  # an impossible --precision fails before any work
+    rank, world_size = world()
+    out = Path(s.out).expanduser()
+    outdir.check(out, resume=s.resume is not None, overwrite=s.overwrite, main=rank == 0)
+    resume_from, resume_state = resume_point(s)
+    seed_everything(s.seed)
+    return Setup(command, s, runtime, rank, world_size, out, resume_from, resume_state, progress)
 
 
 def settings_from(cli: dict[str, Any], config_path: str | None, command: str) -> TrainSettings:
@@ -86,38 +131,46 @@ def check_block_size(block_size: int, context: int, what: str) -> None:
                          hint=f"Use --block-size {context} or less.")
 
 
+def blocks(ids: Any, mask: Any | None, block_size: int, val_fraction: float,
+           val_stream: tuple[Any, Any | None] | None) -> tuple[packing.Blocks, packing.Blocks | None]:
+    """Training and validation blocks: the validation data's own stream (val_stream: ids, mask)
+    when given, else the last val_fraction of the training stream."""
+    if val_stream is None:
+        return packing.split(ids, mask, val_fraction, block_size)
+    val_ids, val_mask = val_stream
+    train = packing.split(ids, mask, 0.0, block_size)[0]
+    val = packing.Blocks(val_ids, val_mask, block_size)
+    if len(val) < 1:
+        raise InputError(f"the validation data ({len(val_ids):,} tokens) is smaller than one block of {block_size + 1} tokens.")
+    return train, val
+
+
 def execute(
-    command: str,
-    s: TrainSettings,
+    ctx: Setup,
     *,
     model: Any,
     train: Any,
     val: Any,
     lr: float,
-    resume_from: Path | None,
-    resume_state: dict[str, Any] | None,
     provenance: Provenance,
     write_model: Callable[[Any, Path, Any], None],
     export: Callable[[Any, Path, Any], None],
     describe: dict[str, Any],
-    progress: bool = True,
 ) -> dict[str, Any]:
-    out = Path(s.out).expanduser()
-    rank, world_size = world()
+    command, s, out, world_size = ctx.command, ctx.settings, ctx.out, ctx.world_size
+    resume_from = ctx.resume_from
     steps = steps_for(s, len(train), world_size)
-    if rank == 0:
+    if ctx.is_main:
         outdir.prepare(out, resume=resume_from is not None, overwrite=s.overwrite)
         kept = outdir.published(out)  # resuming in place: the earlier run's final model is still there
         saved = _portable({k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS})
         configfile.dump(saved, out / outdir.EFFECTIVE_CONFIG)
-        from gptcli.runtime import resolve_device
-
-        manifest.write(out, command=command, settings=saved, device=str(resolve_device(s.device)), world_size=world_size,
+        manifest.write(out, command=command, settings=saved, device=str(ctx.runtime.device), world_size=world_size,
                        extra={"steps": steps, **describe}, prints=provenance.prints, start_step=provenance.start_step,
                        earlier=provenance.earlier, outputs=kept)
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if progress:
+        if ctx.progress:
             console.info(
                 f"{command}: {params / 1e6:.2f} M parameters"
                 + (f" ({trainable / 1e6:.3f} M trainable)" if trainable != params else "")
@@ -125,10 +178,11 @@ def execute(
                 + (f" | {len(val):,} validation blocks" if val is not None else "")
                 + f" | {steps:,} steps of {s.batch_size * s.grad_accum * world_size} sequences"
             )
-    job = engine.Job(model=model, train=train, val=val, settings=s, out=out, steps=steps, lr=lr,
-                     write_model=write_model, resume_from=resume_from, resume_state=resume_state,
+    job = engine.Job(model=model, train=train, val=val, settings=s, runtime=ctx.runtime, rank=ctx.rank,
+                     world_size=world_size, out=out, steps=steps, lr=lr, write_model=write_model,
+                     resume_from=resume_from, resume_state=ctx.resume_state,
                      resume_command=resume_command(command, s), extra_summary={"command": command})
-    summary = engine.run(job, reporter_enabled=progress)
+    summary = engine.run(job, reporter_enabled=ctx.progress)
     if job.is_main:
         from gptcli.training.export import publish
 
@@ -153,12 +207,13 @@ class Provenance:
     earlier: list[dict[str, Any]] = field(default_factory=list)
 
 
-def provenance(s: TrainSettings, resume_from: Path | None, resume_state: dict[str, Any] | None) -> Provenance:
+def provenance(ctx: Setup) -> Provenance:
     """Fingerprint the data (before any work) and, when resuming, compare it with what the earlier
     steps were trained on. Changed data is allowed (more data, fixed typos) but never silent: a
     warning says so, and run.json keeps the earlier fingerprints as their own segments."""
-    if not is_main():  # only rank 0 writes run.json
+    if not ctx.is_main:  # only rank 0 writes run.json
         return Provenance({"data": [], "val_data": []})
+    s, resume_from, resume_state = ctx.settings, ctx.resume_from, ctx.resume_state
     prints = manifest.fingerprints(s.data, s.val_data)
     if resume_from is None or resume_state is None:
         return Provenance(prints)
