@@ -7,6 +7,7 @@ import inspect
 import types
 from dataclasses import dataclass, field
 from pathlib import PurePath
+from typing import Any
 
 SHELLS = ("bash", "zsh", "fish")
 # Options whose value may also be a folder (a local model, a checkpoint): complete both.
@@ -83,7 +84,9 @@ def _params(callback, known: dict[str, tuple[str, ...]]) -> tuple[list[Opt], boo
     import typing
 
     hints = typing.get_type_hints(callback, include_extras=True)
-    opts, args_are_paths, arg_values = [], False, ()
+    opts: list[Any] = []
+    args_are_paths = False
+    arg_values: tuple[str, ...] = ()
     for name in inspect.signature(callback).parameters:
         hint = hints.get(name)
         meta = [m for m in getattr(hint, "__metadata__", ()) if hasattr(m, "param_decls")]

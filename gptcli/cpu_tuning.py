@@ -88,16 +88,13 @@ def optimize_for_inference(model: Any, runtime: Any, min_weights: int = MIN_PACK
     if not _op_works(str(runtime.dtype).replace("torch.", "")):
         return 0
     PackedLinear = _packed_linear_class()
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - very old transformers
-        Conv1D = ()
+    from transformers.pytorch_utils import Conv1D
     swaps = []
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is torch.nn.Linear:
                 swaps.append((parent, name, child.weight, child.bias))
-            elif Conv1D and type(child) is Conv1D:  # GPT-2 stores (in, out); packing wants (out, in)
+            elif type(child) is Conv1D:  # GPT-2 stores (in, out); packing wants (out, in)
                 swaps.append((parent, name, child.weight.t(), child.bias))
     packed = 0
     with torch.no_grad():

@@ -67,13 +67,11 @@ def _growing_layer_class():
         def _reusable(self, old: int, new: int) -> bool:
             # Someone else (crop, batch selection, reset) may have replaced `keys`: then it is
             # no longer a view of our buffer and we start a new one from it.
-            buf = self._kbuf
-            return (
-                buf is not None
-                and new <= buf.shape[-2]
-                and (old == 0 or (self.keys.data_ptr() == buf.data_ptr()
-                                  and self.values.data_ptr() == self._vbuf.data_ptr()))
-            )
+            buf, keys, values = self._kbuf, self.keys, self.values
+            if buf is None or new > buf.shape[-2]:
+                return False
+            return old == 0 or (keys is not None and values is not None and keys.data_ptr() == buf.data_ptr()
+                                and values.data_ptr() == self._vbuf.data_ptr())
 
         def _capacity(self, new: int) -> int:
             if not self.whole_buffer:
@@ -125,7 +123,7 @@ def new_cache(model: Any, whole_buffer: bool | None = None) -> Any:
         if whole_buffer is None:
             whole_buffer = _whole_buffer_pays(model) and decode_support(model).whole_buffer
         for layer in cache.layers:
-            layer.whole_buffer = whole_buffer
+            layer.whole_buffer = whole_buffer  # type: ignore[union-attr]  # the layers are ours (growing)
     return cache
 
 

@@ -114,7 +114,9 @@ def _connection_failure(exc: BaseException) -> BaseException | None:
     whose name reads like "not found"; what happened is in its cause chain.
     """
     seen = set()
-    while exc is not None and id(exc) not in seen:
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        exc = current
         seen.add(id(exc))
         names = {cls.__name__ for cls in type(exc).__mro__}
         if isinstance(exc, (ConnectionError, TimeoutError)) or names & {
@@ -122,7 +124,7 @@ def _connection_failure(exc: BaseException) -> BaseException | None:
             "SSLError", "MaxRetryError", "NewConnectionError", "NameResolutionError", "OfflineModeIsEnabled",
         }:
             return exc
-        exc = exc.__cause__ or exc.__context__
+        current = exc.__cause__ or exc.__context__
     return None
 
 

@@ -58,7 +58,7 @@ class SamplingParams:
         unknown = sorted(set(changes) - known)
         if unknown:
             raise UsageError(f"unknown sampling option '{unknown[0]}'.", hint=f"Known: {', '.join(sorted(known))}.")
-        clean = {k: (tuple(v) if k == "stop" and v is not None else v) for k, v in changes.items() if v is not None}
+        clean: dict[str, Any] = {k: (tuple(v) if k == "stop" and v is not None else v) for k, v in changes.items() if v is not None}
         return replace(self, **clean).validate()
 
     def validate(self) -> SamplingParams:

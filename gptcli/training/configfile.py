@@ -6,6 +6,7 @@ Keys are the long option names (`n-layer` or `n_layer`). A file may also hold
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,9 @@ def load(path: str | Path, command: str) -> dict[str, Any]:
 
 
 def _toml(text: str, path: Path) -> Any:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10
+    else:  # Python 3.10
         import tomli as tomllib
     try:
         return tomllib.loads(text)

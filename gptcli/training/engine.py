@@ -128,7 +128,10 @@ class _Loop:
         self.raw_model = acc.unwrap_model(self.model)
         self._gathered: tuple[int, Any] | None = None  # (step, full model state) of the last FSDP save
 
-        self.start, self.tokens_seen, self.best_val, self.last_val, self.last_loss = 0, 0, None, None, None
+        self.start, self.tokens_seen = 0, 0
+        self.best_val: float | None = None
+        self.last_val: float | None = None
+        self.last_loss: float | None = None
         if job.resume_from is not None:
             self._restore()
         self.sampler = BlockSampler(len(job.train), s.batch_size, s.grad_accum, acc.num_processes, acc.process_index,
@@ -148,6 +151,7 @@ class _Loop:
 
     def _restore(self) -> None:
         job, acc = self.job, self.acc
+        assert job.resume_from is not None  # _restore runs only when resuming
         state = job.resume_state or checkpoint.load_state(job.resume_from)
         distributed.load_optimizer_state(self.optimizer, state["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(state["scheduler"])

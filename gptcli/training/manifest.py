@@ -28,7 +28,7 @@ SIGNATURE = "gptcli-run/1"  # not "format": finetune records its data format und
 def hash_files(paths: list[str]) -> list[dict[str, Any]]:
     from gptcli.data import expand_paths
 
-    out = []
+    out: list[dict[str, Any]] = []
     for path in expand_paths(paths):
         if str(path) == "-":
             out.append({"path": "-", "sha256": None})
@@ -68,7 +68,7 @@ def data_changes(before: dict[str, Any], now: dict[str, list[dict[str, Any]]]) -
     """Files whose contents differ, and files added or gone, between two sets of fingerprints."""
     changes = []
     for key in ("data", "val_data"):
-        old = {e.get("path"): e.get("sha256") for e in before.get(key) or [] if isinstance(e, dict)}
+        old = {str(e["path"]): e.get("sha256") for e in before.get(key) or [] if isinstance(e, dict) and e.get("path")}
         new = {e["path"]: e["sha256"] for e in now[key]}
         for path in sorted(old.keys() | new.keys()):
             name = Path(str(path)).name

@@ -35,7 +35,7 @@ def resolve_shape(preset: str, **overrides: Any) -> dict[str, Any]:
 
 def build_config(arch: str, shape: dict[str, Any], vocab_size: int, eot_id: int) -> Any:
     """A transformers config for a fresh model; bos/eos/pad are the real end-of-text id."""
-    specials = dict(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id)
+    specials: dict[str, Any] = {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id}
     if arch == "gpt2":
         from transformers import GPT2Config
 

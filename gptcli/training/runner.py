@@ -68,7 +68,7 @@ def setup(command: str, s: TrainSettings, progress: bool = True) -> Setup:
     runtime = resolve_runtime(s.device, "float32", s.threads, purpose="training")
     mixed_precision(s.precision, runtime.device.type)  # an impossible --precision fails before any work
     rank, world_size = world()
-    out = Path(s.out).expanduser()
+    out = Path(s.out or "").expanduser()  # settings.validate() made sure --out is given
     outdir.check(out, resume=s.resume is not None, overwrite=s.overwrite, main=rank == 0)
     resume_from, resume_state = resume_point(s)
     seed_everything(s.seed)
@@ -194,7 +194,7 @@ def resume_point(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
     """The checkpoint to resume from and its state, read (and checked) before any data or model loads."""
     if s.resume is None:
         return None, None
-    path = checkpoint.find_resume(Path(s.out).expanduser(), s.resume)
+    path = checkpoint.find_resume(Path(s.out or "").expanduser(), s.resume)
     return path, checkpoint.load_state(path)
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 
 class StopRequest:
     def __init__(self, distributed: bool = False):
         self.distributed = distributed
         self._flag = False
-        self._saved: dict[int, object] = {}
+        self._saved: dict[int, Any] = {}  # previous handlers, as signal.getsignal returns them
 
     def _handle(self, signum, frame) -> None:
         self._flag = True

@@ -101,7 +101,7 @@ def encode_documents(tok: Any, texts: list[str]) -> list[list[int]]:
     by_line = backend is not None and type(backend.pre_tokenizer).__name__ in ("ByteLevel", "Split")
     out: list[list[int]] = []
     for text in texts:
-        if by_line:
+        if by_line and backend is not None:
             # Lines end at "\n" only: str.splitlines() also cuts at U+2028, form feeds and the like,
             # where the pre-tokenizer may join characters, so the tokens would differ.
             encs = backend.encode_batch(_lines_keepends(text), add_special_tokens=False)
