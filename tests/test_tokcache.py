@@ -1,0 +1,197 @@
+"""The token cache (gptcli/tokcache.py): exact tokens however the text is cut, reuse, rebuilds and faults."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptcli import tokcache
+from gptcli.errors import GptcliError, InputError
+from gptcli.training import tokenizer as toks
+
+
+def _tricky_text(seed: int, n_lines: int = 1500) -> str:
+    """Lines that end in spaces or tabs, blank lines, runs of newlines, CRLF, U+2028, digits, accents."""
+    rng = random.Random(seed)
+    words = ["the", "cat", " sat", "on", "théâtre", "42", "x2028\u2028y", "tab\there", "it's", "don't", "ümlaut",
+             "日本語", "  spaced", "end.", "!!", "\u0085", "\x0c"]
+    ends = ["\n", " \n", "  \n", "\t\n", "\n\n", "\n\n\n", "\r\n", " \n \n", "\n "]
+    lines = []
+    for _ in range(n_lines):
+        lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) + rng.choice(ends))
+    return "".join(lines)
+
+
+def _whole(tok, texts):
+    eot = tok.eos_token_id
+    out = []
+    for t in texts:
+        out.extend(tok.backend_tokenizer.encode(t, add_special_tokens=False).ids)
+        out.append(eot)
+    return out
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Tiny read, piece and batch sizes: a small file is cut in hundreds of places."""
+    monkeypatch.setattr(tokcache, "READ_BYTES", 997)
+    monkeypatch.setattr(tokcache, "PIECE_CHARS", 61)
+    monkeypatch.setattr(tokcache, "BATCH_CHARS", 700)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char", "bytes"])
+def test_cached_stream_equals_whole_text_tokenization(tmp_path, small_pieces, kind):
+    plain = _tricky_text(1)
+    separated = "\n<|endoftext|>\n".join(_tricky_text(s, 40) for s in range(2, 30)) + "\n<|endoftext|>\n  \n"
+    records = "".join(json.dumps({"text": _tricky_text(s, 5)}) + "\n" for s in range(40, 60))
+    (tmp_path / "a.txt").write_text(plain, encoding="utf-8", newline="")
+    (tmp_path / "b.txt").write_text(separated, encoding="utf-8", newline="")
+    (tmp_path / "c.jsonl").write_text(records, encoding="utf-8")
+    paths = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.jsonl"]
+    from gptcli.training.runner import load_texts
+
+    texts = load_texts([str(p) for p in paths], "text")
+    tok = toks.make_tokenizer(kind, texts, 400)
+    entry = tokcache.ensure(paths, tok, "text", root=tmp_path / "cache")
+    want = _whole(tok, texts)
+    assert entry.tokens().tolist() == want
+    assert entry.n_documents == len(texts)
+    ends = entry.doc_ends().tolist()
+    assert ends[-1] == len(want) and all(want[e - 1] == tok.eos_token_id for e in ends)
+
+
+def test_line_cuts_keep_the_bpe_pre_tokens_of_trailing_spaces():
+    """The subtlety the cut rule exists for: " \\n" at the end of a piece is one pre-token, so no cut there."""
+    pieces, rest = tokcache.cut_pieces("ab  \ncd\n\nef\ngh", "line", final=False, target=1)
+    assert pieces == ["ab  \ncd\n\nef\n"] and rest == "gh"
+
+
+def test_reuse_then_rebuild_with_a_note_when_source_or_tokenizer_changes(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("hello world\n" * 50)
+    notes = []
+    tok = toks.build_bytes()
+    first = tokcache.ensure([src], tok, "text", root=tmp_path / "c", note=notes.append)
+    built = (first.folder / tokcache.MANIFEST).stat().st_mtime_ns
+    again = tokcache.ensure([src], tok, "text", root=tmp_path / "c", note=notes.append)
+    assert (again.folder / tokcache.MANIFEST).stat().st_mtime_ns == built and notes == []
+    src.write_text("hello wurld\n" * 50)  # same size, possibly the same mtime: the hash tells
+    changed = tokcache.ensure([src], tok, "text", root=tmp_path / "c", note=notes.append)
+    assert "a.txt changed" in notes[-1]
+    assert changed.n_tokens == 601
+    char = toks.build_char(["hello wurld\n"])
+    other = tokcache.ensure([src], char, "text", root=tmp_path / "c", note=notes.append)
+    assert other.folder != changed.folder and other.n_tokens == 601  # another tokenizer: its own entry
+
+
+def test_truncated_token_file_is_detected_and_rebuilt(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("some text here\n" * 100)
+    tok = toks.build_bytes()
+    entry = tokcache.ensure([src], tok, "text", root=tmp_path / "c")
+    want = entry.tokens().tolist()
+    with open(entry.folder / tokcache.TOKENS, "r+b") as f:
+        f.truncate(100)
+    notes = []
+    again = tokcache.ensure([src], tok, "text", root=tmp_path / "c", note=notes.append)
+    assert "tokens.bin has 100 bytes instead of" in notes[0]
+    assert again.tokens().tolist() == want
+
+
+def test_uint32_when_the_vocabulary_exceeds_65536(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<|endoftext|>": 0, **{f"w{i}": i + 1 for i in range(70_000)}}
+    inner = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = toks._wrap(inner)
+    src = tmp_path / "a.txt"
+    src.write_text("w1 w69999 w65536\nw3\n")
+    entry = tokcache.ensure([src], tok, "text", root=tmp_path / "c")
+    assert entry.manifest["dtype"] == "uint32"
+    assert entry.tokens().tolist() == [2, 70000, 65537, 4, 0]
+
+
+def test_empty_shard_among_files_and_all_empty(tmp_path):
+    (tmp_path / "a.txt").write_text("first\n")
+    (tmp_path / "b.txt").write_text("")
+    (tmp_path / "c.txt").write_text("third\n")
+    tok = toks.build_bytes()
+    entry = tokcache.ensure([tmp_path / n for n in ("a.txt", "b.txt", "c.txt")], tok, "text", root=tmp_path / "c")
+    assert entry.n_documents == 2
+    with pytest.raises(InputError, match="holds no text"):
+        tokcache.ensure([tmp_path / "b.txt"], tok, "text", root=tmp_path / "c")
+    assert not list((tmp_path / "c").rglob("*.tmp-*"))  # nothing half-written stays
+
+
+def test_invalid_utf8_reports_file_and_byte_offset(tmp_path, monkeypatch):
+    monkeypatch.setattr(tokcache, "READ_BYTES", 1000)
+    src = tmp_path / "bad.txt"
+    src.write_bytes(b"good line\n" * 5000 + b"x\xffy\n")
+    with pytest.raises(InputError, match=r"bad\.txt is not valid UTF-8 \(bad byte at offset 50001\)"):
+        tokcache.ensure([src], toks.build_bytes(), "text", root=tmp_path / "c")
+    assert not list((tmp_path / "c").rglob("*.tmp-*"))
+
+
+def test_full_disk_gives_a_clear_error_and_removes_the_temporary_folder(tmp_path, monkeypatch):
+    import errno
+
+    src = tmp_path / "a.txt"
+    src.write_text("text\n" * 100)
+
+    def no_space(fd):  # the disk fills while the token file is flushed
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tokcache.os, "fsync", no_space)
+    with pytest.raises(GptcliError, match="cannot write the token cache .*No space left on device"):
+        tokcache.ensure([src], toks.build_bytes(), "text", root=tmp_path / "c")
+    assert not list((tmp_path / "c").rglob("*.tmp-*")) and not list((tmp_path / "c").rglob(tokcache.MANIFEST))
+
+
+BUILDER = """
+import sys, time
+from pathlib import Path
+from gptcli import tokcache
+from gptcli.training import tokenizer as toks
+tokcache.BATCH_CHARS = 2000
+real = tokcache.encode_stream
+def slow(tok, pieces, write):
+    def w(a, e):
+        write(a, e); print("wrote", flush=True); time.sleep(float(sys.argv[3]))
+    real(tok, pieces, w)
+tokcache.encode_stream = slow
+e = tokcache.ensure([Path(sys.argv[1])], toks.build_bytes(), "text", root=Path(sys.argv[2]), note=lambda m: print("note", m))
+print("done", e.n_tokens, flush=True)
+"""
+
+
+def _builder(tmp_path, delay):
+    return subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path / "a.txt"), str(tmp_path / "c"), str(delay)],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+
+
+def test_sigkill_mid_build_leaves_no_cache_that_is_used(tmp_path):
+    (tmp_path / "a.txt").write_text("line of text\n" * 2000)
+    p = _builder(tmp_path, 5)
+    assert p.stdout.readline().strip() == "wrote"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert list((tmp_path / "c").rglob("*.tmp-*")) and not list((tmp_path / "c").rglob(tokcache.MANIFEST))
+    entry = tokcache.ensure([tmp_path / "a.txt"], toks.build_bytes(), "text", root=tmp_path / "c")
+    assert entry.n_tokens == 26001 and not list((tmp_path / "c").rglob("*.tmp-*"))
+
+
+def test_two_builders_at_once_build_once_and_both_get_a_valid_cache(tmp_path):
+    (tmp_path / "a.txt").write_text("line of text\n" * 2000)
+    first = _builder(tmp_path, 0.05)
+    assert first.stdout.readline().strip() == "wrote"  # the first one holds the lock now
+    second = _builder(tmp_path, 0.05)
+    out2 = second.communicate(timeout=60)[0]
+    out1 = first.communicate(timeout=60)[0]
+    assert "done 26001" in out1 and "done 26001" in out2
+    assert "wrote" not in out2  # it waited, then reused the first one's cache
