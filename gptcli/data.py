@@ -90,6 +90,15 @@ def _load_file(path: Path, text_field: str) -> list[Document]:
 
 
 def _load_table(path: Path, text_field: str) -> list[Document]:
+    docs = []
+    for i, doc_id, value in iter_table(path, text_field):
+        docs.append(Document(doc_id if doc_id is not None else f"{path}:{i + 1}", value, str(path)))
+    return docs
+
+
+def iter_table(path: Path, text_field: str, batch_size: int = 1000) -> Iterable[tuple[int, str | None, str]]:
+    """(row number, the row's "id" or None, text) of each row with a text, a batch of rows at a time:
+    the Arrow table `datasets` builds is memory-mapped, so memory stays flat whatever its size."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -105,11 +114,11 @@ def _load_table(path: Path, text_field: str) -> list[Document]:
     if text_field not in ds.column_names:
         raise InputError(f"{path} has no column \"{text_field}\".",
                          hint=f"Pass --text-field with one of: {', '.join(ds.column_names)}.")
-    ids = ds["id"] if "id" in ds.column_names else None
-    docs = []
-    for i, value in enumerate(ds[text_field]):
-        if value is None:
-            continue
-        doc_id = str(ids[i]) if ids is not None else f"{path}:{i + 1}"
-        docs.append(Document(doc_id, str(value), str(path)))
-    return docs
+    columns = list(dict.fromkeys([text_field, "id"] if "id" in ds.column_names else [text_field]))
+    row = 0
+    for batch in ds.select_columns(columns).iter(batch_size=batch_size):
+        ids = batch.get("id")
+        for j, value in enumerate(batch[text_field]):
+            if value is not None:
+                yield row + j, (str(ids[j]) if ids is not None else None), str(value)
+        row += len(batch[text_field])

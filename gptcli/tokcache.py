@@ -69,7 +69,10 @@ def tokenizer_fingerprint(tok: Any) -> str:
     """SHA-256 of the tokenizer's full definition (vocabulary, merges, pre-tokenizer, normalizer) and eot id."""
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:
-        body = backend.to_str()
+        spec = json.loads(backend.to_str())
+        for key in ("truncation", "padding"):  # call-time settings transformers changes; never the tokens
+            spec.pop(key, None)
+        body = json.dumps(spec, sort_keys=True)
     else:  # a slow (Python) tokenizer: its class and vocabulary
         body = type(tok).__name__ + json.dumps(sorted(tok.get_vocab().items()))
     return hashlib.sha256(f"{body}\0eot={tok.eos_token_id}".encode()).hexdigest()
@@ -279,17 +282,21 @@ def _jsonl_docs(path: Path, text_field: str, on_bytes: Callable[[int], None]) ->
 
 
 def source_docs(path: Path, text_field: str, on_bytes: Callable[[int], None]) -> Iterator[tuple[str, bool]]:
-    from gptcli.data import JSONL_SUFFIXES, TABLE_SUFFIXES, load_documents
+    from gptcli.data import JSONL_SUFFIXES, TABLE_SUFFIXES, iter_table, load_documents
 
     suffix = path.suffix.lower()
-    if str(path) == "-" or suffix in TABLE_SUFFIXES:
-        # stdin, and CSV/Parquet/JSON through `datasets`: read whole as gptcli.data reads them
+    if str(path) == "-":
         for d in load_documents([path], text_field=text_field):
             if d.text.strip():
                 yield d.text, False
                 yield "", True
-        if str(path) != "-":
-            on_bytes(path.stat().st_size)
+        return
+    if suffix in TABLE_SUFFIXES:  # CSV/Parquet/JSON through `datasets`, a batch of rows at a time
+        for _, _, text in iter_table(path, text_field):
+            if text.strip():
+                yield text, False
+                yield "", True
+        on_bytes(path.stat().st_size)
         return
     if suffix in JSONL_SUFFIXES:
         yield from _jsonl_docs(path, text_field, on_bytes)
@@ -580,3 +587,90 @@ def stderr_progress(label: str) -> Progress:
         sys.stderr.flush()
 
     return show
+
+
+def cached_tokenizer(paths: list[Path], text_field: str, kind: str, vocab_size: int, sample_bytes: int,
+                     root: Path | None = None) -> Any:
+    """The tokenizer `train` makes from these files, trained once and kept next to their token cache.
+
+    bpe trains on the documents in order up to `sample_bytes` of text (a bounded, deterministic
+    sample); char collects the characters of all the text (a character it never saw would become
+    the unknown token); bytes needs no data. A changed source retrains it."""
+    from gptcli.training import tokenizer as toks
+
+    if kind == "bytes":
+        return toks.build_bytes()
+    stdin = any(str(p) == "-" for p in paths)
+    if stdin:  # nothing to key a cache on
+        return toks.make_tokenizer(kind, sample_texts(paths, text_field, sample_bytes), vocab_size)
+    root = (root or default_root()).expanduser()
+    folder = root / dataset_key(paths, text_field)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"tokenizer-{kind}" + (f"-{vocab_size}-{sample_bytes}" if kind == "bpe" else "")
+    sources = [source_print(p) for p in paths]
+    with _locked(folder / (name + ".lock")):
+        try:
+            saved = json.loads((folder / (name + ".json")).read_text(encoding="utf-8"))
+            if saved.get("sources") == sources:
+                from tokenizers import Tokenizer
+
+                return toks._wrap(Tokenizer.from_str(saved["tokenizer"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if kind == "char":
+            chars: set[str] = set()
+            for text in iter_documents(paths, text_field):
+                chars.update(text)
+            tok = toks.build_char(["".join(sorted(chars))])
+        else:
+            tok = toks.make_tokenizer(kind, sample_texts(paths, text_field, sample_bytes), vocab_size)
+        try:
+            write_atomic(folder / (name + ".json"),
+                         json.dumps({"sources": sources, "tokenizer": tok.backend_tokenizer.to_str()}) + "\n")
+        except OSError as exc:
+            raise GptcliError(f"cannot write the token cache in {folder}: {exc.strerror or exc}.",
+                              hint="Free some space, or pass --cache DIR on another disk.") from exc
+        return tok
+
+
+def prepare(data: list[str], *, val_data: list[str] | None = None, text_field: str = "text",
+            tokenizer: str | None = None, tokenizer_type: str = "bpe", vocab_size: int = 8192,
+            tokenizer_sample_mb: float = DEFAULT_SAMPLE_MB, cache: str | None = None,
+            trust_remote_code: bool = False, progress: bool = True) -> dict[str, Any]:
+    """`gptcli prepare`: tokenize the data (and validation data) into the token cache up front, with
+    the tokenizer `gptcli train` would use given the same options, so that train starts at once."""
+    from gptcli import console
+    from gptcli.data import expand_paths
+    from gptcli.errors import UsageError
+    from gptcli.training import tokenizer as toks
+
+    paths = expand_paths(data)
+    val_paths = expand_paths(val_data) if val_data else []
+    if any(str(p) == "-" for p in paths + val_paths):
+        raise UsageError("prepare caches files; stdin ('-') cannot be cached.", hint="Save it to a file first.")
+    root = Path(cache).expanduser() if cache else default_root()
+    t0 = time.perf_counter()
+    if tokenizer:
+        tok, kind = toks.load_existing(tokenizer, trust_remote_code), tokenizer
+    else:
+        if progress and tokenizer_type != "bytes":
+            console.info(f"tokenizer: training {tokenizer_type} on the data (or reusing the cached one)")
+        tok = cached_tokenizer(paths, text_field, tokenizer_type, vocab_size, int(tokenizer_sample_mb * 1e6), root)
+        kind = tokenizer_type
+    summary: dict[str, Any] = {"cache": str(root), "tokenizer": kind, "vocab_size": len(tok)}
+    for what, ps, key in (("training data", paths, "data"), ("validation data", val_paths, "val_data")):
+        if not ps:
+            continue
+        show = stderr_progress(f"tokenizing the {what}") if progress else None
+        t1 = time.perf_counter()
+        try:
+            entry = ensure(ps, tok, text_field, root=root, what=what, note=console.info if progress else lambda m: None,
+                           progress=show)
+        finally:
+            if show is not None:
+                sys.stderr.write("\n")
+        summary[key] = {"folder": str(entry.folder), "documents": entry.n_documents, "tokens": entry.n_tokens,
+                        "dtype": entry.manifest["dtype"], "bytes": sum(s["size"] for s in entry.manifest["sources"]),
+                        "seconds": round(time.perf_counter() - t1, 3)}
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary

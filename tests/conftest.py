@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ os.environ.pop("GPTCLI_MODEL", None)
 os.environ.pop("GPTCLI_DEVICE", None)
 os.environ.pop("GPTCLI_DTYPE", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# train/eval keep token caches here, not in the user's ~/.cache (subprocesses inherit it)
+os.environ["GPTCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="gptcli-test-cache-")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -52,7 +52,13 @@ def test_cached_stream_equals_whole_text_tokenization(tmp_path, small_pieces, ki
     (tmp_path / "a.txt").write_text(plain, encoding="utf-8", newline="")
     (tmp_path / "b.txt").write_text(separated, encoding="utf-8", newline="")
     (tmp_path / "c.jsonl").write_text(records, encoding="utf-8")
-    paths = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.jsonl"]
+    import csv
+
+    with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows([[i, _tricky_text(100 + i, 3)] for i in range(5)] + [[9, " "]])
+    paths = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.jsonl", tmp_path / "d.csv"]
     from gptcli.training.runner import load_texts
 
     texts = load_texts([str(p) for p in paths], "text")
@@ -195,3 +201,75 @@ def test_two_builders_at_once_build_once_and_both_get_a_valid_cache(tmp_path):
     out1 = first.communicate(timeout=60)[0]
     assert "done 26001" in out1 and "done 26001" in out2
     assert "wrote" not in out2  # it waited, then reused the first one's cache
+
+
+# ---------------------------------------------------------------- train and prepare through the CLI
+
+def _manifests(cache: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in cache.rglob(tokcache.MANIFEST)}
+
+
+def test_train_tokenizes_once_then_reuses_on_a_second_run_and_on_resume(tmp_path):
+    from test_train_support import TINY, cli, corpus
+
+    data, cache = corpus(tmp_path), tmp_path / "cache"
+    args = ["train", data, *TINY, "--steps", "4", "--save-every", "2", "--cache", cache]
+    code, out1, err1 = cli(*args, "--out", tmp_path / "a", "--json")
+    assert code == 0, err1
+    built = _manifests(cache)
+    assert len(built) == 1 and len(list(cache.rglob("tokenizer-bpe-*.json"))) == 1
+    code, out2, err2 = cli(*args, "--out", tmp_path / "b", "--json")
+    assert code == 0, err2
+    assert _manifests(cache) == built and "rebuilding" not in err2
+    assert json.loads(out1)["final_loss"] == json.loads(out2)["final_loss"]  # same tokenizer, tokens, order
+    code, _, err3 = cli("train", "--out", tmp_path / "a", "--resume", "auto", "--steps", "6")
+    assert code == 0, err3
+    assert _manifests(cache) == built and "rebuilding" not in err3  # the checkpoint's tokenizer hits the same entry
+
+
+def test_train_rebuilds_with_a_note_when_the_data_changed(tmp_path):
+    from test_train_support import TINY, cli, corpus
+
+    data, cache = corpus(tmp_path), tmp_path / "cache"
+    tok = tmp_path / "tok"
+    toks.build_bytes().save_pretrained(tok)
+    args = ["train", data, *TINY, "--tokenizer", tok, "--steps", "2", "--cache", cache]
+    assert cli(*args, "--out", tmp_path / "a")[0] == 0
+    corpus(tmp_path, lines=500)
+    code, _, err = cli(*args, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert "token cache for the training data: rebuilding it (" in err and "stories.txt changed)" in err
+
+
+def test_train_from_stdin_still_works_and_leaves_no_cache_behind(tmp_path, monkeypatch):
+    from test_train_support import TINY, corpus
+
+    from gptcli.cli.app import run
+
+    text = corpus(tmp_path).read_text()
+    monkeypatch.setattr("sys.stdin", __import__("io").TextIOWrapper(__import__("io").BytesIO(text.encode())))
+    cache = tmp_path / "cache"
+    assert run([str(a) for a in ["train", "-", *TINY, "--tokenizer-type", "char", "--steps", "2",
+                                 "--cache", cache, "--out", tmp_path / "a"]]) == 0
+    assert not cache.exists() or not list(cache.rglob(tokcache.MANIFEST))
+
+
+def test_prepare_then_train_starts_from_the_cache(tmp_path, cli):
+    from test_train_support import TINY, corpus
+
+    data, val, cache = corpus(tmp_path), corpus(tmp_path, 60, "val.txt", seed=5), tmp_path / "cache"
+    r = cli("prepare", data, "--val-data", val, "--vocab-size", "300", "--cache", cache, "--json")
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["data"]["documents"] == 1 and summary["data"]["dtype"] == "uint16"
+    assert summary["val_data"]["tokens"] > 0 and "tokenizing the training data" in r.stderr  # progress: stderr
+    built = _manifests(cache)
+    assert len(built) == 2
+    r = cli("train", data, "--val-data", val, *TINY, "--steps", "2", "--cache", cache, "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    assert _manifests(cache) == built
+
+
+def test_prepare_refuses_stdin(tmp_path, cli):
+    r = cli("prepare", "-", "--cache", tmp_path / "c", stdin="text\n")
+    assert r.exit_code == 2 and "stdin ('-') cannot be cached" in r.stderr

@@ -30,6 +30,7 @@ def _opt(*names: str, help: str, panel: str = OPTIM_PANEL):
 Data = Annotated[Optional[list[str]], typer.Argument(help="Text files or folders (.txt, .jsonl, .json, .csv, .tsv, .parquet); '-' is stdin.", show_default=False)]
 TextField = Annotated[Optional[str], _opt("--text-field", help="Field/column with the text in .jsonl/.json/.csv/.parquet. (default: text)", panel=DATA_PANEL)]
 ValSplit = Annotated[Optional[float], _opt("--val-split", help="Fraction of the tokens held out for validation (the end of the data). (default: 0.05)", panel=DATA_PANEL)]
+Cache = Annotated[Optional[Path], _opt("--cache", help="Token cache folder: the data are tokenized once into it and reused by later runs, --resume and every torchrun rank (see `gptcli prepare`). (default: $GPTCLI_CACHE_DIR or ~/.cache/gptcli/tokens)", panel=DATA_PANEL)]
 ValData = Annotated[Optional[list[str]], _opt("--val-data", help="Validation files instead of --val-split. Repeatable.", panel=DATA_PANEL)]
 BlockSize = Annotated[Optional[int], _opt("--block-size", help="Tokens per training sequence (train: also the model's context). (default: the preset's / the model's context, at most 1024)", panel=DATA_PANEL)]
 Steps = Annotated[Optional[int], _opt("--steps", help="Optimizer steps. (default: 1000, or from --epochs)")]
@@ -76,9 +77,11 @@ def train(
     text_field: TextField = None,
     val_split: ValSplit = None,
     val_data: ValData = None,
+    cache: Cache = None,
     tokenizer: Annotated[Optional[str], _opt("--tokenizer", help="Reuse this tokenizer (folder or Hub id) instead of training one.", panel=TOKENIZER_PANEL)] = None,
     tokenizer_type: Annotated[Optional[str], _opt("--tokenizer-type", help="bpe (byte-level BPE trained on the data), char (one token per character) or bytes (256 byte tokens). (default: bpe)", panel=TOKENIZER_PANEL)] = None,
     vocab_size: Annotated[Optional[int], _opt("--vocab-size", help="BPE vocabulary size, special tokens included. (default: 8192)", panel=TOKENIZER_PANEL)] = None,
+    tokenizer_sample_mb: Annotated[Optional[float], _opt("--tokenizer-sample-mb", help="Train the BPE tokenizer on the first this many MB of documents. (default: 200)", panel=TOKENIZER_PANEL)] = None,
     arch: Annotated[Optional[str], _opt("--arch", help="gpt2 or llama. (default: gpt2)", panel=ARCH_PANEL)] = None,
     preset: Annotated[Optional[str], _opt("--preset", help="Size: tiny, micro, mini (~5M), small, gpt2 (124M shape), gpt2-medium. (default: mini)", panel=ARCH_PANEL)] = None,
     n_layer: Annotated[Optional[int], _opt("--n-layer", help="Transformer blocks (overrides the preset).", panel=ARCH_PANEL)] = None,
@@ -121,8 +124,8 @@ def train(
     gptcli train --out run --resume auto
     """
     cli = _given(
-        data=data, text_field=text_field, val_split=val_split, val_data=val_data, tokenizer=tokenizer,
-        tokenizer_type=tokenizer_type, vocab_size=vocab_size, arch=arch, preset=preset, n_layer=n_layer,
+        data=data, text_field=text_field, val_split=val_split, val_data=val_data, cache=cache, tokenizer=tokenizer,
+        tokenizer_type=tokenizer_type, vocab_size=vocab_size, tokenizer_sample_mb=tokenizer_sample_mb, arch=arch, preset=preset, n_layer=n_layer,
         n_head=n_head, n_embd=n_embd, block_size=block_size, dropout=dropout, model_config=model_config,
         steps=steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, min_lr=min_lr,
         warmup=warmup, schedule=schedule, weight_decay=weight_decay, beta2=beta2, grad_clip=grad_clip,

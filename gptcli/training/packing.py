@@ -19,7 +19,7 @@ IGNORE = -100
 
 @dataclass
 class Blocks:
-    ids: Any  # (L,) int64 token stream
+    ids: Any  # (L,) token stream: an int64 tensor, or a numpy.memmap of the token cache
     mask: Any | None  # (L,) bool: True where the token is a loss target; None = all
     block_size: int
 
@@ -36,7 +36,12 @@ class Blocks:
 
         T = self.block_size
         offsets = starts.unsqueeze(1) + torch.arange(T + 1)  # (B, T+1)
-        window = self.ids[offsets]
+        if isinstance(self.ids, torch.Tensor):
+            window = self.ids[offsets]
+        else:  # a numpy.memmap of the token cache (uint16/uint32): read just these windows
+            import numpy as np
+
+            window = torch.from_numpy(self.ids[offsets.numpy()].astype(np.int64))
         x, y = window[:, :-1], window[:, 1:]
         if self.mask is not None:
             y = y.masked_fill(~self.mask[offsets][:, 1:], IGNORE)

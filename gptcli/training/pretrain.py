@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.loading import context_length
-from gptcli.training import packing, presets, runner
+from gptcli.training import presets, runner
 from gptcli.training import tokenizer as toks
 from gptcli.training.settings import TrainSettings
 
@@ -15,8 +15,7 @@ from gptcli.training.settings import TrainSettings
 def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     ctx = runner.setup("train", s, progress)
     say = ctx.say
-    texts = runner.load_texts(s.data, s.text_field)
-    val_texts = runner.load_texts(s.val_data, s.text_field, "validation data") if s.val_data else None
+    data = runner.DataFiles.open(s)
     provenance = runner.provenance(ctx)
 
     t0 = time.perf_counter()
@@ -32,20 +31,24 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         if s.tokenizer:
             tokenizer, kind = toks.load_existing(s.tokenizer, s.trust_remote_code), f"reused {s.tokenizer}"
         else:
-            tokenizer, kind = toks.make_tokenizer(s.tokenizer_type, texts, s.vocab_size), s.tokenizer_type
+            from gptcli import tokcache
+
+            tokenizer = tokcache.cached_tokenizer(data.paths, s.text_field, s.tokenizer_type, s.vocab_size,
+                                                  int(s.tokenizer_sample_mb * 1e6), data.root)
+            kind = s.tokenizer_type
         config = _model_config(s, tokenizer)
-    eot = toks.eot_id(tokenizer)
     context = context_length(config, tokenizer)
     block = s.block_size or context
     runner.check_block_size(block, context, "this model")
     say(f"tokenizer: {kind}, {len(tokenizer):,} tokens ({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
-    ids, _ = packing.stream(toks.encode_documents(tokenizer, texts), eot)
-    val_stream = packing.stream(toks.encode_documents(tokenizer, val_texts), eot) if val_texts is not None else None
+    entry = data.tokens(tokenizer, ctx)
+    ids = entry.tokens()  # a numpy.memmap of the token cache: memory stays flat whatever the corpus size
+    val_stream = (data.val_tokens(tokenizer, ctx).tokens(), None) if data.val_paths else None
     frac = 0.0 if val_stream is not None else runner.val_fraction(s, len(ids), block, say)
     train, val = runner.blocks(ids, None, block, frac, val_stream)
-    say(f"data: {len(texts):,} documents, {len(ids):,} tokens ({time.perf_counter() - t0:.1f} s)")
+    say(f"data: {entry.n_documents:,} documents, {len(ids):,} tokens ({time.perf_counter() - t0:.1f} s)")
 
     model = presets.new_model(config, s.seed)
     s.block_size = block

@@ -103,6 +103,75 @@ def load_texts(paths: list[str], text_field: str, what: str = "training data") -
     return texts
 
 
+@dataclass
+class DataFiles:
+    """The training (and validation) files of a run and where their token cache lives.
+
+    stdin ('-') can be read only once and has no path to key a cache on: it is spooled to a
+    temporary file first, whose cache lives (and dies) in a temporary folder."""
+
+    paths: list[Path]
+    val_paths: list[Path]
+    root: Path | None  # the cache root: --cache, else the default (tokcache.default_root)
+    text_field: str
+    shown: str  # the data as the user named it, for messages
+    val_shown: str
+
+    @classmethod
+    def open(cls, s: TrainSettings) -> DataFiles:
+        from gptcli.data import expand_paths
+
+        paths, val_paths = expand_paths(s.data), expand_paths(s.val_data) if s.val_data else []
+        root = Path(s.cache).expanduser() if s.cache else None
+        if any(str(p) == "-" for p in paths + val_paths):
+            import atexit
+            import shutil
+            import tempfile
+
+            from gptcli.inputs import read_stdin
+
+            root = Path(tempfile.mkdtemp(prefix="gptcli-stdin-"))
+            atexit.register(shutil.rmtree, root, True)
+            spooled = root / "stdin.txt"
+            spooled.write_text(read_stdin(), encoding="utf-8")
+            paths = [spooled if str(p) == "-" else p for p in paths]
+            val_paths = [spooled if str(p) == "-" else p for p in val_paths]
+        return cls(paths, val_paths, root, s.text_field, ", ".join(map(str, s.data)), ", ".join(map(str, s.val_data)))
+
+    def tokens(self, tok: Any, ctx: Setup) -> Any:
+        return self._entry(self.paths, tok, ctx, "training data", self.shown)
+
+    def val_tokens(self, tok: Any, ctx: Setup) -> Any:
+        return self._entry(self.val_paths, tok, ctx, "validation data", self.val_shown)
+
+    def _entry(self, paths: list[Path], tok: Any, ctx: Setup, what: str, shown: str) -> Any:
+        """The token cache entry, built on first use. Every rank calls this: the first to take the
+        cache's lock builds it, the others wait on the lock and then read the finished cache."""
+        from gptcli import tokcache
+
+        show = tokcache.stderr_progress(f"tokenizing the {what}") if ctx.progress and ctx.is_main and console_is_tty() else None
+        try:
+            return tokcache.ensure(paths, tok, self.text_field, root=self.root, what=what, note=ctx.say, progress=show)
+        except InputError as exc:
+            if "holds no text" in str(exc):  # name the data as the user gave it (not a spooled stdin file)
+                raise InputError(f"the {what} ({shown}) holds no text.") from None
+            raise
+        finally:
+            if show is not None:
+                import sys
+
+                sys.stderr.write("\r\033[K")
+
+
+def console_is_tty() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def steps_for(s: TrainSettings, n_blocks: int, world_size: int) -> int:
     if s.steps is not None:
         return s.steps
@@ -241,7 +310,7 @@ def _portable(values: dict[str, Any]) -> dict[str, Any]:
         out[key] = [fix(p) for p in out.get(key) or []]
     from gptcli import bundled
 
-    for key in ("model_config", "tokenizer", "model", "out"):
+    for key in ("model_config", "tokenizer", "model", "out", "cache"):
         if not (isinstance(out.get(key), str) and bundled.path_of(out[key])):  # bundled names stay names
             out[key] = fix(out.get(key))
     return out

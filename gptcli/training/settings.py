@@ -29,6 +29,8 @@ class TrainSettings:
     text_field: str = "text"  # column/field holding the text in .jsonl/.csv/.parquet/.json
     val_data: list[str] = field(default_factory=list)  # separate validation files (else --val-split)
     val_split: float | None = None  # fraction held out for validation; None: DEFAULT_VAL_SPLIT when it holds a block
+    cache: str | None = None  # token cache root; None: $GPTCLI_CACHE_DIR or ~/.cache/gptcli/tokens
+    tokenizer_sample_mb: float = 200.0  # train: a BPE tokenizer trains on the first this many MB of documents
     format: str = "auto"  # finetune only: text, completion (prompt/completion) or chat (messages)
     # --- tokenizer (train only) ---
     tokenizer: str | None = None  # reuse a tokenizer folder/Hub id instead of training one
@@ -157,6 +159,8 @@ def validate(s: TrainSettings, *, command: str) -> TrainSettings:
 
     if command == "train":
         _choice("--preset", s.preset, tuple(PRESETS))
+    if not s.tokenizer_sample_mb > 0:
+        bad(f"--tokenizer-sample-mb must be positive (got {s.tokenizer_sample_mb}).")
     if s.vocab_size < 2 or s.vocab_size > 1_000_000:
         bad(f"--vocab-size must be between 2 and 1,000,000 (got {s.vocab_size}).")
     for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "lora_r", "eval_batches"):

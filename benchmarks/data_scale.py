@@ -1,0 +1,163 @@
+"""Training and evaluation on corpora larger than memory: the token cache (issue #13).
+
+For each corpus size (synthesized from ../shared/data by repeating it with variation; never
+committed) this measures, each in a fresh process:
+
+- raw: `tokenizers` encode_batch on the same text, all cores, in one process (MB/s): the ceiling;
+- prepare: `gptcli prepare` into an empty cache (MB/s, and the ratio to raw);
+- train: `gptcli train --preset tiny --steps 50` on the prepared cache: peak RSS and the time from
+  process start to the first training step (a cache hit);
+- eval: `gptcli eval` of that model on the corpus with --max-tokens (and without, with --full-eval):
+  peak RSS and wall time.
+
+    python benchmarks/data_scale.py --sizes-mb 20,100          # what a shared 2-core machine allows
+    python benchmarks/data_scale.py --sizes-mb 100,1000 --full-eval   # the issue's targets
+
+The BPE tokenizer is trained once on a 5 MB sample (outside the measurements) and passed
+with --tokenizer, so every step tokenizes with the same one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, emit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MEASURE = r"""
+import resource, subprocess, sys, time, json
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+first = None
+err = []
+for line in p.stderr:
+    err.append(line)
+    if first is None and line.lstrip().startswith("step "):
+        first = time.perf_counter() - t0
+out = p.stdout.read()
+code = p.wait()
+print(json.dumps({"code": code, "wall_s": time.perf_counter() - t0, "first_step_s": first,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "stdout": out[-2000:], "stderr": "".join(err)[-2000:]}))
+"""
+
+RAW = r"""
+import sys, time
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[2])
+text = open(sys.argv[1], encoding="utf-8").read()
+# pieces of ~16 KB cut at newlines, as a user of encode_batch would hand it a big file
+pieces, start, n = [], 0, len(text)
+while start < n:
+    end = text.find("\n", start + 16384)
+    end = n if end == -1 else end + 1
+    pieces.append(text[start:end])
+    start = end
+t0 = time.perf_counter()
+tokens = 0
+for i in range(0, len(pieces), 256):
+    tokens += sum(len(e.ids) for e in tok.encode_batch(pieces[i:i + 256], add_special_tokens=False))
+dt = time.perf_counter() - t0
+print(dt, tokens)
+"""
+
+
+def synthesize(path: Path, size_mb: float, seed: int = 0) -> Path:
+    """Stories and plays from ../shared/data, shuffled and with names swapped, until size_mb."""
+    if path.exists() and path.stat().st_size >= size_mb * 1e6:
+        return path
+    rng = random.Random(seed)
+    stories = (SHARED / "tinystories-sample.txt").read_text(encoding="utf-8").split("<|endoftext|>")
+    plays = (SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8").split("\n\n")
+    docs = [d.strip("\n") for d in stories + plays if d.strip()]
+    names = ["Lily", "Tom", "Ben", "Mia", "Sam", "Anna", "Max", "Zoe", "Leo", "Ivy", "Kai", "Nora"]
+    target = int(size_mb * 1e6)
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < target:
+            rng.shuffle(docs)
+            a, b = rng.choice(names), rng.choice(names)
+            for d in docs:
+                chunk = d.replace("Lily", a).replace("Tom", b) + "\n<|endoftext|>\n"
+                f.write(chunk)
+                written += len(chunk.encode("utf-8"))
+                if written >= target:
+                    break
+    return path
+
+
+def measure(*cmd: str, env: dict | None = None) -> dict:
+    p = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
+    result = json.loads(p.stdout)
+    if result["code"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result['stderr']}")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes-mb", default="100,1000", help="corpus sizes in MB, comma-separated")
+    ap.add_argument("--workdir", type=Path, default=None, help="where corpora, caches and runs go (default: a temp folder)")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--full-eval", action="store_true", help="also eval the whole corpus (slow: every token through the model)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="gptcli-data-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    gptcli = [sys.executable, "-m", "gptcli"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_COLOR="1")
+    env.pop("TOKENIZERS_PARALLELISM", None)  # all cores, as a user gets them
+    try:
+        sample = synthesize(work / "sample.txt", 5, seed=99)
+        tok_dir = work / "tokenizer"
+        if not tok_dir.exists():
+            sys.path.insert(0, str(ROOT))
+            from gptcli.training import tokenizer as toks
+
+            toks.train_bpe(sample.read_text(encoding="utf-8").split("<|endoftext|>"), 8192).save_pretrained(tok_dir)
+        rows = []
+        for size in [float(s) for s in args.sizes_mb.split(",")]:
+            corpus = synthesize(work / f"corpus-{size:g}MB.txt", size)
+            mb = corpus.stat().st_size / 1e6
+            raw = subprocess.run([sys.executable, "-c", RAW, str(corpus), str(tok_dir / "tokenizer.json")],
+                                 capture_output=True, text=True, env=env, check=True).stdout.split()
+            raw_mb_s = mb / float(raw[0])
+            cache = work / f"cache-{size:g}"
+            shutil.rmtree(cache, ignore_errors=True)
+            prep = measure(*gptcli, "prepare", str(corpus), "--tokenizer", str(tok_dir), "--cache", str(cache), "--json",
+                           env=env)
+            prep_s = json.loads(prep["stdout"])["data"]["seconds"]
+            out = work / f"run-{size:g}"
+            train = measure(*gptcli, "train", str(corpus), "--tokenizer", str(tok_dir), "--cache", str(cache),
+                            "--preset", "tiny", "--steps", str(args.steps), "--log-every", "1", "--out", str(out),
+                            "--overwrite", env=env)
+            row = {"size_mb": round(mb, 1), "raw_encode_batch_mb_s": round(raw_mb_s, 2),
+                   "prepare_mb_s": round(mb / prep_s, 2), "prepare_vs_raw": round(mb / prep_s / raw_mb_s, 2),
+                   "prepare_peak_rss_mb": round(prep["peak_rss_mb"]),
+                   "train_peak_rss_mb": round(train["peak_rss_mb"]),
+                   "train_first_step_s_cache_hit": round(train["first_step_s"] or -1, 2)}
+            ev = measure(*gptcli, "eval", str(corpus), "-m", str(out), "--max-tokens", "20000", "--json", env=env)
+            row.update(eval_max_tokens_peak_rss_mb=round(ev["peak_rss_mb"]), eval_max_tokens_wall_s=round(ev["wall_s"], 1))
+            if args.full_eval:
+                ev = measure(*gptcli, "eval", str(corpus), "-m", str(out), "--json", env=env)
+                row.update(eval_full_peak_rss_mb=round(ev["peak_rss_mb"]), eval_full_wall_s=round(ev["wall_s"], 1))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        emit({"rows": rows})
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
