@@ -126,3 +126,18 @@ def test_fsdp_two_processes_write_full_weights_and_resume_exactly(tmp_path):
     code, _, err = _torchrun("train", "--out", resumed, "--resume", "auto")
     assert code == 0, err
     _assert_same_weights(run, resumed)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_token_cache_built_once(tmp_path):
+    """Both ranks ask for the cache at once: one builds it under the lock, the other waits and reads it."""
+    data, cache = corpus(tmp_path), tmp_path / "cache"
+    code, _, err = _torchrun("train", data, *TINY, "--steps", "2", "--device", "cpu", "--cache", cache,
+                             "--out", tmp_path / "ddp")
+    assert code == 0, err
+    assert len(list(cache.rglob("manifest.json"))) == 1 and len(list(cache.rglob("tokenizer-bpe-*.json"))) == 1
+    assert not list(cache.rglob("*.tmp-*")) and "rebuilding" not in err
+    built = next(cache.rglob("manifest.json")).stat().st_mtime_ns
+    code, _, err = cli("train", data, *TINY, "--steps", "2", "--device", "cpu", "--cache", cache, "--out", tmp_path / "one")
+    assert code == 0, err
+    assert next(cache.rglob("manifest.json")).stat().st_mtime_ns == built  # one process later: reused as well
