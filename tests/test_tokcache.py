@@ -273,3 +273,18 @@ def test_prepare_then_train_starts_from_the_cache(tmp_path, cli):
 def test_prepare_refuses_stdin(tmp_path, cli):
     r = cli("prepare", "-", "--cache", tmp_path / "c", stdin="text\n")
     assert r.exit_code == 2 and "stdin ('-') cannot be cached" in r.stderr
+
+
+def test_bpe_tokenizer_trains_on_a_bounded_deterministic_sample(tmp_path):
+    """Only the first --tokenizer-sample-mb of documents train the BPE: a word seen only later gets no merges."""
+    early = "".join(f"the cat sat on the mat {i}\n<|endoftext|>\n" for i in range(200))
+    late = "".join("zyzzyva quokka zyzzyva quokka\n<|endoftext|>\n" for _ in range(200))
+    (tmp_path / "a.txt").write_text(early + late)
+    paths = [tmp_path / "a.txt"]
+    sample = tokcache.sample_texts(paths, "text", 2000)
+    assert 2000 <= sum(map(len, sample)) < 2100 and sample == tokcache.sample_texts(paths, "text", 2000)
+    bounded = tokcache.cached_tokenizer(paths, "text", "bpe", 300, 2000, tmp_path / "c")
+    full = tokcache.cached_tokenizer(paths, "text", "bpe", 300, 10**9, tmp_path / "c")
+    assert len(bounded.tokenize(" zyzzyva")) > len(full.tokenize(" zyzzyva"))
+    again = tokcache.cached_tokenizer(paths, "text", "bpe", 300, 2000, tmp_path / "c")  # from the cache
+    assert tokcache.tokenizer_fingerprint(again) == tokcache.tokenizer_fingerprint(bounded)
