@@ -288,3 +288,23 @@ def test_bpe_tokenizer_trains_on_a_bounded_deterministic_sample(tmp_path):
     assert len(bounded.tokenize(" zyzzyva")) > len(full.tokenize(" zyzzyva"))
     again = tokcache.cached_tokenizer(paths, "text", "bpe", 300, 2000, tmp_path / "c")  # from the cache
     assert tokcache.tokenizer_fingerprint(again) == tokcache.tokenizer_fingerprint(bounded)
+
+
+def test_ctrl_c_mid_build_removes_the_partial_cache(tmp_path, monkeypatch):
+    src = tmp_path / "a.txt"
+    src.write_text("line of text\n" * 2000)
+    monkeypatch.setattr(tokcache, "BATCH_CHARS", 1000)
+    real = tokcache.encode_stream
+
+    def interrupted(tok, pieces, write):
+        def w(arr, ends):
+            write(arr, ends)
+            raise KeyboardInterrupt  # Ctrl-C after the first batch is on disk
+        real(tok, pieces, w)
+
+    monkeypatch.setattr(tokcache, "encode_stream", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tokcache.ensure([src], toks.build_bytes(), "text", root=tmp_path / "c")
+    assert not list((tmp_path / "c").rglob("*.tmp-*")) and not list((tmp_path / "c").rglob(tokcache.TOKENS))
+    monkeypatch.setattr(tokcache, "encode_stream", real)
+    assert tokcache.ensure([src], toks.build_bytes(), "text", root=tmp_path / "c").n_tokens == 26001
