@@ -9,7 +9,7 @@ reported by number. CSV, Parquet and JSON arrays go through Hugging Face
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,98 @@ def split_text(text: str, source: str) -> list[Document]:
         parts = [t.strip("\n") for t in text.split(DOC_SEPARATOR)]
         return [Document(f"{source}#{i + 1}", t, source) for i, t in enumerate(parts) if t.strip()]
     return [Document(source, text, source)] if text.strip() else []
+
+
+def iter_documents(paths: Iterable[str | Path], text_field: str = "text") -> Iterator[Document]:
+    """The documents of load_documents, one file at a time; a text file with `<|endoftext|>`
+    separators is read in pieces, so taking the first few documents of a huge file reads only them."""
+    for path in expand_paths(paths):
+        if str(path) != "-" and path.suffix.lower() not in JSONL_SUFFIXES + TABLE_SUFFIXES \
+                and file_contains(path, DOC_SEPARATOR.encode()):
+            yield from iter_separated(path)
+        else:
+            yield from _load_file(path, text_field)
+
+
+class DocumentStream:
+    """The documents of files, read lazily each time it is iterated (once per model in eval): a
+    consumer that stops early (--max-tokens) reads only what it used. Not for stdin (read once)."""
+
+    def __init__(self, paths: Iterable[str | Path], text_field: str = "text", max_docs: int | None = None):
+        self.paths, self.text_field, self.max_docs = list(paths), text_field, max_docs
+        expand_paths(self.paths)  # a missing file is a usage error now, before any model loads
+
+    def __iter__(self) -> Iterator[Document]:
+        from itertools import islice
+
+        return islice(iter_documents(self.paths, self.text_field), self.max_docs)
+
+
+def iter_separated(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[Document]:
+    """split_text's documents of a text file holding separators, read READ_BYTES at a time."""
+    source = str(path)
+    number, parts, first = 0, [], True
+    for text in read_chunks(path, on_bytes):
+        if first:
+            text, first = (text[1:] if text.startswith("\ufeff") else text), False
+        pieces = text.split(DOC_SEPARATOR)  # the separator holds no newline: never split between chunks
+        for i, piece in enumerate(pieces):
+            parts.append(piece)
+            if i < len(pieces) - 1:
+                number += 1
+                doc = "".join(parts).strip("\n")
+                parts = []
+                if doc.strip():
+                    yield Document(f"{source}#{number}", doc, source)
+    doc = "".join(parts).strip("\n")
+    if doc.strip():
+        yield Document(f"{source}#{number + 1}", doc, source)
+
+
+READ_BYTES = 8 << 20  # bytes read from a text file at a time
+
+
+def read_chunks(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
+    """The text of a file in chunks of about READ_BYTES, each ending after a newline (or at the end),
+    so a UTF-8 character never spans two; strict UTF-8 with the file's byte offset in errors."""
+    offset = 0
+    carry = b""
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(READ_BYTES)
+            if not data:
+                break
+            if on_bytes is not None:
+                on_bytes(len(data))
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            yield decode_at(data[:cut], str(path), offset)
+            offset += cut
+            carry = data[cut:]
+    if carry:
+        yield decode_at(carry, str(path), offset)
+
+
+def decode_at(data: bytes, source: str, offset: int) -> str:
+    """Strict UTF-8 of bytes found at `offset` of `source` (the offset goes into the error)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source} is not valid UTF-8 (bad byte at offset {offset + exc.start}).",
+                         hint="Convert it, e.g. with `iconv -t UTF-8`.") from exc
+
+
+def file_contains(path: Path, needle: bytes) -> bool:
+    """Whether the file's bytes hold `needle`: one memory-mapped scan, nothing loaded."""
+    import mmap
+
+    if path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return mm.find(needle) != -1
 
 
 def load_documents(paths: Iterable[str | Path], text_field: str = "text", max_docs: int | None = None) -> list[Document]:

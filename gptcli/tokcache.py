@@ -44,7 +44,6 @@ FORMAT = "gptcli-token-cache/1"
 MANIFEST = "manifest.json"
 TOKENS = "tokens.bin"
 DOCS = "docs.bin"
-READ_BYTES = 8 << 20  # bytes read from a text file at a time
 PIECE_CHARS = 16 << 10  # target size of the text pieces handed to encode_batch
 BATCH_CHARS = 4 << 20  # text encoded per encode_batch call
 HASH_WHOLE = 32 << 20  # files up to this size are hashed whole; larger ones by their first and last MiB
@@ -163,92 +162,36 @@ def cut_pieces(buffer: str, mode: str | None, final: bool, target: int = PIECE_C
 # cut where read (after a newline byte), not yet at tokenization-safe places.
 
 
-def _decode(data: bytes, source: str, offset: int) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{source} is not valid UTF-8 (bad byte at offset {offset + exc.start}).",
-                         hint="Convert it, e.g. with `iconv -t UTF-8`.") from exc
-
-
-def _read_lines_chunks(path: Path, on_bytes: Callable[[int], None]) -> Iterator[tuple[str, int]]:
-    """(text, byte offset) chunks of about READ_BYTES, each ending after a newline (or at the end):
-    a UTF-8 character never spans two chunks."""
-    offset = 0
-    carry = b""
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(READ_BYTES)
-            if not data:
-                break
-            on_bytes(len(data))
-            data = carry + data
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                carry = data
-                continue
-            yield _decode(data[:cut], str(path), offset), offset
-            offset += cut
-            carry = data[cut:]
-    if carry:
-        yield _decode(carry, str(path), offset), offset
-
-
 def _text_file_docs(path: Path, on_bytes: Callable[[int], None]) -> Iterator[tuple[str, bool]]:
     """The documents of a text file, as gptcli.data.split_text makes them: split at `<|endoftext|>`
-    (each stripped of newlines at both ends, blank ones dropped) when the file holds one, else the
-    whole file as one document (unless blank). The separator check is one fast pass over the bytes."""
-    from gptcli.data import DOC_SEPARATOR
+    when the file holds one (one fast scan of its bytes finds out), else the whole file as one
+    document (unless blank), streamed in chunks."""
+    from gptcli.data import DOC_SEPARATOR, file_contains, iter_separated, read_chunks
 
-    sep = DOC_SEPARATOR
-    has_sep = _file_contains(path, sep.encode())
-    first = True
-    if has_sep:
-        doc: list[str] = []
-        for text, _ in _read_lines_chunks(path, on_bytes):
-            if first:
-                text, first = (text[1:] if text.startswith("\ufeff") else text), False
-            parts = text.split(sep)  # the separator holds no newline, so it never spans two chunks
-            for i, part in enumerate(parts):
-                doc.append(part)
-                if i < len(parts) - 1:
-                    yield from _finish_doc(doc)
-                    doc = []
-        yield from _finish_doc(doc)
+    if file_contains(path, DOC_SEPARATOR.encode()):
+        for doc in iter_separated(path, on_bytes):
+            yield doc.text, False
+            yield "", True
         return
-    held: list[str] = []  # leading blank text, held back until something else shows the document is not blank
-    for text, _ in _read_lines_chunks(path, on_bytes):
+    first = True
+    held: list[str] | None = []  # leading blank text, held back until something else shows the document is not blank
+    for text in read_chunks(path, on_bytes):
         if first:
             text, first = (text[1:] if text.startswith("\ufeff") else text), False
         if held is not None:
             held.append(text)
             if text.strip():
                 yield "".join(held), False
-                held = None  # type: ignore[assignment]
+                held = None
         else:
             yield text, False
     if held is None:
         yield "", True
 
 
-def _finish_doc(parts: list[str]) -> Iterator[tuple[str, bool]]:
-    text = "".join(parts).strip("\n")
-    if text.strip():
-        yield text, False
-        yield "", True
-
-
-def _file_contains(path: Path, needle: bytes) -> bool:
-    import mmap
-
-    if path.stat().st_size == 0:
-        return False
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        return mm.find(needle) != -1
-
-
 def _jsonl_docs(path: Path, text_field: str, on_bytes: Callable[[int], None]) -> Iterator[tuple[str, bool]]:
     """One document per JSON Lines record (its text field), line by line, errors as gptcli.data gives them."""
+    from gptcli.data import decode_at
     from gptcli.inputs import parse_json_line
 
     source = str(path)
@@ -260,7 +203,7 @@ def _jsonl_docs(path: Path, text_field: str, on_bytes: Callable[[int], None]) ->
             line_offset, offset = offset, offset + len(raw)
             # lines end at "\n" only (as split_lines cuts): a U+2028 inside a JSON string stays put
             number += 1
-            line = _decode(raw, source, line_offset)
+            line = decode_at(raw, source, line_offset)
             if number == 1 and line.startswith("\ufeff"):
                 line = line[1:]
             line = line[:-1] if line.endswith("\n") else line

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gptcli import tokcache
+from gptcli import data, tokcache
 from gptcli.errors import GptcliError, InputError
 from gptcli.training import tokenizer as toks
 
@@ -39,7 +39,7 @@ def _whole(tok, texts):
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Tiny read, piece and batch sizes: a small file is cut in hundreds of places."""
-    monkeypatch.setattr(tokcache, "READ_BYTES", 997)
+    monkeypatch.setattr(data, "READ_BYTES", 997)
     monkeypatch.setattr(tokcache, "PIECE_CHARS", 61)
     monkeypatch.setattr(tokcache, "BATCH_CHARS", 700)
 
@@ -136,7 +136,7 @@ def test_empty_shard_among_files_and_all_empty(tmp_path):
 
 
 def test_invalid_utf8_reports_file_and_byte_offset(tmp_path, monkeypatch):
-    monkeypatch.setattr(tokcache, "READ_BYTES", 1000)
+    monkeypatch.setattr(data, "READ_BYTES", 1000)
     src = tmp_path / "bad.txt"
     src.write_bytes(b"good line\n" * 5000 + b"x\xffy\n")
     with pytest.raises(InputError, match=r"bad\.txt is not valid UTF-8 \(bad byte at offset 50001\)"):
@@ -162,7 +162,7 @@ def test_full_disk_gives_a_clear_error_and_removes_the_temporary_folder(tmp_path
 BUILDER = """
 import sys, time
 from pathlib import Path
-from gptcli import tokcache
+from gptcli import data, tokcache
 from gptcli.training import tokenizer as toks
 tokcache.BATCH_CHARS = 2000
 real = tokcache.encode_stream
@@ -308,3 +308,19 @@ def test_ctrl_c_mid_build_removes_the_partial_cache(tmp_path, monkeypatch):
     assert not list((tmp_path / "c").rglob("*.tmp-*")) and not list((tmp_path / "c").rglob(tokcache.TOKENS))
     monkeypatch.setattr(tokcache, "encode_stream", real)
     assert tokcache.ensure([src], toks.build_bytes(), "text", root=tmp_path / "c").n_tokens == 26001
+
+
+def test_eval_max_tokens_reads_only_the_documents_it_scores(tmp_path, cli, gpt2_dir, monkeypatch):
+    """A huge file: --max-tokens stops reading early (a bad byte far past the sample is never reached),
+    and the numbers equal those of the same documents in a small file."""
+    monkeypatch.setattr(data, "READ_BYTES", 4096)
+    stories = "".join(f"Story {i}: the cat sat on the mat and looked at the bird.\n<|endoftext|>\n" for i in range(400))
+    (tmp_path / "big.txt").write_bytes(stories.encode() + b"bad \xff byte\n")
+    (tmp_path / "small.txt").write_text(stories[:3000])
+    r = cli("eval", tmp_path / "big.txt", "-m", gpt2_dir, "--max-tokens", "200", "--json")
+    assert r.exit_code == 0, r.stderr
+    small = cli("eval", tmp_path / "small.txt", "-m", gpt2_dir, "--max-tokens", "200", "--json")
+    a, b = json.loads(r.stdout), json.loads(small.stdout)
+    assert a["tokens"] == b["tokens"] == 200 and a["nll"] == b["nll"]
+    r = cli("eval", tmp_path / "big.txt", "-m", gpt2_dir, "--json")  # all of it: the bad byte, as before
+    assert r.exit_code == 1 and "big.txt is not valid UTF-8 (bad byte at offset" in r.stderr

@@ -81,7 +81,12 @@ def evaluate(
         sources = ["-"]
     if sources.count("-") > 1:
         raise UsageError("'-' (stdin) can be given only once.")
-    documents = load_documents(sources, text_field=text_field, max_docs=max_docs)
+    if "-" in sources or concat:
+        documents = load_documents(sources, text_field=text_field, max_docs=max_docs)
+    else:  # read lazily: --max-tokens reads only the documents it scores
+        from gptcli.data import DocumentStream
+
+        documents = DocumentStream(sources, text_field, max_docs)
     if not any(d.text.strip() for d in documents):
         where = "stdin" if sources == ["-"] else ", ".join(sources)
         raise UsageError(f"no text to evaluate in {where}.")

@@ -129,7 +129,7 @@ class _Tokenized:
 
 def evaluate_model(
     lm: LoadedModel,
-    documents: list[Document],
+    documents: Iterable[Document],
     *,
     stride: int | None = None,
     context: int | None = None,
@@ -189,32 +189,40 @@ def prefix_token(tokenizer) -> int | None:
     return None
 
 
-def _tokenize(tokenizer, documents: list[Document], max_tokens: int | None) -> list[_Tokenized]:
-    texts = [d.text for d in documents]
+TOKENIZE_GROUP = 64  # documents tokenized per call: --max-tokens stops reading a lazy document stream early
+
+
+def _tokenize(tokenizer, documents: Iterable[Document], max_tokens: int | None) -> list[_Tokenized]:
+    """Each document tokenized independently (so grouping them changes no token), a group at a time;
+    with `max_tokens`, documents past the budget are never read."""
+    from itertools import islice
+
     with_offsets = bool(getattr(tokenizer, "is_fast", False))
-    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                    return_offsets_mapping=with_offsets, verbose=False) if texts else {"input_ids": []}
     prefix = prefix_token(tokenizer)
     head = [] if prefix is None else [prefix]
     unscored = 0 if head else 1  # without a prefix the first text token is only context
     items: list[_Tokenized] = []
     budget = max_tokens  # text tokens (the prefix is not part of the text)
-    for i, doc in enumerate(documents):
-        ids = list(enc["input_ids"][i])
-        offsets = enc["offset_mapping"][i] if with_offsets else None
-        cut = False
-        if budget is not None:
-            if budget <= unscored:
-                break  # the sample is full; later documents are not part of it
-            if len(ids) > budget:
-                ids, cut = ids[:budget], True
-            budget -= len(ids)
-        score = DocScore(id=doc.id, source=doc.source, truncated=cut)
-        if len(ids) > unscored:
-            score.bytes = _kept_bytes(tokenizer, doc.text, ids, offsets, cut)
-            if unscored:
-                score.bytes -= _first_token_bytes(tokenizer, doc.text, ids[0], offsets)
-        items.append(_Tokenized(score, head + ids, []))
+    stream = iter(documents)
+    while group := list(islice(stream, TOKENIZE_GROUP)):
+        enc = tokenizer([d.text for d in group], add_special_tokens=False, return_attention_mask=False,
+                        return_offsets_mapping=with_offsets, verbose=False)
+        for i, doc in enumerate(group):
+            ids = list(enc["input_ids"][i])
+            offsets = enc["offset_mapping"][i] if with_offsets else None
+            cut = False
+            if budget is not None:
+                if budget <= unscored:
+                    return items  # the sample is full; later documents are not part of it
+                if len(ids) > budget:
+                    ids, cut = ids[:budget], True
+                budget -= len(ids)
+            score = DocScore(id=doc.id, source=doc.source, truncated=cut)
+            if len(ids) > unscored:
+                score.bytes = _kept_bytes(tokenizer, doc.text, ids, offsets, cut)
+                if unscored:
+                    score.bytes -= _first_token_bytes(tokenizer, doc.text, ids[0], offsets)
+            items.append(_Tokenized(score, head + ids, []))
     return items
 
 
