@@ -324,3 +324,18 @@ def test_eval_max_tokens_reads_only_the_documents_it_scores(tmp_path, cli, gpt2_
     assert a["tokens"] == b["tokens"] == 200 and a["nll"] == b["nll"]
     r = cli("eval", tmp_path / "big.txt", "-m", gpt2_dir, "--json")  # all of it: the bad byte, as before
     assert r.exit_code == 1 and "big.txt is not valid UTF-8 (bad byte at offset" in r.stderr
+
+
+def test_finetune_on_plain_text_reads_the_token_cache_and_reuses_it(tmp_path, gpt2_dir):
+    from test_train_support import cli, corpus
+
+    data, cache = corpus(tmp_path), tmp_path / "cache"
+    args = ["finetune", data, "-m", gpt2_dir, "--steps", "2", "--batch-size", "2", "--block-size", "16",
+            "--threads", "1", "--cache", cache]
+    code, _, err = cli(*args, "--out", tmp_path / "a")
+    assert code == 0, err
+    built = _manifests(cache)
+    assert len(built) == 1 and "text examples" in err
+    code, _, err = cli(*args, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert _manifests(cache) == built

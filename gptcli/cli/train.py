@@ -147,6 +147,7 @@ def finetune(
     data_format: Annotated[Optional[str], _opt("--format", help="auto, text (plain LM loss), completion (prompt/completion JSONL) or chat (messages JSONL). (default: auto)", panel=DATA_PANEL)] = None,
     val_split: ValSplit = None,
     val_data: ValData = None,
+    cache: Cache = None,
     block_size: BlockSize = None,
     lora: Annotated[bool, typer.Option("--lora", help="Train a LoRA adapter instead of all weights.", rich_help_panel=LORA_PANEL)] = False,
     lora_r: Annotated[Optional[int], _opt("--lora-r", help="LoRA rank. (default: 8)", panel=LORA_PANEL)] = None,
@@ -190,7 +191,7 @@ def finetune(
     gptcli finetune chats.jsonl -m my-chat --lora --merge --out merged
     """
     cli = _given(
-        data=data, model=model, text_field=text_field, format=data_format, val_split=val_split, val_data=val_data,
+        data=data, model=model, text_field=text_field, format=data_format, val_split=val_split, val_data=val_data, cache=cache,
         block_size=block_size, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lora_targets=lora_targets, merge=merge, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         steps=steps, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, min_lr=min_lr,

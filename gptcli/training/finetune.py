@@ -35,11 +35,19 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         raise InputError(f"the tokenizer of '{lm.name}' has no end-of-text (eos) token to separate examples.")
     say(f"model: {lm.name} ({model.config.model_type}) loaded in {time.perf_counter() - t0:.1f} s")
 
-    examples, masks = sft.build(tok, s.data, fmt, s.text_field)
-    ids, mask = packing.stream(examples, tok.eos_token_id, masks)
+    val_fmt = sft.detect_format(s.val_data, fmt) if s.val_data else None
+    if fmt == "text":  # plain text: through the token cache (memmap), as train reads it
+        data = runner.DataFiles.open(s)
+        entry = data.tokens(tok, ctx)
+        n_examples, ids, mask = entry.n_documents, entry.tokens(), None
+    else:  # prompt/completion and chat examples carry a loss mask per token: built in memory
+        examples, masks = sft.build(tok, s.data, fmt, s.text_field)
+        n_examples, (ids, mask) = len(examples), packing.stream(examples, tok.eos_token_id, masks)
     val_stream = None
-    if s.val_data:
-        v_examples, v_masks = sft.build(tok, s.val_data, sft.detect_format(s.val_data, fmt), s.text_field)
+    if s.val_data and val_fmt == "text" and fmt == "text":
+        val_stream = (data.val_tokens(tok, ctx).tokens(), None)
+    elif s.val_data:
+        v_examples, v_masks = sft.build(tok, s.val_data, val_fmt, s.text_field)
         val_stream = packing.stream(v_examples, tok.eos_token_id, v_masks)
     provenance = runner.provenance(ctx)
     if val_stream is not None:
@@ -54,7 +62,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     too_big = packing.max_token_id(ids)
     if too_big >= model.get_input_embeddings().num_embeddings:
         raise InputError(f"token id {too_big} is outside the model's vocabulary; tokenizer and model do not match.")
-    say(f"data: {len(examples):,} {fmt} examples, {len(ids):,} tokens, blocks of {block}")
+    say(f"data: {n_examples:,} {fmt} examples, {len(ids):,} tokens, blocks of {block}")
 
     # What adapter_config.json records as the base: a Hub id as given; otherwise the folder's absolute path
     # (a bundled model's too), so that peft alone (AutoPeftModelForCausalLM) finds the base.
