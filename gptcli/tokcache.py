@@ -108,10 +108,12 @@ def cut_mode(tok: Any) -> str | None:
     """Where text can be cut without changing its tokens.
 
     "any": anywhere (the char tokenizer: one pre-token per character; the bytes tokenizer:
-    a byte-level BPE without merges). "line": after a "\\n" with a non-space character on each
-    side (byte-level BPE with GPT-2's pre-tokenizer regex, no normalizer: the regex ends a
-    pre-token there anyway; " \\n" at the end of a string, by contrast, is one pre-token where
-    the whole text has two, so a cut after a newline that ends in spaces would change tokens).
+    a byte-level BPE without merges). "line": just before a line break ("\\n" or "\\r\\n") that
+    follows a non-space character (byte-level BPE with GPT-2's pre-tokenizer regex, no normalizer:
+    no pattern of that regex joins a non-space character and the whitespace after it, and the
+    whitespace run then matches the same with or without the text before it. A cut *after* a
+    newline is not safe: " \\n" at the end of a string is one pre-token where the whole text has
+    two when more text follows).
     None: nowhere inside a document (any other tokenizer: each document is encoded whole)."""
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
@@ -139,12 +141,12 @@ def cut_pieces(buffer: str, mode: str | None, final: bool, target: int = PIECE_C
             pieces.append(buffer[start:start + target])
             start += target
     elif mode == "line":
-        n = len(buffer)
         i = buffer.find("\n", start + target)
         while i != -1:
-            if i + 1 < n and not buffer[i - 1].isspace() and not buffer[i + 1].isspace():
-                pieces.append(buffer[start:i + 1])
-                start = i + 1
+            j = i - 1 if buffer[i - 1] == "\r" else i  # cut before the line break ("\n" or "\r\n")
+            if j > start and not buffer[j - 1].isspace():
+                pieces.append(buffer[start:j])
+                start = j
                 i = buffer.find("\n", start + target)
             else:
                 i = buffer.find("\n", i + 1)

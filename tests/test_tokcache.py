@@ -72,9 +72,10 @@ def test_cached_stream_equals_whole_text_tokenization(tmp_path, small_pieces, ki
 
 
 def test_line_cuts_keep_the_bpe_pre_tokens_of_trailing_spaces():
-    """The subtlety the cut rule exists for: " \\n" at the end of a piece is one pre-token, so no cut there."""
-    pieces, rest = tokcache.cut_pieces("ab  \ncd\n\nef\ngh", "line", final=False, target=1)
-    assert pieces == ["ab  \ncd\n\nef\n"] and rest == "gh"
+    """Cuts fall before a line break that follows a non-space character: never inside "  \\n", where
+    the pre-tokenizer's split depends on what follows."""
+    pieces, rest = tokcache.cut_pieces("ab  \ncd\n\nef\r\ngh", "line", final=False, target=1)
+    assert pieces == ["ab  \ncd", "\n\nef"] and rest == "\r\ngh"
 
 
 def test_reuse_then_rebuild_with_a_note_when_source_or_tokenizer_changes(tmp_path):
