@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ os.environ.pop("GPTCLI_DTYPE", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # train/eval keep token caches here, not in the user's ~/.cache (subprocesses inherit it)
 os.environ["GPTCLI_CACHE_DIR"] = tempfile.mkdtemp(prefix="gptcli-test-cache-")
+atexit.register(shutil.rmtree, os.environ["GPTCLI_CACHE_DIR"], True)
 
 ROOT = Path(__file__).resolve().parent.parent
 
