@@ -437,14 +437,21 @@ class _locked:
     def __enter__(self) -> None:
         import fcntl
 
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            # a cache shared read-only (prepared by someone else): reading a valid entry needs no
+            # lock, and a build would fail anyway with a clear "cannot write the token cache" error
+            self.fd = None
+            return
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc: Any) -> None:
         import fcntl
 
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
 
 
 def _remove_stale(folder: Path) -> None:

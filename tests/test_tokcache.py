@@ -340,3 +340,30 @@ def test_finetune_on_plain_text_reads_the_token_cache_and_reuses_it(tmp_path, gp
     code, _, err = cli(*args, "--out", tmp_path / "b")
     assert code == 0, err
     assert _manifests(cache) == built
+
+
+def test_a_read_only_shared_cache_is_read_without_a_lock(tmp_path, monkeypatch):
+    """A cluster's prepared cache mounted read-only: a valid entry is used, a missing one is a clear error."""
+    src = tmp_path / "a.txt"
+    src.write_text("shared text\n" * 10)
+    tok = toks.build_bytes()
+    entry = tokcache.ensure([src], tok, "text", root=tmp_path / "c")
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(tokcache.os, "open", read_only)
+    assert tokcache.ensure([src], tok, "text", root=tmp_path / "c").folder == entry.folder
+    real_mkdir = Path.mkdir
+
+    def no_new_folders(self, *args, **kwargs):
+        if self.is_dir():
+            return real_mkdir(self, *args, **kwargs)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", no_new_folders)
+    with pytest.raises(GptcliError, match="cannot write the token cache .*Permission denied"):
+        tokcache.ensure([src], toks.build_char(["shared text\n"]), "text", root=tmp_path / "c")
