@@ -107,9 +107,13 @@ def measure(*cmd: str, env: dict | None = None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes-mb", default="100,1000", help="corpus sizes in MB, comma-separated")
-    ap.add_argument("--workdir", type=Path, default=None, help="where corpora, caches and runs go (default: a temp folder)")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="where corpora, caches and runs go (default: a temp folder)"
+    )
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--full-eval", action="store_true", help="also eval the whole corpus (slow: every token through the model)")
+    ap.add_argument(
+        "--full-eval", action="store_true", help="also eval the whole corpus (slow: every token through the model)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gptcli-data-scale-"))
@@ -129,25 +133,53 @@ def main() -> None:
         for size in [float(s) for s in args.sizes_mb.split(",")]:
             corpus = synthesize(work / f"corpus-{size:g}MB.txt", size)
             mb = corpus.stat().st_size / 1e6
-            raw = subprocess.run([sys.executable, "-c", RAW, str(corpus), str(tok_dir / "tokenizer.json")],
-                                 capture_output=True, text=True, env=env, check=True).stdout.split()
+            raw = subprocess.run(
+                [sys.executable, "-c", RAW, str(corpus), str(tok_dir / "tokenizer.json")],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout.split()
             raw_mb_s = mb / float(raw[0])
             cache = work / f"cache-{size:g}"
             shutil.rmtree(cache, ignore_errors=True)
-            prep = measure(*gptcli, "prepare", str(corpus), "--tokenizer", str(tok_dir), "--cache", str(cache), "--json",
-                           env=env)
+            prep = measure(
+                *gptcli, "prepare", str(corpus), "--tokenizer", str(tok_dir), "--cache", str(cache), "--json", env=env
+            )
             prep_s = json.loads(prep["stdout"])["data"]["seconds"]
             out = work / f"run-{size:g}"
-            train = measure(*gptcli, "train", str(corpus), "--tokenizer", str(tok_dir), "--cache", str(cache),
-                            "--preset", "tiny", "--steps", str(args.steps), "--log-every", "1", "--out", str(out),
-                            "--overwrite", env=env)
-            row = {"size_mb": round(mb, 1), "raw_encode_batch_mb_s": round(raw_mb_s, 2),
-                   "prepare_mb_s": round(mb / prep_s, 2), "prepare_vs_raw": round(mb / prep_s / raw_mb_s, 2),
-                   "prepare_peak_rss_mb": round(prep["peak_rss_mb"]),
-                   "train_peak_rss_mb": round(train["peak_rss_mb"]),
-                   "train_first_step_s_cache_hit": round(train["first_step_s"] or -1, 2)}
+            train = measure(
+                *gptcli,
+                "train",
+                str(corpus),
+                "--tokenizer",
+                str(tok_dir),
+                "--cache",
+                str(cache),
+                "--preset",
+                "tiny",
+                "--steps",
+                str(args.steps),
+                "--log-every",
+                "1",
+                "--out",
+                str(out),
+                "--overwrite",
+                env=env,
+            )
+            row = {
+                "size_mb": round(mb, 1),
+                "raw_encode_batch_mb_s": round(raw_mb_s, 2),
+                "prepare_mb_s": round(mb / prep_s, 2),
+                "prepare_vs_raw": round(mb / prep_s / raw_mb_s, 2),
+                "prepare_peak_rss_mb": round(prep["peak_rss_mb"]),
+                "train_peak_rss_mb": round(train["peak_rss_mb"]),
+                "train_first_step_s_cache_hit": round(train["first_step_s"] or -1, 2),
+            }
             ev = measure(*gptcli, "eval", str(corpus), "-m", str(out), "--max-tokens", "20000", "--json", env=env)
-            row.update(eval_max_tokens_peak_rss_mb=round(ev["peak_rss_mb"]), eval_max_tokens_wall_s=round(ev["wall_s"], 1))
+            row.update(
+                eval_max_tokens_peak_rss_mb=round(ev["peak_rss_mb"]), eval_max_tokens_wall_s=round(ev["wall_s"], 1)
+            )
             if args.full_eval:
                 ev = measure(*gptcli, "eval", str(corpus), "-m", str(out), "--json", env=env)
                 row.update(eval_full_peak_rss_mb=round(ev["peak_rss_mb"]), eval_full_wall_s=round(ev["wall_s"], 1))

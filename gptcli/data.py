@@ -61,8 +61,11 @@ def iter_documents(paths: Iterable[str | Path], text_field: str = "text") -> Ite
     """The documents of load_documents, one file at a time; a text file with `<|endoftext|>`
     separators is read in pieces, so taking the first few documents of a huge file reads only them."""
     for path in expand_paths(paths):
-        if str(path) != "-" and path.suffix.lower() not in JSONL_SUFFIXES + TABLE_SUFFIXES \
-                and file_contains(path, DOC_SEPARATOR.encode()):
+        if (
+            str(path) != "-"
+            and path.suffix.lower() not in JSONL_SUFFIXES + TABLE_SUFFIXES
+            and file_contains(path, DOC_SEPARATOR.encode())
+        ):
             yield from iter_separated(path)
         else:
             yield from _load_file(path, text_field)
@@ -135,8 +138,10 @@ def decode_at(data: bytes, source: str, offset: int) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{source} is not valid UTF-8 (bad byte at offset {offset + exc.start}).",
-                         hint="Convert it, e.g. with `iconv -t UTF-8`.") from exc
+        raise InputError(
+            f"{source} is not valid UTF-8 (bad byte at offset {offset + exc.start}).",
+            hint="Convert it, e.g. with `iconv -t UTF-8`.",
+        ) from exc
 
 
 def file_contains(path: Path, needle: bytes) -> bool:
@@ -149,7 +154,9 @@ def file_contains(path: Path, needle: bytes) -> bool:
         return mm.find(needle) != -1
 
 
-def load_documents(paths: Iterable[str | Path], text_field: str = "text", max_docs: int | None = None) -> list[Document]:
+def load_documents(
+    paths: Iterable[str | Path], text_field: str = "text", max_docs: int | None = None
+) -> list[Document]:
     """All documents from the given files/folders ('-' is stdin), in order."""
     docs: list[Document] = []
     for path in expand_paths(paths):
@@ -169,11 +176,13 @@ def _load_file(path: Path, text_field: str) -> list[Document]:
         for rec in parse_jsonl(read_text_file(path), source):
             line = rec.pop("__line__")
             if text_field not in rec:
-                raise InputError(f"{source} line {line} has no field \"{text_field}\".",
-                                 hint=f"Pass --text-field with one of: {', '.join(map(str, rec)) or 'none'}.")
+                raise InputError(
+                    f'{source} line {line} has no field "{text_field}".',
+                    hint=f"Pass --text-field with one of: {', '.join(map(str, rec)) or 'none'}.",
+                )
             value = rec[text_field]
             if not isinstance(value, str):
-                raise InputError(f"{source} line {line}: field \"{text_field}\" is not a string.")
+                raise InputError(f'{source} line {line}: field "{text_field}" is not a string.')
             docs.append(Document(str(rec.get("id", f"{source}:{line}")), value, source))
         return docs
     if suffix in TABLE_SUFFIXES:
@@ -202,10 +211,14 @@ def iter_table(path: Path, text_field: str, batch_size: int = 1000) -> Iterable[
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
     except Exception as exc:
-        raise InputError(f"cannot read {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+        raise InputError(
+            f"cannot read {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from exc
     if text_field not in ds.column_names:
-        raise InputError(f"{path} has no column \"{text_field}\".",
-                         hint=f"Pass --text-field with one of: {', '.join(ds.column_names)}.")
+        raise InputError(
+            f'{path} has no column "{text_field}".',
+            hint=f"Pass --text-field with one of: {', '.join(ds.column_names)}.",
+        )
     columns = list(dict.fromkeys([text_field, "id"] if "id" in ds.column_names else [text_field]))
     row = 0
     for batch in ds.select_columns(columns).iter(batch_size=batch_size):

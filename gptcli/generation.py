@@ -184,10 +184,10 @@ class TextTracker:
             # Hold back a tail that could be the start of a stop string.
             for s in self.stop:
                 for k in range(min(len(s) - 1, end - self.emitted), 0, -1):
-                    if text[end - k:end] == s[:k]:
+                    if text[end - k : end] == s[:k]:
                         end -= k
                         break
-        delta = text[self.emitted:end] if end > self.emitted else ""
+        delta = text[self.emitted : end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
         return delta
 
@@ -220,8 +220,10 @@ def _left_padded(lm: LoadedModel, batch: list[_Seq]) -> tuple[Any, Any]:
     pad, width = pad_token_id(lm), max(len(s.prompt_ids) for s in batch)
     rows = [[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in batch]
     mask = [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch]
-    return (torch.tensor(rows, dtype=torch.long, device=lm.device),
-            torch.tensor(mask, dtype=torch.long, device=lm.device))
+    return (
+        torch.tensor(rows, dtype=torch.long, device=lm.device),
+        torch.tensor(mask, dtype=torch.long, device=lm.device),
+    )
 
 
 @dataclass
@@ -360,7 +362,9 @@ def _batches(prepared: list[_Prepared], batch_size: int, tokenizer: Any) -> Iter
         for p in group:
             for s in range(p.params.num_return_sequences):
                 tracker = TextTracker(tokenizer, p.params.stop)
-                batch.append(_Seq(p.request, s, p.prompt_ids, p.params, sequence_seed(p.seed, s), tracker, p.encoder_text))
+                batch.append(
+                    _Seq(p.request, s, p.prompt_ids, p.params, sequence_seed(p.seed, s), tracker, p.encoder_text)
+                )
                 if len(batch) == size:
                     yield batch
                     batch = []
@@ -391,7 +395,9 @@ def _completion(seq: _Seq, started: float) -> Completion:
     )
 
 
-def _decode_batch(lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache | None = None) -> Iterator[Piece | Completion]:
+def _decode_batch(
+    lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache | None = None
+) -> Iterator[Piece | Completion]:
     import torch
 
     model, device = lm.model, lm.device
@@ -414,13 +420,13 @@ def _decode_batch(lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache 
             # One row, no padding: skip the prefix whose keys/values are already cached.
             batch[0].cached_tokens = prompt_cache.prepare(model, batch[0].prompt_ids)
             cache = prompt_cache.cache
-            step_input = input_ids[:, batch[0].cached_tokens:]
+            step_input = input_ids[:, batch[0].cached_tokens :]
         else:
             cache = new_cache(model)
         for _ in range(max(max_steps, 0)):
             kwargs = {cache_name: cache, "attention_mask": attention, "use_cache": True}
             if accepts_positions:
-                kwargs["position_ids"] = positions[:, -step_input.shape[1]:]
+                kwargs["position_ids"] = positions[:, -step_input.shape[1] :]
             if prompt_cache is not None:
                 prompt_cache.writing()
             out = model(input_ids=step_input, logits_to_keep=1, **kwargs)
@@ -495,8 +501,13 @@ def _hf_generate_group(lm: LoadedModel, batch: list[_Seq], started: float) -> It
     model, tok, device = lm.model, lm.tokenizer, lm.device
     params = batch[0].params
     if lm.is_encoder_decoder:
-        enc = tok([s.encoder_text or "" for s in batch], return_tensors="pt", padding=True, truncation=True,
-                  max_length=lm.context_length)
+        enc = tok(
+            [s.encoder_text or "" for s in batch],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=lm.context_length,
+        )
         inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         prompt_lens = enc["attention_mask"].sum(-1).tolist()
     else:
@@ -527,7 +538,7 @@ def _hf_generate_group(lm: LoadedModel, batch: list[_Seq], started: float) -> It
         with torch.inference_mode():
             out = model.generate(**inputs, **gen_kwargs)
     now = time.perf_counter()
-    new = out if lm.is_encoder_decoder else out[:, inputs["input_ids"].shape[1]:]
+    new = out if lm.is_encoder_decoder else out[:, inputs["input_ids"].shape[1] :]
     eos = set(lm.eos_token_ids)
     special = set(getattr(tok, "all_special_ids", []) or [])
     for seq, row, plen in zip(batch, new.tolist(), prompt_lens):

@@ -31,9 +31,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 def parse_device(spec: str | None) -> str:
     spec = (spec or os.environ.get("GPTCLI_DEVICE") or "auto").strip().lower()
     if not _DEVICE_RE.match(spec):
-        raise UsageError(
-            f"unknown device '{spec}'.", hint="Use one of: auto, cpu, cuda, cuda:N, mps."
-        )
+        raise UsageError(f"unknown device '{spec}'.", hint="Use one of: auto, cpu, cuda, cuda:N, mps.")
     return spec
 
 
@@ -41,9 +39,7 @@ def parse_dtype(spec: str | None) -> str:
     spec = (spec or os.environ.get("GPTCLI_DTYPE") or "auto").strip().lower()
     spec = _DTYPE_ALIASES.get(spec, spec)
     if spec not in DTYPE_CHOICES:
-        raise UsageError(
-            f"unknown dtype '{spec}'.", hint="Use one of: auto, float32, bfloat16, float16."
-        )
+        raise UsageError(f"unknown dtype '{spec}'.", hint="Use one of: auto, float32, bfloat16, float16.")
     return spec
 
 
@@ -203,8 +199,12 @@ def resolve_runtime(
     device_spec, dtype_spec = parse_device(device), parse_dtype(dtype)
     threads_given = set_threads(threads)
     dev = resolve_device(device_spec)
-    return Runtime(device=dev, dtype=resolve_dtype(dtype_spec, dev, purpose), dtype_auto=dtype_spec == "auto",
-                   threads_auto=not threads_given)
+    return Runtime(
+        device=dev,
+        dtype=resolve_dtype(dtype_spec, dev, purpose),
+        dtype_auto=dtype_spec == "auto",
+        threads_auto=not threads_given,
+    )
 
 
 def seed_everything(seed: int | None) -> None:

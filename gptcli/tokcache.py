@@ -138,7 +138,7 @@ def cut_pieces(buffer: str, mode: str | None, final: bool, target: int = PIECE_C
     start = 0
     if mode == "any":
         while len(buffer) - start > target:
-            pieces.append(buffer[start:start + target])
+            pieces.append(buffer[start : start + target])
             start += target
     elif mode == "line":
         i = buffer.find("\n", start + target)
@@ -216,11 +216,13 @@ def _jsonl_docs(path: Path, text_field: str, on_bytes: Callable[[int], None]) ->
             if not isinstance(rec, dict):
                 raise InputError(f"{source} line {number} is not a JSON object.")
             if text_field not in rec:
-                raise InputError(f"{source} line {number} has no field \"{text_field}\".",
-                                 hint=f"Pass --text-field with one of: {', '.join(map(str, rec)) or 'none'}.")
+                raise InputError(
+                    f'{source} line {number} has no field "{text_field}".',
+                    hint=f"Pass --text-field with one of: {', '.join(map(str, rec)) or 'none'}.",
+                )
             value = rec[text_field]
             if not isinstance(value, str):
-                raise InputError(f"{source} line {number}: field \"{text_field}\" is not a string.")
+                raise InputError(f'{source} line {number}: field "{text_field}" is not a string.')
             if value.strip():
                 yield value, False
                 yield "", True
@@ -397,9 +399,17 @@ def token_dtype(tok: Any) -> str:
     return "uint16" if n <= 1 << 16 else "uint32"
 
 
-def ensure(paths: list[Path], tok: Any, text_field: str, *, root: Path | None = None, what: str = "data",
-           note: Callable[[str], None] | None = None, progress: Progress | None = None,
-           reusable: bool = True) -> Entry:
+def ensure(
+    paths: list[Path],
+    tok: Any,
+    text_field: str,
+    *,
+    root: Path | None = None,
+    what: str = "data",
+    note: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    reusable: bool = True,
+) -> Entry:
     """The valid cache entry of these files under this tokenizer, built (or rebuilt) when needed."""
     from gptcli import console
 
@@ -410,12 +420,16 @@ def ensure(paths: list[Path], tok: Any, text_field: str, *, root: Path | None = 
         reusable = False
     sources = [] if stdin else [source_print(p) for p in paths]
     tok_print = tokenizer_fingerprint(tok)
-    folder = root / ("stdin-" + str(os.getpid()) if stdin else dataset_key(paths, text_field)) / ("tok-" + tok_print[:16])
+    folder = (
+        root / ("stdin-" + str(os.getpid()) if stdin else dataset_key(paths, text_field)) / ("tok-" + tok_print[:16])
+    )
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GptcliError(f"cannot create the token cache folder {folder.parent}: {exc.strerror}.",
-                          hint="Pass --cache DIR (a writable folder) or set GPTCLI_CACHE_DIR.") from exc
+        raise GptcliError(
+            f"cannot create the token cache folder {folder.parent}: {exc.strerror}.",
+            hint="Pass --cache DIR (a writable folder) or set GPTCLI_CACHE_DIR.",
+        ) from exc
     with _locked(folder.with_name(folder.name + ".lock")):
         if reusable:
             why, man = _problem(folder, tok_print, sources)
@@ -460,8 +474,16 @@ def _remove_stale(folder: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _build(folder: Path, paths: list[Path], tok: Any, text_field: str, tok_print: str,
-           sources: list[dict[str, Any]], what: str, progress: Progress | None) -> dict[str, Any]:
+def _build(
+    folder: Path,
+    paths: list[Path],
+    tok: Any,
+    text_field: str,
+    tok_print: str,
+    sources: list[dict[str, Any]],
+    what: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
     import numpy as np
 
     dtype = np.dtype(token_dtype(tok))
@@ -480,6 +502,7 @@ def _build(folder: Path, paths: list[Path], tok: Any, text_field: str, tok_print
     try:
         tmp.mkdir(parents=True)
         with open(tmp / TOKENS, "wb") as ft, open(tmp / DOCS, "wb") as fd:
+
             def write(arr: Any, doc_ends: list[int]) -> None:
                 arr.astype(dtype).tofile(ft)
                 if doc_ends:
@@ -495,9 +518,18 @@ def _build(folder: Path, paths: list[Path], tok: Any, text_field: str, tok_print
                 os.fsync(f.fileno())
         if done[2] == 0:
             raise InputError(f"the {what} ({', '.join(map(str, paths))}) holds no text.")
-        man = {"format": FORMAT, "tokenizer": tok_print, "eot": int(tok.eos_token_id), "dtype": dtype.name,
-               "tokens": done[1], "documents": done[2], "text_field": text_field, "sources": sources,
-               "seconds": round(time.perf_counter() - t0, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        man = {
+            "format": FORMAT,
+            "tokenizer": tok_print,
+            "eot": int(tok.eos_token_id),
+            "dtype": dtype.name,
+            "tokens": done[1],
+            "documents": done[2],
+            "text_field": text_field,
+            "sources": sources,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         write_atomic(tmp / MANIFEST, json.dumps(man, indent=1) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -505,8 +537,10 @@ def _build(folder: Path, paths: list[Path], tok: Any, text_field: str, tok_print
         return man
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise GptcliError(f"cannot write the token cache in {folder.parent}: {exc.strerror or exc}.",
-                          hint="Free some space, or pass --cache DIR on another disk.") from exc
+        raise GptcliError(
+            f"cannot write the token cache in {folder.parent}: {exc.strerror or exc}.",
+            hint="Free some space, or pass --cache DIR on another disk.",
+        ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # Ctrl-C or a bad input: nothing half-written stays
         raise
@@ -538,15 +572,18 @@ def stderr_progress(label: str) -> Progress:
         rate = done / dt
         eta = (total - done) / rate if rate > 0 and total > done else 0.0
         pct = f"{100 * done / total:5.1f}%" if total else "     "
-        sys.stderr.write(f"\r{label}: {pct} {done / 1e6:,.1f}/{total / 1e6:,.1f} MB, {tokens:,} tokens, "
-                         f"{tokens / dt / 1e6:.2f} M tokens/s, {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s ")
+        sys.stderr.write(
+            f"\r{label}: {pct} {done / 1e6:,.1f}/{total / 1e6:,.1f} MB, {tokens:,} tokens, "
+            f"{tokens / dt / 1e6:.2f} M tokens/s, {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s "
+        )
         sys.stderr.flush()
 
     return show
 
 
-def cached_tokenizer(paths: list[Path], text_field: str, kind: str, vocab_size: int, sample_bytes: int,
-                     root: Path | None = None) -> Any:
+def cached_tokenizer(
+    paths: list[Path], text_field: str, kind: str, vocab_size: int, sample_bytes: int, root: Path | None = None
+) -> Any:
     """The tokenizer `train` makes from these files, trained once and kept next to their token cache.
 
     bpe trains on the documents in order up to `sample_bytes` of text (a bounded, deterministic
@@ -581,18 +618,31 @@ def cached_tokenizer(paths: list[Path], text_field: str, kind: str, vocab_size: 
         else:
             tok = toks.make_tokenizer(kind, sample_texts(paths, text_field, sample_bytes), vocab_size)
         try:
-            write_atomic(folder / (name + ".json"),
-                         json.dumps({"sources": sources, "tokenizer": tok.backend_tokenizer.to_str()}) + "\n")
+            write_atomic(
+                folder / (name + ".json"),
+                json.dumps({"sources": sources, "tokenizer": tok.backend_tokenizer.to_str()}) + "\n",
+            )
         except OSError as exc:
-            raise GptcliError(f"cannot write the token cache in {folder}: {exc.strerror or exc}.",
-                              hint="Free some space, or pass --cache DIR on another disk.") from exc
+            raise GptcliError(
+                f"cannot write the token cache in {folder}: {exc.strerror or exc}.",
+                hint="Free some space, or pass --cache DIR on another disk.",
+            ) from exc
         return tok
 
 
-def prepare(data: list[str], *, val_data: list[str] | None = None, text_field: str = "text",
-            tokenizer: str | None = None, tokenizer_type: str = "bpe", vocab_size: int = 8192,
-            tokenizer_sample_mb: float = DEFAULT_SAMPLE_MB, cache: str | None = None,
-            trust_remote_code: bool = False, progress: bool = True) -> dict[str, Any]:
+def prepare(
+    data: list[str],
+    *,
+    val_data: list[str] | None = None,
+    text_field: str = "text",
+    tokenizer: str | None = None,
+    tokenizer_type: str = "bpe",
+    vocab_size: int = 8192,
+    tokenizer_sample_mb: float = DEFAULT_SAMPLE_MB,
+    cache: str | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """`gptcli prepare`: tokenize the data (and validation data) into the token cache up front, with
     the tokenizer `gptcli train` would use given the same options, so that train starts at once."""
     from gptcli import console
@@ -620,13 +670,25 @@ def prepare(data: list[str], *, val_data: list[str] | None = None, text_field: s
         show = stderr_progress(f"tokenizing the {what}") if progress else None
         t1 = time.perf_counter()
         try:
-            entry = ensure(ps, tok, text_field, root=root, what=what, note=console.info if progress else lambda m: None,
-                           progress=show)
+            entry = ensure(
+                ps,
+                tok,
+                text_field,
+                root=root,
+                what=what,
+                note=console.info if progress else lambda m: None,
+                progress=show,
+            )
         finally:
             if show is not None:
                 sys.stderr.write("\n")
-        summary[key] = {"folder": str(entry.folder), "documents": entry.n_documents, "tokens": entry.n_tokens,
-                        "dtype": entry.manifest["dtype"], "bytes": sum(s["size"] for s in entry.manifest["sources"]),
-                        "seconds": round(time.perf_counter() - t1, 3)}
+        summary[key] = {
+            "folder": str(entry.folder),
+            "documents": entry.n_documents,
+            "tokens": entry.n_tokens,
+            "dtype": entry.manifest["dtype"],
+            "bytes": sum(s["size"] for s in entry.manifest["sources"]),
+            "seconds": round(time.perf_counter() - t1, 3),
+        }
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary

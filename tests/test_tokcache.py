@@ -18,8 +18,25 @@ from gptcli.training import tokenizer as toks
 def _tricky_text(seed: int, n_lines: int = 1500) -> str:
     """Lines that end in spaces or tabs, blank lines, runs of newlines, CRLF, U+2028, digits, accents."""
     rng = random.Random(seed)
-    words = ["the", "cat", " sat", "on", "théâtre", "42", "x2028\u2028y", "tab\there", "it's", "don't", "ümlaut",
-             "日本語", "  spaced", "end.", "!!", "\u0085", "\x0c"]
+    words = [
+        "the",
+        "cat",
+        " sat",
+        "on",
+        "théâtre",
+        "42",
+        "x2028\u2028y",
+        "tab\there",
+        "it's",
+        "don't",
+        "ümlaut",
+        "日本語",
+        "  spaced",
+        "end.",
+        "!!",
+        "\u0085",
+        "\x0c",
+    ]
     ends = ["\n", " \n", "  \n", "\t\n", "\n\n", "\n\n\n", "\r\n", " \n \n", "\n "]
     lines = []
     for _ in range(n_lines):
@@ -178,8 +195,12 @@ print("done", e.n_tokens, flush=True)
 
 
 def _builder(tmp_path, delay):
-    return subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path / "a.txt"), str(tmp_path / "c"), str(delay)],
-                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    return subprocess.Popen(
+        [sys.executable, "-c", BUILDER, str(tmp_path / "a.txt"), str(tmp_path / "c"), str(delay)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
 
 
 def test_sigkill_mid_build_leaves_no_cache_that_is_used(tmp_path):
@@ -205,6 +226,7 @@ def test_two_builders_at_once_build_once_and_both_get_a_valid_cache(tmp_path):
 
 
 # ---------------------------------------------------------------- train and prepare through the CLI
+
 
 def _manifests(cache: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in cache.rglob(tokcache.MANIFEST)}
@@ -250,8 +272,27 @@ def test_train_from_stdin_still_works_and_leaves_no_cache_behind(tmp_path, monke
     text = corpus(tmp_path).read_text()
     monkeypatch.setattr("sys.stdin", __import__("io").TextIOWrapper(__import__("io").BytesIO(text.encode())))
     cache = tmp_path / "cache"
-    assert run([str(a) for a in ["train", "-", *TINY, "--tokenizer-type", "char", "--steps", "2",
-                                 "--cache", cache, "--out", tmp_path / "a"]]) == 0
+    assert (
+        run(
+            [
+                str(a)
+                for a in [
+                    "train",
+                    "-",
+                    *TINY,
+                    "--tokenizer-type",
+                    "char",
+                    "--steps",
+                    "2",
+                    "--cache",
+                    cache,
+                    "--out",
+                    tmp_path / "a",
+                ]
+            ]
+        )
+        == 0
+    )
     assert not cache.exists() or not list(cache.rglob(tokcache.MANIFEST))
 
 
@@ -301,6 +342,7 @@ def test_ctrl_c_mid_build_removes_the_partial_cache(tmp_path, monkeypatch):
         def w(arr, ends):
             write(arr, ends)
             raise KeyboardInterrupt  # Ctrl-C after the first batch is on disk
+
         real(tok, pieces, w)
 
     monkeypatch.setattr(tokcache, "encode_stream", interrupted)
@@ -331,8 +373,22 @@ def test_finetune_on_plain_text_reads_the_token_cache_and_reuses_it(tmp_path, gp
     from test_train_support import cli, corpus
 
     data, cache = corpus(tmp_path), tmp_path / "cache"
-    args = ["finetune", data, "-m", gpt2_dir, "--steps", "2", "--batch-size", "2", "--block-size", "16",
-            "--threads", "1", "--cache", cache]
+    args = [
+        "finetune",
+        data,
+        "-m",
+        gpt2_dir,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--block-size",
+        "16",
+        "--threads",
+        "1",
+        "--cache",
+        cache,
+    ]
     code, _, err = cli(*args, "--out", tmp_path / "a")
     assert code == 0, err
     built = _manifests(cache)

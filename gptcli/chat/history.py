@@ -72,6 +72,7 @@ class Conversation:
         head = [Message("system", self.system).to_line()] if self.system else []
         return head + [m.to_line() for m in self.messages]
 
+
 # --------------------------------------------------------------------------- JSON lines
 
 # Valid inside a JSON string, but a line break to str.splitlines() (and to JavaScript's JSON.parse).
@@ -126,7 +127,7 @@ def message_from_record(obj: dict[str, Any], where: str, line: str | None = None
         got = "no role" if role is None else f"role {json.dumps(role)}"
         raise InputError(f"{where} has {got}; expected one of {', '.join(ROLES)}.")
     if not isinstance(content, str):
-        raise InputError(f"{where} has no \"content\" string.")
+        raise InputError(f'{where} has no "content" string.')
     extra = {k: v for k, v in obj.items() if k not in ("role", "content", "interrupted", "__line__")}
     return Message(role, content, bool(obj.get("interrupted", False)), extra, line)
 
@@ -241,7 +242,7 @@ def _append_fd(fd: int, text: str, path: Path) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except OSError as exc:
         try:
@@ -320,8 +321,11 @@ class HistoryFile:
     def _plan(self, current: list[_Line], conv: Conversation) -> tuple[list[_Line], bool]:
         """The lines the file should hold, and whether that needs a rewrite (else: an append)."""
         keep = {id(m) for m in conv.messages}
-        lines = [x for x in current
-                 if not (x.ours and x.message and x.message.role != "system" and id(x.message) not in keep)]
+        lines = [
+            x
+            for x in current
+            if not (x.ours and x.message and x.message.role != "system" and id(x.message) not in keep)
+        ]
         rewrite = len(lines) < len(current)  # /undo, /reset, /load dropped some of ours
         if conv.system != self.system:  # this process changed the system prompt
             at = [i for i, x in enumerate(lines) if x.message and x.message.role == "system"]

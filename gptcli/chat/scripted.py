@@ -39,8 +39,9 @@ def reply_record(turn: Turn, model_name: str) -> dict[str, Any]:
     return out
 
 
-def run_scripted(session: ChatSession, inputs: list[Message], *, as_json: bool,
-                 stats: Callable[[RunStats], str] | None = None) -> None:
+def run_scripted(
+    session: ChatSession, inputs: list[Message], *, as_json: bool, stats: Callable[[RunStats], str] | None = None
+) -> None:
     """`stats`: how to render each turn's statistics (on stderr); None prints none."""
     for message in inputs:
         if message.role == "system":

@@ -169,8 +169,10 @@ def _out_of_memory(exc: BaseException) -> str | None:
         text = str(cause).strip()
         if isinstance(cause, MemoryError) or "failed to map segment" in text or "Cannot allocate memory" in text:
             detail = text.splitlines()[0] if text else type(cause).__name__
-            return (f"not enough memory to load the libraries gptcli needs ({detail}). "
-                    "Is a memory limit (ulimit -v) set too low?")
+            return (
+                f"not enough memory to load the libraries gptcli needs ({detail}). "
+                "Is a memory limit (ulimit -v) set too low?"
+            )
     return None
 
 

@@ -15,35 +15,79 @@ EVAL_PANEL = "Evaluation"
 def evaluate(
     files: Annotated[
         Optional[list[Path]],
-        typer.Argument(help="Text files (.txt, .jsonl, .csv, .tsv, .parquet, .json) or folders; '-' or piped stdin reads stdin.",
-                       show_default=False),
+        typer.Argument(
+            help="Text files (.txt, .jsonl, .csv, .tsv, .parquet, .json) or folders; '-' or piped stdin reads stdin.",
+            show_default=False,
+        ),
     ] = None,
     models: Annotated[
         Optional[list[str]],
-        typer.Option("--model", "-m",
-                     help="Bundled model name, local Hugging Face folder, or Hub id. Repeat to compare models. Default: $GPTCLI_MODEL, else the bundled model.",
-                     rich_help_panel=opt.MODEL_PANEL, show_default=False),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Bundled model name, local Hugging Face folder, or Hub id. Repeat to compare models. Default: $GPTCLI_MODEL, else the bundled model.",
+            rich_help_panel=opt.MODEL_PANEL,
+            show_default=False,
+        ),
     ] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="Field or column holding the text in .jsonl/.csv/.parquet/.json.")] = "text",
+    text_field: Annotated[
+        str, typer.Option("--text-field", help="Field or column holding the text in .jsonl/.csv/.parquet/.json.")
+    ] = "text",
     stride: Annotated[
         Optional[int],
-        typer.Option("--stride", help="New tokens scored per window; the rest of the window is earlier text. (default: the window length, --context)",
-                     rich_help_panel=EVAL_PANEL, show_default=False),
+        typer.Option(
+            "--stride",
+            help="New tokens scored per window; the rest of the window is earlier text. (default: the window length, --context)",
+            rich_help_panel=EVAL_PANEL,
+            show_default=False,
+        ),
     ] = None,
     context: Annotated[
         Optional[int],
-        typer.Option("--context", help="Tokens per window, at most the model's. (default: the model's context, at most 4096)",
-                     rich_help_panel=EVAL_PANEL, show_default=False),
+        typer.Option(
+            "--context",
+            help="Tokens per window, at most the model's. (default: the model's context, at most 4096)",
+            rich_help_panel=EVAL_PANEL,
+            show_default=False,
+        ),
     ] = None,
-    concat: Annotated[bool, typer.Option("--concat", help="Score all documents as one text (joined by a blank line) instead of independently.", rich_help_panel=EVAL_PANEL)] = False,
-    max_docs: Annotated[Optional[int], typer.Option("--max-docs", help="Evaluate only the first N documents.", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    concat: Annotated[
+        bool,
+        typer.Option(
+            "--concat",
+            help="Score all documents as one text (joined by a blank line) instead of independently.",
+            rich_help_panel=EVAL_PANEL,
+        ),
+    ] = False,
+    max_docs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-docs", help="Evaluate only the first N documents.", rich_help_panel=EVAL_PANEL, show_default=False
+        ),
+    ] = None,
     max_tokens: Annotated[
         Optional[int],
-        typer.Option("--max-tokens", help="Evaluate only the first N tokens (per model; the document that crosses the limit is cut).",
-                     rich_help_panel=EVAL_PANEL, show_default=False),
+        typer.Option(
+            "--max-tokens",
+            help="Evaluate only the first N tokens (per model; the document that crosses the limit is cut).",
+            rich_help_panel=EVAL_PANEL,
+            show_default=False,
+        ),
     ] = None,
-    per_doc: Annotated[bool, typer.Option("--per-doc", help="JSON Lines on stdout, one record per document (the summary table goes to stderr).", rich_help_panel=opt.OUTPUT_PANEL)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="The summary as JSON on stdout, one line per model.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    per_doc: Annotated[
+        bool,
+        typer.Option(
+            "--per-doc",
+            help="JSON Lines on stdout, one record per document (the summary table goes to stderr).",
+            rich_help_panel=opt.OUTPUT_PANEL,
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="The summary as JSON on stdout, one line per model.", rich_help_panel=opt.OUTPUT_PANEL
+        ),
+    ] = False,
     batch_size: opt.EvalBatchSize = None,
     seed: opt.Seed = None,
     device: opt.Device = None,
@@ -65,7 +109,13 @@ def evaluate(
 
     # Everything the user typed is checked before any model loads.
     parse_device(device), parse_dtype(dtype)
-    for name, value in (("--batch-size", batch_size), ("--stride", stride), ("--context", context), ("--max-docs", max_docs), ("--max-tokens", max_tokens)):
+    for name, value in (
+        ("--batch-size", batch_size),
+        ("--stride", stride),
+        ("--context", context),
+        ("--max-docs", max_docs),
+        ("--max-tokens", max_tokens),
+    ):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1 (got {value}).")
     if context is not None and context < 2:
@@ -77,7 +127,9 @@ def evaluate(
     sources = [str(f) for f in files or []]
     if not sources:
         if stdin_is_tty():
-            raise UsageError("no text to evaluate.", hint="Pass files or folders, or pipe text in: cat book.txt | gptcli eval")
+            raise UsageError(
+                "no text to evaluate.", hint="Pass files or folders, or pipe text in: cat book.txt | gptcli eval"
+            )
         sources = ["-"]
     if sources.count("-") > 1:
         raise UsageError("'-' (stdin) can be given only once.")
@@ -100,16 +152,34 @@ def evaluate(
     seed_everything(seed)
     scores = []
     for spec in models or [None]:
-        lm, _ = open_model(spec, device=device, dtype=dtype, threads=threads,
-                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        lm, _ = open_model(
+            spec,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
         with progress_display(f"eval {lm.name}") as bar:
-            score = evaluate_model(lm, documents, stride=stride, context=context, batch_size=batch_size or opt.EVAL_BATCH_SIZE, max_tokens=max_tokens,
-                                   progress=bar.advance, on_plan=bar.plan)
+            score = evaluate_model(
+                lm,
+                documents,
+                stride=stride,
+                context=context,
+                batch_size=batch_size or opt.EVAL_BATCH_SIZE,
+                max_tokens=max_tokens,
+                progress=bar.advance,
+                on_plan=bar.plan,
+            )
         del lm  # free the weights before the next model loads
         if not score.tokens:
-            raise UsageError(f"nothing to score: none of the {len(score.docs)} documents has a token to score for {score.model}.")
+            raise UsageError(
+                f"nothing to score: none of the {len(score.docs)} documents has a token to score for {score.model}."
+            )
         if score.skipped:
-            console.warn(f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} with no token to score.")
+            console.warn(
+                f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} with no token to score."
+            )
         if per_doc:  # stream per-document records as each model finishes
             write_jsonl(doc_record(score.model, d) for d in score.docs)
         scores.append(score)

@@ -16,8 +16,16 @@ def generate(
         typer.Argument(help="The prompt. '-' reads stdin; piped stdin comes before the prompt.", show_default=False),
     ] = None,
     file: opt.InputFile = None,
-    echo: Annotated[bool, typer.Option("--echo", help="Print the prompt before the generated text.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
-    truncate: Annotated[bool, typer.Option("--truncate", help="Cut prompts longer than the context from the left (with a warning) instead of failing.")] = False,
+    echo: Annotated[
+        bool,
+        typer.Option("--echo", help="Print the prompt before the generated text.", rich_help_panel=opt.OUTPUT_PANEL),
+    ] = False,
+    truncate: Annotated[
+        bool,
+        typer.Option(
+            "--truncate", help="Cut prompts longer than the context from the left (with a warning) instead of failing."
+        ),
+    ] = False,
     batch_size: opt.GenerateBatchSize = None,
     list_models: Annotated[bool, typer.Option("--list-models", help="List the bundled models and exit.")] = False,
     max_new_tokens: opt.MaxNewTokens = None,
@@ -56,9 +64,16 @@ def generate(
         return models(as_json=as_json)
     # Everything the user typed is checked before any model loads.
     base = SamplingParams().updated(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, greedy=greedy or None, num_return_sequences=num_return_sequences,
-        stop=stop or None, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        greedy=greedy or None,
+        num_return_sequences=num_return_sequences,
+        stop=stop or None,
+        seed=seed,
     )
     parse_device(device), parse_dtype(dtype)
     if batch_size is not None and batch_size < 1:
@@ -77,17 +92,28 @@ def generate(
     from gptcli.generation import Completion, RunStats, stream_generate
     from gptcli.loading import open_model
 
-    lm, load_s = open_model(model, device=device, dtype=dtype, threads=threads,
-                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    lm, load_s = open_model(
+        model,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
     if stats:
         console.info(describe_load(lm, load_s))
     run_stats = RunStats()
     events = stream_generate(
-        lm, requests, batch_size=batch_size or opt.GENERATE_BATCH_SIZE, truncate=truncate, stats=run_stats,
+        lm,
+        requests,
+        batch_size=batch_size or opt.GENERATE_BATCH_SIZE,
+        truncate=truncate,
+        stats=run_stats,
         on_truncate=lambda label, n: console.warn(f"{label} was cut to its last {n} tokens to fit the context."),
         on_capped=lambda label, n, room: console.warn(
             f"max_new_tokens {n} is more than the context leaves after {label}: at most {room} new tokens "
-            f"(the model's context is {lm.context_length} tokens)."),
+            f"(the model's context is {lm.context_length} tokens)."
+        ),
     )
     render = _JsonRenderer(lm, records, requests, echo) if as_json else _TextRenderer(records, requests, echo)
     try:
@@ -195,7 +221,7 @@ class _TextRenderer(_InOrder):
         if live is not None:
             # Its text is partly on screen: print the rest (any text held back) and end the line.
             self._begin(live)
-            console.write(live.text[self.live_chars:] + "\n")
+            console.write(live.text[self.live_chars :] + "\n")
             self.live_started, self.live_chars = False, 0
         self._flush_all(self._print_whole)
 
@@ -249,5 +275,3 @@ class _JsonRenderer(_InOrder):
             elapsed_s=round(ev.elapsed_s, 4),
         )
         return out
-
-

@@ -142,21 +142,23 @@ def evaluate_model(
     model's context, at most MAX_DEFAULT_CONTEXT). `progress(n)` is called as tokens are scored;
     `on_plan(total)` once with the number of tokens that will be scored."""
     if lm.is_encoder_decoder:
-        raise UsageError(
-            f"{lm.name} is an encoder-decoder model; perplexity here is for causal (decoder-only) models."
-        )
+        raise UsageError(f"{lm.name} is an encoder-decoder model; perplexity here is for causal (decoder-only) models.")
     limit = int(lm.context_length)
     if context is not None and context > limit:
-        raise UsageError(f"--context {context} is longer than the context of {lm.name} ({limit} tokens).",
-                         hint=f"Use at most {limit}.")
+        raise UsageError(
+            f"--context {context} is longer than the context of {lm.name} ({limit} tokens).",
+            hint=f"Use at most {limit}.",
+        )
     context = context or min(limit, MAX_DEFAULT_CONTEXT)
     if context < 2:
         raise UsageError(f"{lm.name} has a context of {context} token; at least 2 are needed.")
     if stride is None:
         stride = context
     if stride > context:
-        raise UsageError(f"--stride {stride} is longer than the {context}-token context used for {lm.name}.",
-                         hint=f"Use at most {context}.")
+        raise UsageError(
+            f"--stride {stride} is longer than the {context}-token context used for {lm.name}.",
+            hint=f"Use at most {context}.",
+        )
     started = time.perf_counter()
     items = _tokenize(lm.tokenizer, documents, max_tokens)
     for item in items:
@@ -205,8 +207,13 @@ def _tokenize(tokenizer, documents: Iterable[Document], max_tokens: int | None) 
     budget = max_tokens  # text tokens (the prefix is not part of the text)
     stream = iter(documents)
     while group := list(islice(stream, TOKENIZE_GROUP)):
-        enc = tokenizer([d.text for d in group], add_special_tokens=False, return_attention_mask=False,
-                        return_offsets_mapping=with_offsets, verbose=False)
+        enc = tokenizer(
+            [d.text for d in group],
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_offsets_mapping=with_offsets,
+            verbose=False,
+        )
         for i, doc in enumerate(group):
             ids = list(enc["input_ids"][i])
             offsets = enc["offset_mapping"][i] if with_offsets else None

@@ -68,8 +68,15 @@ def table_rows(scores: list[ModelScore]) -> list[list[str]]:
         return "n/a" if x is None else ("inf" if math.isinf(x) else f"{x:.{digits}f}")
 
     return [
-        [s.model, str(len(s.scored)), f"{s.tokens:,}", f(s.nll, 4), f(s.ppl, 3), f(s.bits_per_byte, 4),
-         f"{s.tokens_per_s:,.0f}"]
+        [
+            s.model,
+            str(len(s.scored)),
+            f"{s.tokens:,}",
+            f(s.nll, 4),
+            f(s.ppl, 3),
+            f(s.bits_per_byte, 4),
+            f"{s.tokens_per_s:,.0f}",
+        ]
         for s in scores
     ]
 
@@ -115,8 +122,15 @@ def progress_display(label: str) -> Iterator[_Progress]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-                  TimeRemainingColumn(), console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tokens"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         yield _Progress(bar, bar.add_task(label, total=None))
 
 
@@ -151,4 +165,6 @@ class _LogProgress:
         self.done += n
         if self.clock() - self.last >= LOG_EVERY_S and self.done < self.total:
             self.last = self.clock()
-            console.info(f"{self.label}: {self.done:,}/{self.total:,} tokens ({100 * self.done / max(self.total, 1):.0f}%)")
+            console.info(
+                f"{self.label}: {self.done:,}/{self.total:,} tokens ({100 * self.done / max(self.total, 1):.0f}%)"
+            )

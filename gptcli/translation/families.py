@@ -62,7 +62,9 @@ def _token_id(tok: Any, vocab: dict[str, int], token: str | None) -> int | None:
         found = tok.convert_tokens_to_ids(token)
     except (KeyError, ValueError, TypeError, AttributeError):
         return None
-    if not isinstance(found, int) or (found == getattr(tok, "unk_token_id", None) and token != getattr(tok, "unk_token", None)):
+    if not isinstance(found, int) or (
+        found == getattr(tok, "unk_token_id", None) and token != getattr(tok, "unk_token", None)
+    ):
         return None
     return found
 
@@ -116,7 +118,12 @@ def make_plan(lm: Any, source: Language | None, target: Language) -> Plan:
     """Check that the model can translate source -> target and say how; a UsageError otherwise."""
     kind = detect_kind(lm)
     builder = {
-        "marian": _marian, "t5": _t5, "m2m100": _m2m100, "nllb": _nllb, "mbart": _mbart, "fsmt": _fsmt,
+        "marian": _marian,
+        "t5": _t5,
+        "m2m100": _m2m100,
+        "nllb": _nllb,
+        "mbart": _mbart,
+        "fsmt": _fsmt,
     }.get(kind, _generic)
     plan = builder(lm, kind, source, target)
     if plan.source is not None and plan.source.code == plan.target.code:
@@ -124,8 +131,9 @@ def make_plan(lm: Any, source: Language | None, target: Language) -> Plan:
     return plan
 
 
-def _check_declared(lm: Any, declared_src: Language | None, declared_tgt: Language | None,
-                    source: Language | None, target: Language) -> Language | None:
+def _check_declared(
+    lm: Any, declared_src: Language | None, declared_tgt: Language | None, source: Language | None, target: Language
+) -> Language | None:
     requested = _pair_text(source, target)
     if declared_tgt is not None and declared_tgt != target:
         what = f"translates {_pair_text(declared_src, declared_tgt)}"

@@ -18,8 +18,10 @@ from gptcli.translation.families import Plan
 
 def instruction(text: str, plan: Plan) -> str:
     source = f"{plan.source.name} " if plan.source else ""
-    return (f"Translate the following {source}text into {plan.target.name}. "
-            f"Reply with the translation only, on one line.\n\n{text}")
+    return (
+        f"Translate the following {source}text into {plan.target.name}. "
+        f"Reply with the translation only, on one line.\n\n{text}"
+    )
 
 
 def plain_prompt(text: str, plan: Plan) -> str:

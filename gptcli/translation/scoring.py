@@ -54,7 +54,9 @@ def score(hypotheses: list[str], references: list[list[str]]) -> dict:
     from sacrebleu.metrics import BLEU, CHRF
 
     if len(hypotheses) != len(references):
-        raise InputError(f"{len(hypotheses)} translations but {len(references)} references: they must pair up line by line.")
+        raise InputError(
+            f"{len(hypotheses)} translations but {len(references)} references: they must pair up line by line."
+        )
     width = max((len(r) for r in references), default=1)
     # sacrebleu takes one stream per reference slot; None marks a missing one.
     streams = [[r[k] if k < len(r) else None for r in references] for k in range(width)]
