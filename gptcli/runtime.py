@@ -16,6 +16,8 @@ from typing import Any
 
 from gptcli.errors import UsageError
 
+# The spellings --device and --dtype accept: their help, error hints and shell completion read these.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # cuda:N: CUDA device number N
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {
     "fp32": "float32",
@@ -33,7 +35,7 @@ def parse_device(spec: str | None) -> str:
     spec = (spec or os.environ.get("GPTCLI_DEVICE") or "auto").strip().lower()
     if not _DEVICE_RE.match(spec):
         raise UsageError(
-            f"unknown device '{spec}'.", hint="Use one of: auto, cpu, cuda, cuda:N, mps."
+            f"unknown device '{spec}'.", hint=f"Use one of: {', '.join(DEVICE_CHOICES)}."
         )
     return spec
 
@@ -43,7 +45,7 @@ def parse_dtype(spec: str | None) -> str:
     spec = _DTYPE_ALIASES.get(spec, spec)
     if spec not in DTYPE_CHOICES:
         raise UsageError(
-            f"unknown dtype '{spec}'.", hint="Use one of: auto, float32, bfloat16, float16."
+            f"unknown dtype '{spec}'.", hint=f"Use one of: {', '.join(DTYPE_CHOICES)}."
         )
     return spec
 

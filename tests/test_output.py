@@ -64,3 +64,17 @@ def test_completion_renders_the_app_it_is_given_without_importing_the_cli_app():
     script, imported = out.stdout.rstrip("\n").rsplit("\n", 1)
     assert imported == "False"
     assert "hello" in script and "translate" not in script
+
+
+def test_device_and_dtype_values_have_one_source(cli):
+    # What the flags accept, what their errors suggest and what the shell completes are one table.
+    from gptcli.completions import known_values
+    from gptcli.runtime import DEVICE_CHOICES, DTYPE_CHOICES, parse_device, parse_dtype
+
+    assert [parse_dtype(d) for d in DTYPE_CHOICES] == list(DTYPE_CHOICES)
+    assert [parse_device(d.replace(":N", ":1")) for d in DEVICE_CHOICES] == [d.replace(":N", ":1") for d in DEVICE_CHOICES]
+    assert set(known_values()["--device"]) | {"cuda:N"} == set(DEVICE_CHOICES)
+    assert known_values()["--dtype"] == DTYPE_CHOICES
+    for flag, choices in (("--device", DEVICE_CHOICES), ("--dtype", DTYPE_CHOICES)):
+        r = cli("generate", "Hi", flag, "bogus")
+        assert r.exit_code == 2 and f"Use one of: {', '.join(choices)}." in r.stderr

@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli.cli import options as opt
+from gptcli.sampling import SamplingParams
+
+# Translation decodes greedily unless --temperature asks for sampling.
+DEFAULTS = SamplingParams(temperature=0.0)
 
 
 def translate(
@@ -27,7 +31,7 @@ def translate(
     batch_size: opt.TranslateBatchSize = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-t", help="Most tokens per translated piece. (default: twice the source, plus 10)", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
     num_beams: opt.NumBeams = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Above 0 samples instead of greedy decoding. (default: 0)", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help=f"Above 0 samples instead of greedy decoding. (default: {DEFAULTS.temperature:g})", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
     top_k: opt.TopK = None,
     top_p: opt.TopP = None,
     min_p: opt.MinP = None,
@@ -50,7 +54,6 @@ def translate(
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.runtime import check_options
-    from gptcli.sampling import SamplingParams
     from gptcli.translation import languages
 
     out = Output(as_json=as_json, stats=stats)
@@ -63,8 +66,7 @@ def translate(
     src = languages.resolve(source, "--from") if source is not None else None
     if src is not None and src == tgt:
         raise UsageError(f"--to and --from are both {tgt}; nothing to translate.")
-    # Translation decodes greedily unless --temperature asks for sampling.
-    params = SamplingParams(temperature=0.0).updated(
+    params = DEFAULTS.updated(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
         num_beams=num_beams, seed=seed, max_new_tokens=max_new_tokens,
     )
