@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from gptcli.cli import options as opt
+
+if TYPE_CHECKING:
+    from gptcli.cli.output import Output
+    from gptcli.generation import Request
+    from gptcli.inputs import Record
+    from gptcli.loading import LoadedModel
 
 
 def generate(
@@ -124,7 +130,7 @@ def _requests(records, base, source: str):
 class _InOrder:
     """Hands completions to `emit` in input order (request, then sample), holding early ones back."""
 
-    def __init__(self, out, lm, records, requests, echo: bool):
+    def __init__(self, out: Output, lm: LoadedModel, records: list[Record], requests: list[Request], echo: bool):
         self.out, self.lm, self.records, self.echo = out, lm, records, echo
         # Samples per request; the order is walked, not listed: -n 1000 on many prompts is millions.
         self.counts = [req.params.num_return_sequences for req in requests]
