@@ -156,14 +156,9 @@ def _inputs(text, file, references):
 
 
 def _report_scores(out, refs, hypotheses, model_name, plan, run_stats) -> None:
-    from gptcli.translation.scoring import score
+    from gptcli.translation.scoring import score_record
 
-    # Pairs whose source line was empty carry nothing to score.
-    pairs = [(h, r) for h, r in zip(hypotheses, refs.refs) if any(r)]
-    result = score([h for h, _ in pairs], [r for _, r in pairs])
-    result.update(model=model_name, to=plan.target.code, lines_per_s=round(run_stats.lines_per_s, 2))
-    if plan.source is not None:
-        result["from"] = plan.source.code
+    result = score_record(refs, hypotheses, model_name, plan, run_stats.lines_per_s)
     if out.as_json:
         out.record(result)
         return
