@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from gptcli.cli import options as opt
+
+if TYPE_CHECKING:
+    from gptcli.evaluation import ModelScore
 
 EVAL_PANEL = "Evaluation"
 
@@ -95,10 +98,9 @@ def evaluate(
     seed_everything(seed)
     scores = []
     for spec in models or [None]:
-        lm, _ = open_model(spec, device=device, dtype=dtype, threads=threads,
-                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        if lm.runtime.warning:
-            out.warn(lm.runtime.warning)
+        lm, load_s = open_model(spec, device=device, dtype=dtype, threads=threads,
+                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        out.loaded(lm, load_s)
         with out.progress(f"eval {lm.name}") as bar:
             score = evaluate_model(lm, documents, stride=stride, context=context, batch_size=batch_size or opt.EVAL_BATCH_SIZE, max_tokens=max_tokens,
                                    progress=bar.advance, on_plan=bar.plan)
@@ -119,7 +121,7 @@ def evaluate(
 COLUMNS = ("model", "docs", "tokens", "nll/token", "perplexity", "bits/byte", "tokens/s")
 
 
-def _row(s) -> list[str]:
+def _row(s: ModelScore) -> list[str]:
     from gptcli.cli.output import number
 
     return [s.model, str(len(s.scored)), f"{s.tokens:,}", number(s.nll, 4), number(s.ppl, 3), number(s.bits_per_byte, 4),
