@@ -149,7 +149,7 @@ def main() -> None:
                     help="written replies (as a trained model's), generated ones, or both tables")
     args = ap.parse_args()
 
-    from gptcli.cli.stats import describe_load
+    from gptcli.cli.output import describe_load
     from gptcli.loading import open_model
 
     model = args.model or str(build_model(Path(tempfile.gettempdir()) / "gptcli-bench-chat-gpt2-124m"))

@@ -91,6 +91,27 @@ class Completion:
             return 0.0
         return (self.completion_tokens - 1) / self.decode_s
 
+    def to_record(self, model: str, prompt: str, *, id: Any = None, line: int | None = None,
+                  echo: bool = False) -> dict[str, Any]:
+        """The `generate --json` object: the input (its id, else its prompt), then this completion."""
+        out: dict[str, Any] = {"id": id} if id is not None else {"prompt": prompt}
+        if line is not None:
+            out["line"] = line  # blank lines are skipped, so `index` alone cannot find the input line
+        out.update(
+            index=self.request,
+            sample=self.sample,
+            text=(prompt + self.text) if echo else self.text,
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            seed=self.seed,
+            model=model,
+            ttft_s=round(self.ttft_s, 4),
+            tokens_per_s=round(self.tokens_per_s, 2),
+            elapsed_s=round(self.elapsed_s, 4),
+        )
+        return out
+
 
 @dataclass
 class RunStats:

@@ -62,7 +62,7 @@ app.command("finetune", cls=help_cls.Command)(train_cmd.finetune)
 app.command("eval", cls=help_cls.Command)(eval_cmd.evaluate)
 app.command("translate", cls=help_cls.Command)(translate_cmd.translate)
 app.command("models", cls=help_cls.Command)(models_cmd.models)
-app.command("completion", cls=help_cls.Command)(completion_cmd.completion)
+app.command("completion", cls=help_cls.Command)(completion_cmd.command_for(app))
 
 
 def _is_click_error(exc: BaseException) -> bool:

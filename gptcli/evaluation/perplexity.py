@@ -69,6 +69,24 @@ class DocScore(_Metrics):
     truncated: bool = False  # cut by --max-tokens
     skipped: str | None = None  # why nothing was scored
 
+    def to_record(self, model: str) -> dict:
+        """The `eval --per-doc` object."""
+        rec = {
+            "model": model,
+            "id": self.id,
+            "source": self.source,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "nll": _num(self.nll),
+            "ppl": _num(self.ppl),
+            "bits_per_byte": _num(self.bits_per_byte),
+        }
+        if self.truncated:
+            rec["truncated"] = True
+        if self.skipped:
+            rec["skipped"] = self.skipped
+        return rec
+
 
 @dataclass
 class ModelScore(_Metrics):
@@ -103,6 +121,30 @@ class ModelScore(_Metrics):
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_record(self) -> dict:
+        """The `eval --json` summary object."""
+        return {
+            "model": self.model,
+            "documents": len(self.scored),
+            "skipped_documents": self.skipped,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "nll": _num(self.nll),
+            "ppl": _num(self.ppl),
+            "bits_per_byte": _num(self.bits_per_byte),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "elapsed_s": round(self.seconds, 4),
+            "context": self.context,
+            "stride": self.stride,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+
+def _num(x: float | None) -> float | None:
+    """JSON has no NaN/Infinity: an undefined or infinite value is null."""
+    return None if x is None or not math.isfinite(x) else x
 
 
 def _exp(x: float | None) -> float | None:

@@ -11,9 +11,12 @@ and generation stops at the end of that line.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gptcli.translation.families import Plan
+
+if TYPE_CHECKING:
+    from gptcli.loading import LoadedModel
 
 
 def instruction(text: str, plan: Plan) -> str:
@@ -26,7 +29,7 @@ def plain_prompt(text: str, plan: Plan) -> str:
     return f"{plan.source.name}: {text}\n{plan.target.name}:"
 
 
-def prompt_ids(lm: Any, plan: Plan, text: str) -> list[int]:
+def prompt_ids(lm: LoadedModel, plan: Plan, text: str) -> list[int]:
     tok = lm.tokenizer
     if plan.kind == "chat":
         messages = [{"role": "user", "content": instruction(text, plan)}]
