@@ -13,7 +13,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_gpt2_124m(folder: Path, vocab_text: Path | str | None = None, seed: int = 0, vocab_size: int | None = 50257) -> Path:
+def build_gpt2_124m(
+    folder: Path, vocab_text: Path | str | None = None, seed: int = 0, vocab_size: int | None = 50257
+) -> Path:
     """GPT-2 small's shape (12 layers, 12 heads, 768 wide, 1024 context), random weights.
 
     The tokenizer is a byte-level BPE trained locally on `vocab_text` (8k entries). The model's
@@ -31,8 +33,9 @@ def build_gpt2_124m(folder: Path, vocab_text: Path | str | None = None, seed: in
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=8192, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=8192, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     if isinstance(vocab_text, str):  # the text itself
         tok.train_from_iterator(vocab_text.splitlines(), trainer)
     else:
@@ -40,8 +43,15 @@ def build_gpt2_124m(folder: Path, vocab_text: Path | str | None = None, seed: in
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, vocab_size=vocab_size or len(fast), n_positions=1024,
-                        bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        vocab_size=vocab_size or len(fast),
+        n_positions=1024,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
 

@@ -87,8 +87,9 @@ class GptcliEval:
         from gptcli.data import Document
         from gptcli.evaluation import evaluate_model
 
-        score = evaluate_model(self.lm, [Document("slice", text, "tinyshakespeare")],
-                               batch_size=self.batch_size, max_tokens=max_tokens)
+        score = evaluate_model(
+            self.lm, [Document("slice", text, "tinyshakespeare")], batch_size=self.batch_size, max_tokens=max_tokens
+        )
         return score.tokens, score.seconds, score.nll
 
 
@@ -108,12 +109,19 @@ def main() -> int:
     from gptcli.loading import quiet_transformers
 
     quiet_transformers()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scoring {len(text):,} characters, "
-          f"best of {args.rounds} interleaved rounds", file=sys.stderr)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; scoring {len(text):,} characters, "
+        f"best of {args.rounds} interleaved rounds",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory(prefix="gptcli-evalbench-") as tmp:
         folder = Path(tmp)
         build(folder, full)
-        runs = [PlainLoop(folder), GptcliEval(folder, "auto", args.batch_size), GptcliEval(folder, "float32", args.batch_size)]
+        runs = [
+            PlainLoop(folder),
+            GptcliEval(folder, "auto", args.batch_size),
+            GptcliEval(folder, "float32", args.batch_size),
+        ]
     warm = full[:2000]  # first calls pay one-off setup (oneDNN primitives, allocator): not what we measure
     for run in runs:
         run(warm, None)
@@ -126,14 +134,18 @@ def main() -> int:
 
     best = {name: min(rs, key=lambda x: x[1]) for name, rs in results.items()}
     base = best[runs[0].name][0] / best[runs[0].name][1]
-    print(f"{'run':<28} {'dtype':<9} {'tokens':>7} {'best s':>7} {'median s':>8} {'tokens/s':>9} {'vs plain':>9} "
-          f"{'nll/token':>10} {'ppl':>9}")
+    print(
+        f"{'run':<28} {'dtype':<9} {'tokens':>7} {'best s':>7} {'median s':>8} {'tokens/s':>9} {'vs plain':>9} "
+        f"{'nll/token':>10} {'ppl':>9}"
+    )
     for run in runs:
         tokens, seconds, nll = best[run.name]
         median = statistics.median(x[1] for x in results[run.name])
         tps = tokens / seconds
-        print(f"{run.name:<28} {run.dtype:<9} {tokens:>7} {seconds:>7.1f} {median:>8.1f} {tps:>9.0f} {tps / base:>8.2f}x "
-              f"{nll:>10.5f} {math.exp(nll):>9.1f}")
+        print(
+            f"{run.name:<28} {run.dtype:<9} {tokens:>7} {seconds:>7.1f} {median:>8.1f} {tps:>9.0f} {tps / base:>8.2f}x "
+            f"{nll:>10.5f} {math.exp(nll):>9.1f}"
+        )
     return 0
 
 

@@ -53,8 +53,14 @@ def worker_plain(model_dir: str, new_tokens: int, batch: int, dtype: str) -> Non
     out = model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, streamer=streamer)
     elapsed = time.perf_counter() - start
     produced = (out.shape[1] - ids["input_ids"].shape[1]) * batch
-    emit({"tokens_per_s": produced / elapsed, "ttft_ms": ((streamer.first - start) * 1000) if streamer else None,
-          "tokens": produced, "rss_mb": peak_rss_mb()})
+    emit(
+        {
+            "tokens_per_s": produced / elapsed,
+            "ttft_ms": ((streamer.first - start) * 1000) if streamer else None,
+            "tokens": produced,
+            "rss_mb": peak_rss_mb(),
+        }
+    )
 
 
 def _open_gptcli(model_dir: str, dtype: str):
@@ -80,9 +86,15 @@ def worker_gptcli(model_dir: str, new_tokens: int, batch: int, dtype: str) -> No
     lm = _open_gptcli(model_dir, dtype)
     _gptcli_run(lm, 1, 8)  # warm-up
     stats = _gptcli_run(lm, batch, new_tokens)
-    emit({"tokens_per_s": stats.completion_tokens / stats.elapsed_s,
-          "ttft_ms": stats.ttft_s * 1000 if batch == 1 else None, "tokens": stats.completion_tokens,
-          "rss_mb": peak_rss_mb(), "dtype": str(lm.runtime.dtype).replace("torch.", "")})
+    emit(
+        {
+            "tokens_per_s": stats.completion_tokens / stats.elapsed_s,
+            "ttft_ms": stats.ttft_s * 1000 if batch == 1 else None,
+            "tokens": stats.completion_tokens,
+            "rss_mb": peak_rss_mb(),
+            "dtype": str(lm.runtime.dtype).replace("torch.", ""),
+        }
+    )
 
 
 def worker_batches(model_dir: str, new_tokens: int, batch: int, dtype: str, rounds: int = 3) -> None:
@@ -102,13 +114,24 @@ def worker_batches(model_dir: str, new_tokens: int, batch: int, dtype: str, roun
     for _ in range(rounds):
         ones.append(run(1))
         many.append(run(batch))
-    emit({"batch1": statistics.median(ones), "batchN": statistics.median(many),
-          "runs1": ones, "runsN": many})
+    emit({"batch1": statistics.median(ones), "batchN": statistics.median(many), "runs1": ones, "runsN": many})
 
 
 def run_worker(kind: str, model_dir: str, new_tokens: int, batch: int, dtype: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--model-dir", model_dir, "--new-tokens", str(new_tokens),
-           "--batch", str(batch), "--dtype", dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--model-dir",
+        model_dir,
+        "--new-tokens",
+        str(new_tokens),
+        "--batch",
+        str(batch),
+        "--dtype",
+        dtype,
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(p.stderr)
@@ -133,7 +156,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     args = ap.parse_args()
     if args.worker:
-        {"plain": worker_plain, "gptcli": worker_gptcli, "batches": worker_batches}[args.worker](args.model_dir, args.new_tokens, args.batch, args.dtype)
+        {"plain": worker_plain, "gptcli": worker_gptcli, "batches": worker_batches}[args.worker](
+            args.model_dir, args.new_tokens, args.batch, args.dtype
+        )
         return
     model_dir = args.model_dir or str(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m")
     build_gpt2_124m(Path(model_dir))
@@ -148,7 +173,9 @@ def main() -> None:
     print(f"\nGPT-2-124M shape, random weights, {n} new tokens, batch 1, {Path('/proc/cpuinfo').exists() and 'CPU'}")
     print(f"{'path':34} {'tokens/s':>9} {'TTFT ms':>8} {'peak RSS MB':>12} {'vs baseline':>12}")
     for name, r in rows:
-        print(f"{name:34} {r['tokens_per_s']:9.1f} {r['ttft_ms']:8.1f} {r['rss_mb']:12.0f} {r['tokens_per_s'] / base:11.2f}x")
+        print(
+            f"{name:34} {r['tokens_per_s']:9.1f} {r['ttft_ms']:8.1f} {r['rss_mb']:12.0f} {r['tokens_per_s'] / base:11.2f}x"
+        )
     bb = run_worker("batches", model_dir, n, 8, "auto")
     b1, b8 = bb["batch1"], bb["batchN"]
     p8 = run_worker("plain", model_dir, n, 8, "default")

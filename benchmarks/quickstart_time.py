@@ -51,8 +51,10 @@ def main() -> None:
     s = json.loads(stages.stdout.strip().splitlines()[-1])
     print(f'gptcli generate "Once upon a time" -t 50 (bundled model, offline), {args.runs} runs')
     print(f"  wall time: median {statistics.median(walls):.2f} s, best {min(walls):.2f} s, worst {max(walls):.2f} s")
-    print(f"  in one process: import {s['import_s']:.2f} s, load {s['load_s']:.2f} s, "
-          f"generate {s['tokens']} tokens {s['generate_s']:.2f} s")
+    print(
+        f"  in one process: import {s['import_s']:.2f} s, load {s['load_s']:.2f} s, "
+        f"generate {s['tokens']} tokens {s['generate_s']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -35,12 +35,57 @@ BATCH, LR, MIN_LR, WARMUP, SEED, EVAL_BATCHES = 12, 1e-3, 1e-4, 100, 1337, 200
 
 def gptcli_worker(iters: int, precision: str, out: Path, seed: int = SEED) -> dict:
     cmd = [
-        sys.executable, "-m", "gptcli", "train", str(DATA), "--tokenizer-type", "char", "--val-split", "0.1",
-        "--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64", "--dropout", "0",
-        "--batch-size", str(BATCH), "--lr", str(LR), "--min-lr", str(MIN_LR), "--beta2", "0.99",
-        "--weight-decay", "0.1", "--grad-clip", "1.0", "--warmup", str(WARMUP), "--steps", str(iters),
-        "--eval-every", "0", "--save-every", "0", "--eval-batches", str(EVAL_BATCHES), "--log-every", "100",
-        "--seed", str(seed), "--precision", precision, "--out", str(out), "--overwrite", "--json",
+        sys.executable,
+        "-m",
+        "gptcli",
+        "train",
+        str(DATA),
+        "--tokenizer-type",
+        "char",
+        "--val-split",
+        "0.1",
+        "--n-layer",
+        "4",
+        "--n-head",
+        "4",
+        "--n-embd",
+        "128",
+        "--block-size",
+        "64",
+        "--dropout",
+        "0",
+        "--batch-size",
+        str(BATCH),
+        "--lr",
+        str(LR),
+        "--min-lr",
+        str(MIN_LR),
+        "--beta2",
+        "0.99",
+        "--weight-decay",
+        "0.1",
+        "--grad-clip",
+        "1.0",
+        "--warmup",
+        str(WARMUP),
+        "--steps",
+        str(iters),
+        "--eval-every",
+        "0",
+        "--save-every",
+        "0",
+        "--eval-batches",
+        str(EVAL_BATCHES),
+        "--log-every",
+        "100",
+        "--seed",
+        str(seed),
+        "--precision",
+        precision,
+        "--out",
+        str(out),
+        "--overwrite",
+        "--json",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
@@ -66,13 +111,24 @@ def plain_loop(iters: int, seed: int = SEED) -> dict:
     ids, _ = packing.stream(encode_documents(tok, [text]), tok.eos_token_id)
     train, val = packing.split(ids, None, 0.1, SHAPE["block_size"])
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tok), n_positions=SHAPE["block_size"], n_embd=SHAPE["n_embd"],
-                        n_layer=SHAPE["n_layer"], n_head=SHAPE["n_head"], resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=SHAPE["block_size"],
+        n_embd=SHAPE["n_embd"],
+        n_layer=SHAPE["n_layer"],
+        n_head=SHAPE["n_head"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = GPT2LMHeadModel(config)
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     opt = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(iters, WARMUP, "cosine", MIN_LR / LR))
     sampler = BlockSampler(len(train), BATCH, 1, 1, 0, seed, block_size=SHAPE["block_size"], stream_len=len(train.ids))
@@ -93,12 +149,26 @@ def plain_loop(iters: int, seed: int = SEED) -> dict:
     from contextlib import nullcontext
 
     val_loss = evaluate(model, val, BATCH, EVAL_BATCHES, torch.device("cpu"), nullcontext)
-    return {"ms_per_iter": round(1000 * elapsed / iters, 3), "val_loss": round(val_loss, 6), "wall_s": round(elapsed, 3)}
+    return {
+        "ms_per_iter": round(1000 * elapsed / iters, 3),
+        "val_loss": round(val_loss, 6),
+        "wall_s": round(elapsed, 3),
+    }
 
 
 def run_worker(kind: str, iters: int, precision: str, seed: int = SEED) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--iters", str(iters), "--precision", precision,
-           "--seed", str(seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--iters",
+        str(iters),
+        "--precision",
+        precision,
+        "--seed",
+        str(seed),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
@@ -108,7 +178,9 @@ def run_worker(kind: str, iters: int, precision: str, seed: int = SEED) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=2000)
-    ap.add_argument("--precision", default="auto", help="gptcli's --precision (auto: bf16 autocast on CPUs with native bf16)")
+    ap.add_argument(
+        "--precision", default="auto", help="gptcli's --precision (auto: bf16 autocast on CPUs with native bf16)"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the order alternates each round")
     ap.add_argument("--only", choices=["plain", "gptcli"], help="run one trainer only")
     ap.add_argument("--seed", type=int, default=SEED, help="seed of both trainers (nanoGPT's 1337 by default)")
@@ -130,13 +202,18 @@ def main() -> None:
                 continue
             res = run_worker(kind, args.iters, args.precision, args.seed)
             rows[kind].append(res)
-            print(f"round {r + 1} {kind:7s} {res['ms_per_iter']:8.2f} ms/iter  val loss {res['val_loss']:.4f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"round {r + 1} {kind:7s} {res['ms_per_iter']:8.2f} ms/iter  val loss {res['val_loss']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
     if args.only:
         return
     plain_ms = sum(r["ms_per_iter"] for r in rows["plain"]) / len(rows["plain"])
-    print(f"\n{args.iters} iterations, threads={os.environ.get('OMP_NUM_THREADS', 'default')}, "
-          f"gptcli --precision {args.precision}\n")
+    print(
+        f"\n{args.iters} iterations, threads={os.environ.get('OMP_NUM_THREADS', 'default')}, "
+        f"gptcli --precision {args.precision}\n"
+    )
     print("| trainer | ms/iteration | × plain loop | validation loss |")
     print("| --- | --- | --- | --- |")
     for kind, label in (("plain", "plain PyTorch loop over GPT2LMHeadModel"), ("gptcli", "gptcli train")):

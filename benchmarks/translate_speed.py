@@ -65,8 +65,11 @@ def main() -> int:
     plan = make_plan(lm, resolve(args.source, "--from"), resolve(args.target, "--to"))
     apply_plan(lm, plan)
     params = SamplingParams(temperature=0.0)
-    print(f"model {args.model} ({lm.runtime.describe()}), {len(lines)} lines, threads {args.threads}, "
-          f"load {load_s:.2f} s", file=sys.stderr)
+    print(
+        f"model {args.model} ({lm.runtime.describe()}), {len(lines)} lines, threads {args.threads}, "
+        f"load {load_s:.2f} s",
+        file=sys.stderr,
+    )
 
     # Warm-up: first calls pay for lazy initialisation.
     warm = Translator(lm, plan, params, batch_size=4)
@@ -97,8 +100,24 @@ def main() -> int:
             src = Path(tmp) / "lines.txt"
             src.write_text("\n".join(lines) + "\n", encoding="utf-8")
             env = dict(os.environ, GPTCLI_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-            cmd = [sys.executable, "-m", "gptcli", "translate", "--file", str(src), "-m", args.model,
-                   "--from", args.source, "--to", args.target, "-b", "16", "--device", "cpu"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "gptcli",
+                "translate",
+                "--file",
+                str(src),
+                "-m",
+                args.model,
+                "--from",
+                args.source,
+                "--to",
+                args.target,
+                "-b",
+                "16",
+                "--device",
+                "cpu",
+            ]
             if args.dtype:
                 cmd += ["--dtype", args.dtype]
             started = time.perf_counter()
@@ -108,8 +127,15 @@ def main() -> int:
                 print(res.stderr.decode(), file=sys.stderr)
                 return 1
             n_out = len(res.stdout.decode("utf-8").splitlines())
-            rows.append(("gptcli translate -b 16 (process, incl. start-up)", elapsed, len(lines) / elapsed,
-                         t_single / elapsed, n_out))
+            rows.append(
+                (
+                    "gptcli translate -b 16 (process, incl. start-up)",
+                    elapsed,
+                    len(lines) / elapsed,
+                    t_single / elapsed,
+                    n_out,
+                )
+            )
 
     print("| run | seconds | lines/s | vs one line per call | same lines as one-per-call |")
     print("| --- | ---: | ---: | ---: | ---: |")

@@ -89,6 +89,7 @@ def optimize_for_inference(model: Any, runtime: Any, min_weights: int = MIN_PACK
         return 0
     PackedLinear = _packed_linear_class()
     from transformers.pytorch_utils import Conv1D
+
     swaps = []
     for parent in model.modules():
         for name, child in parent.named_children():
@@ -121,8 +122,12 @@ def fuse_activations(model: Any) -> int:
         from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
     except ImportError:
         return 0
-    swaps = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
-             if type(child) in (NewGELUActivation, FastGELUActivation)]
+    swaps = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) in (NewGELUActivation, FastGELUActivation)
+    ]
     for parent, name in swaps:
         setattr(parent, name, GELUTanh())
     return len(swaps)

@@ -57,7 +57,9 @@ def split_text(text: str, source: str) -> list[Document]:
     return [Document(source, text, source)] if text.strip() else []
 
 
-def load_documents(paths: Iterable[str | Path], text_field: str = "text", max_docs: int | None = None) -> list[Document]:
+def load_documents(
+    paths: Iterable[str | Path], text_field: str = "text", max_docs: int | None = None
+) -> list[Document]:
     """All documents from the given files/folders ('-' is stdin), in order."""
     docs: list[Document] = []
     for path in expand_paths(paths):
@@ -77,11 +79,13 @@ def _load_file(path: Path, text_field: str) -> list[Document]:
         for rec in parse_jsonl(read_text_file(path), source):
             line = rec.pop("__line__")
             if text_field not in rec:
-                raise InputError(f"{source} line {line} has no field \"{text_field}\".",
-                                 hint=f"Pass --text-field with one of: {', '.join(map(str, rec)) or 'none'}.")
+                raise InputError(
+                    f'{source} line {line} has no field "{text_field}".',
+                    hint=f"Pass --text-field with one of: {', '.join(map(str, rec)) or 'none'}.",
+                )
             value = rec[text_field]
             if not isinstance(value, str):
-                raise InputError(f"{source} line {line}: field \"{text_field}\" is not a string.")
+                raise InputError(f'{source} line {line}: field "{text_field}" is not a string.')
             docs.append(Document(str(rec.get("id", f"{source}:{line}")), value, source))
         return docs
     if suffix in TABLE_SUFFIXES:
@@ -101,10 +105,14 @@ def _load_table(path: Path, text_field: str) -> list[Document]:
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train", **extra)
     except Exception as exc:
-        raise InputError(f"cannot read {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+        raise InputError(
+            f"cannot read {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        ) from exc
     if text_field not in ds.column_names:
-        raise InputError(f"{path} has no column \"{text_field}\".",
-                         hint=f"Pass --text-field with one of: {', '.join(ds.column_names)}.")
+        raise InputError(
+            f'{path} has no column "{text_field}".',
+            hint=f"Pass --text-field with one of: {', '.join(ds.column_names)}.",
+        )
     ids = ds["id"] if "id" in ds.column_names else None
     docs = []
     for i, value in enumerate(ds[text_field]):

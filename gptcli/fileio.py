@@ -95,7 +95,7 @@ def remove_stale_temporaries(target: Path) -> None:
         name = entry.name
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
-        middle = name[len(prefix):-len(".tmp")].split(".")
+        middle = name[len(prefix) : -len(".tmp")].split(".")
         if len(middle) != 2 or not middle[0].isdigit():
             continue
         if not _pid_alive(int(middle[0])):
@@ -254,8 +254,12 @@ def remove_stale_folders(parent: Path, prefixes: tuple[str, ...] = (".tmp-", ".o
         return
     mine = f"-{os.getpid()}"
     for entry in entries:
-        if entry.name.startswith(prefixes) and not entry.name.endswith(mine) and entry.is_dir() \
-                and not entry.is_symlink():
+        if (
+            entry.name.startswith(prefixes)
+            and not entry.name.endswith(mine)
+            and entry.is_dir()
+            and not entry.is_symlink()
+        ):
             shutil.rmtree(entry, ignore_errors=True)
 
 

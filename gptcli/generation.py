@@ -32,7 +32,7 @@ import inspect
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,8 +91,9 @@ class Completion:
             return 0.0
         return (self.completion_tokens - 1) / self.decode_s
 
-    def to_record(self, model: str, prompt: str, *, id: Any = None, line: int | None = None,
-                  echo: bool = False) -> dict[str, Any]:
+    def to_record(
+        self, model: str, prompt: str, *, id: Any = None, line: int | None = None, echo: bool = False
+    ) -> dict[str, Any]:
         """The `generate --json` object: the input (its id, else its prompt), then this completion."""
         out: dict[str, Any] = {"id": id} if id is not None else {"prompt": prompt}
         if line is not None:
@@ -205,10 +206,10 @@ class TextTracker:
             # Hold back a tail that could be the start of a stop string.
             for s in self.stop:
                 for k in range(min(len(s) - 1, end - self.emitted), 0, -1):
-                    if text[end - k:end] == s[:k]:
+                    if text[end - k : end] == s[:k]:
                         end -= k
                         break
-        delta = text[self.emitted:end] if end > self.emitted else ""
+        delta = text[self.emitted : end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
         return delta
 
@@ -241,8 +242,10 @@ def _left_padded(lm: LoadedModel, batch: list[_Seq]) -> tuple[Any, Any]:
     pad, width = pad_token_id(lm), max(len(s.prompt_ids) for s in batch)
     rows = [[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in batch]
     mask = [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch]
-    return (torch.tensor(rows, dtype=torch.long, device=lm.device),
-            torch.tensor(mask, dtype=torch.long, device=lm.device))
+    return (
+        torch.tensor(rows, dtype=torch.long, device=lm.device),
+        torch.tensor(mask, dtype=torch.long, device=lm.device),
+    )
 
 
 @dataclass
@@ -281,7 +284,7 @@ def stream_generate(
     on_truncate: Any = None,
     on_capped: Any = None,
     prompt_cache: PromptCache | None = None,
-) -> Iterator[Piece | Completion]:
+) -> Generator[Piece | Completion, None, None]:
     """Generate for every request; yields Pieces as text appears and a Completion per sequence.
 
     `on_capped(label, max_new_tokens, room)` is called once, for the first request whose
@@ -381,7 +384,9 @@ def _batches(prepared: list[_Prepared], batch_size: int, tokenizer: Any) -> Iter
         for p in group:
             for s in range(p.params.num_return_sequences):
                 tracker = TextTracker(tokenizer, p.params.stop)
-                batch.append(_Seq(p.request, s, p.prompt_ids, p.params, sequence_seed(p.seed, s), tracker, p.encoder_text))
+                batch.append(
+                    _Seq(p.request, s, p.prompt_ids, p.params, sequence_seed(p.seed, s), tracker, p.encoder_text)
+                )
                 if len(batch) == size:
                     yield batch
                     batch = []
@@ -412,7 +417,9 @@ def _completion(seq: _Seq, started: float) -> Completion:
     )
 
 
-def _decode_batch(lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache | None = None) -> Iterator[Piece | Completion]:
+def _decode_batch(
+    lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache | None = None
+) -> Iterator[Piece | Completion]:
     import torch
 
     model, device = lm.model, lm.device
@@ -426,6 +433,7 @@ def _decode_batch(lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache 
     track_seen = params.repetition_penalty not in (None, 1.0)
     seen = input_ids.clone() if track_seen else None
     cache_name = cache_kwarg(model)
+    assert cache_name is not None  # supports_fast_decode() sends models without a cache to model.generate
     accepts_positions = "position_ids" in inspect.signature(model.forward).parameters
     max_steps = min(max(s.params.max_new_tokens for s in batch), lm.context_length - width)
     active = list(range(len(batch)))  # batch rows still generating, in cache order
@@ -435,13 +443,13 @@ def _decode_batch(lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache 
             # One row, no padding: skip the prefix whose keys/values are already cached.
             batch[0].cached_tokens = prompt_cache.prepare(model, batch[0].prompt_ids)
             cache = prompt_cache.cache
-            step_input = input_ids[:, batch[0].cached_tokens:]
+            step_input = input_ids[:, batch[0].cached_tokens :]
         else:
             cache = new_cache(model)
         for _ in range(max(max_steps, 0)):
             kwargs = {cache_name: cache, "attention_mask": attention, "use_cache": True}
             if accepts_positions:
-                kwargs["position_ids"] = positions[:, -step_input.shape[1]:]
+                kwargs["position_ids"] = positions[:, -step_input.shape[1] :]
             if prompt_cache is not None:
                 prompt_cache.writing()
             out = model(input_ids=step_input, logits_to_keep=1, **kwargs)
@@ -516,15 +524,20 @@ def _hf_generate_group(lm: LoadedModel, batch: list[_Seq], started: float) -> It
     model, tok, device = lm.model, lm.tokenizer, lm.device
     params = batch[0].params
     if lm.is_encoder_decoder:
-        enc = tok([s.encoder_text or "" for s in batch], return_tensors="pt", padding=True, truncation=True,
-                  max_length=lm.context_length)
+        enc = tok(
+            [s.encoder_text or "" for s in batch],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=lm.context_length,
+        )
         inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         prompt_lens = enc["attention_mask"].sum(-1).tolist()
     else:
         ids, mask = _left_padded(lm, batch)
         inputs = {"input_ids": ids, "attention_mask": mask}
         prompt_lens = [len(s.prompt_ids) for s in batch]
-    gen_kwargs = dict(
+    gen_kwargs: dict[str, Any] = dict(
         max_new_tokens=max(s.params.max_new_tokens for s in batch),
         num_beams=params.num_beams,
         do_sample=not params.is_greedy,
@@ -548,7 +561,7 @@ def _hf_generate_group(lm: LoadedModel, batch: list[_Seq], started: float) -> It
         with torch.inference_mode():
             out = model.generate(**inputs, **gen_kwargs)
     now = time.perf_counter()
-    new = out if lm.is_encoder_decoder else out[:, inputs["input_ids"].shape[1]:]
+    new = out if lm.is_encoder_decoder else out[:, inputs["input_ids"].shape[1] :]
     eos = set(lm.eos_token_ids)
     special = set(getattr(tok, "all_special_ids", []) or [])
     for seq, row, plen in zip(batch, new.tolist(), prompt_lens):

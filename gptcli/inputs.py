@@ -20,8 +20,10 @@ def decode_utf8(data: bytes, source: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{source} is not valid UTF-8 (bad byte at offset {exc.start}).",
-                         hint="Convert it, e.g. with `iconv -t UTF-8`.") from exc
+        raise InputError(
+            f"{source} is not valid UTF-8 (bad byte at offset {exc.start}).",
+            hint="Convert it, e.g. with `iconv -t UTF-8`.",
+        ) from exc
     return text[1:] if text.startswith("\ufeff") else text  # drop a byte-order mark
 
 
@@ -67,17 +69,26 @@ def gather_prompt(argument: str | None) -> str:
     piped = not stdin_is_tty()
     if argument == "-":
         if not piped:
-            raise UsageError("prompt '-' means stdin, but stdin is a terminal.", hint="Pipe text in, or give the prompt as an argument.")
+            raise UsageError(
+                "prompt '-' means stdin, but stdin is a terminal.",
+                hint="Pipe text in, or give the prompt as an argument.",
+            )
         text = read_stdin()
         if not text.strip():
-            raise UsageError("stdin is empty: there is no prompt.", hint="Pipe some text in, or give the prompt as an argument.")
+            raise UsageError(
+                "stdin is empty: there is no prompt.", hint="Pipe some text in, or give the prompt as an argument."
+            )
         return _drop_final_newline(text)
     stdin_text = read_stdin() if piped else ""
     if argument is None:
         if not piped:
-            raise UsageError("no prompt given.", hint='Pass one, e.g. gptcli generate "Once upon a time", or pipe text in.')
+            raise UsageError(
+                "no prompt given.", hint='Pass one, e.g. gptcli generate "Once upon a time", or pipe text in.'
+            )
         if not stdin_text.strip():
-            raise UsageError("stdin is empty: there is no prompt.", hint="Pipe some text in, or give the prompt as an argument.")
+            raise UsageError(
+                "stdin is empty: there is no prompt.", hint="Pipe some text in, or give the prompt as an argument."
+            )
         return _drop_final_newline(stdin_text)
     if stdin_text.strip():
         return stdin_text.rstrip("\n") + "\n" + argument
@@ -102,8 +113,19 @@ class Record:
     line: int | None = None  # its line in the input file (1-based), so outputs can be matched to it
 
 
-SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                 "greedy", "num_return_sequences", "stop", "seed", "num_beams")
+SAMPLING_KEYS = (
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "greedy",
+    "num_return_sequences",
+    "stop",
+    "seed",
+    "num_beams",
+)
 
 
 def looks_like_jsonl(path: Path | str, text: str) -> bool:
@@ -134,8 +156,9 @@ def parse_json_line(line: str, source: str, number: int) -> Any:
     except json.JSONDecodeError as exc:
         raise InputError(f"{source} line {number} is not valid JSON: {exc.msg}.") from exc
     except _TooManyDigits as exc:
-        raise UsageError(f"{source} line {number} has a number of {exc.args[0]} digits; "
-                         f"the limit is {exc.args[1]}.") from exc
+        raise UsageError(
+            f"{source} line {number} has a number of {exc.args[0]} digits; the limit is {exc.args[1]}."
+        ) from exc
 
 
 def parse_jsonl(text: str, source: str) -> list[dict[str, Any]]:
@@ -159,7 +182,7 @@ def read_prompt_file(path: Path | str, text_field: str = "prompt") -> tuple[list
         for obj in parse_jsonl(text, source):
             line = obj.pop("__line__")
             if text_field not in obj or not isinstance(obj[text_field], str):
-                raise InputError(f"{source} line {line} has no \"{text_field}\" string.")
+                raise InputError(f'{source} line {line} has no "{text_field}" string.')
             overrides = {k: obj[k] for k in SAMPLING_KEYS if k in obj and obj[k] is not None}
             records.append(Record(obj[text_field], obj.get("id"), overrides, obj, line))
         jsonl = True

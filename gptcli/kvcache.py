@@ -70,8 +70,12 @@ def _growing_layer_class():
             buf, keys, values = self._kbuf, self.keys, self.values
             if buf is None or new > buf.shape[-2]:
                 return False
-            return old == 0 or (keys is not None and values is not None and keys.data_ptr() == buf.data_ptr()
-                                and values.data_ptr() == self._vbuf.data_ptr())
+            return old == 0 or (
+                keys is not None
+                and values is not None
+                and keys.data_ptr() == buf.data_ptr()
+                and values.data_ptr() == self._vbuf.data_ptr()
+            )
 
         def _capacity(self, new: int) -> int:
             if not self.whole_buffer:
@@ -183,7 +187,7 @@ def _probe(model: Any, *, whole_buffer: bool) -> bool:
             for k in range(3):
                 kwargs = {name: cache, "attention_mask": mask, "use_cache": True}
                 if takes_positions:
-                    kwargs["position_ids"] = positions[:, -step.shape[1]:]
+                    kwargs["position_ids"] = positions[:, -step.shape[1] :]
                 out = model(input_ids=step, **kwargs)
                 cache = getattr(out, name, None) or getattr(out, "past_key_values", None) or cache
                 got.append(out.logits[:, -1, :].float())
@@ -193,7 +197,7 @@ def _probe(model: Any, *, whole_buffer: bool) -> bool:
                 mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
                 positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
             for r, n in enumerate(lengths):
-                full = torch.tensor([rows[r][5 - n:] + fed[r]], device=device)
+                full = torch.tensor([rows[r][5 - n :] + fed[r]], device=device)
                 want = model(input_ids=full, attention_mask=torch.ones_like(full), use_cache=False).logits[0].float()
                 for k in range(3):
                     a, b = got[k][r], want[n - 1 + k]

@@ -120,8 +120,17 @@ def _connection_failure(exc: BaseException) -> BaseException | None:
         seen.add(id(exc))
         names = {cls.__name__ for cls in type(exc).__mro__}
         if isinstance(exc, (ConnectionError, TimeoutError)) or names & {
-            "ConnectError", "ConnectTimeout", "TransportError", "NetworkError", "TimeoutException", "ProxyError",
-            "SSLError", "MaxRetryError", "NewConnectionError", "NameResolutionError", "OfflineModeIsEnabled",
+            "ConnectError",
+            "ConnectTimeout",
+            "TransportError",
+            "NetworkError",
+            "TimeoutException",
+            "ProxyError",
+            "SSLError",
+            "MaxRetryError",
+            "NewConnectionError",
+            "NameResolutionError",
+            "OfflineModeIsEnabled",
         }:
             return exc
         current = exc.__cause__ or exc.__context__
@@ -153,7 +162,7 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool, flag: str = "--model") -> Pa
             raise ModelLoadError(
                 f"could not connect to the Hugging Face Hub to download {what} '{repo_id}' ({flag}): {reason}.",
                 hint=f"Check the network connection; without one, pass a local folder with {flag} "
-                     "(or set HF_HUB_OFFLINE=1 to use only what is cached).",
+                "(or set HF_HUB_OFFLINE=1 to use only what is cached).",
             ) from exc
         if names & {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"}:
             raise ModelLoadError(
@@ -269,7 +278,9 @@ def _read_json(path: Path) -> dict:
         raise ModelLoadError(f"{path} is not valid JSON: {exc}.") from exc
     if not isinstance(value, dict):
         # A list or a number parses, then fails far away (`'list' object has no attribute 'get'`).
-        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(value), "a number")
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(
+            type(value), "a number"
+        )
         raise ModelLoadError(f"{path} holds {kind}, not a JSON object: it is not a valid {path.name}.")
     return value
 
@@ -353,7 +364,9 @@ def _describe(model: Any, tokenizer: Any, source: ModelSource, runtime: Any, con
     )
 
 
-def _load_adapter(source: ModelSource, runtime: Any, allow_pickle: bool, trust_remote_code: bool, for_training: bool) -> LoadedModel:
+def _load_adapter(
+    source: ModelSource, runtime: Any, allow_pickle: bool, trust_remote_code: bool, for_training: bool
+) -> LoadedModel:
     """A LoRA adapter folder (from `gptcli finetune --lora`): load its base, then apply it."""
     raw = _read_json(source.path / "adapter_config.json")
     base_spec = raw.get("base_model_name_or_path")

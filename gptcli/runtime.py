@@ -34,9 +34,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 def parse_device(spec: str | None) -> str:
     spec = (spec or os.environ.get("GPTCLI_DEVICE") or "auto").strip().lower()
     if not _DEVICE_RE.match(spec):
-        raise UsageError(
-            f"unknown device '{spec}'.", hint=f"Use one of: {', '.join(DEVICE_CHOICES)}."
-        )
+        raise UsageError(f"unknown device '{spec}'.", hint=f"Use one of: {', '.join(DEVICE_CHOICES)}.")
     return spec
 
 
@@ -44,9 +42,7 @@ def parse_dtype(spec: str | None) -> str:
     spec = (spec or os.environ.get("GPTCLI_DTYPE") or "auto").strip().lower()
     spec = _DTYPE_ALIASES.get(spec, spec)
     if spec not in DTYPE_CHOICES:
-        raise UsageError(
-            f"unknown dtype '{spec}'.", hint=f"Use one of: {', '.join(DTYPE_CHOICES)}."
-        )
+        raise UsageError(f"unknown dtype '{spec}'.", hint=f"Use one of: {', '.join(DTYPE_CHOICES)}.")
     return spec
 
 
@@ -225,8 +221,13 @@ def resolve_runtime(
     threads_given = set_threads(threads)
     dev = resolve_device(device_spec)
     dtype_ = resolve_dtype(dtype_spec, dev, purpose)
-    return Runtime(device=dev, dtype=dtype_, dtype_auto=dtype_spec == "auto", threads_auto=not threads_given,
-                   warning=dtype_warning(dtype_, dev))
+    return Runtime(
+        device=dev,
+        dtype=dtype_,
+        dtype_auto=dtype_spec == "auto",
+        threads_auto=not threads_given,
+        warning=dtype_warning(dtype_, dev),
+    )
 
 
 def seed_everything(seed: int | None) -> None:

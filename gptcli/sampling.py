@@ -44,8 +44,15 @@ class SamplingParams:
     @property
     def batch_key(self) -> tuple:
         """Requests whose settings have the same key can share a batch: identical logit processing."""
-        return (self.is_greedy, self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty,
-                self.num_beams)
+        return (
+            self.is_greedy,
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.min_p,
+            self.repetition_penalty,
+            self.num_beams,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -58,7 +65,9 @@ class SamplingParams:
         unknown = sorted(set(changes) - known)
         if unknown:
             raise UsageError(f"unknown sampling option '{unknown[0]}'.", hint=f"Known: {', '.join(sorted(known))}.")
-        clean: dict[str, Any] = {k: (tuple(v) if k == "stop" and v is not None else v) for k, v in changes.items() if v is not None}
+        clean: dict[str, Any] = {
+            k: (tuple(v) if k == "stop" and v is not None else v) for k, v in changes.items() if v is not None
+        }
         return replace(self, **clean).validate()
 
     def validate(self) -> SamplingParams:
@@ -81,16 +90,20 @@ class SamplingParams:
         if self.repetition_penalty is not None and self.repetition_penalty <= 0:
             raise UsageError(f"--repetition-penalty must be above 0 (got {self.repetition_penalty}).")
         if not 1 <= self.num_return_sequences <= MAX_RETURN_SEQUENCES:
-            raise UsageError(f"--num-return-sequences must be from 1 to {MAX_RETURN_SEQUENCES} "
-                             f"(got {self.num_return_sequences}).")
+            raise UsageError(
+                f"--num-return-sequences must be from 1 to {MAX_RETURN_SEQUENCES} (got {self.num_return_sequences})."
+            )
         if self.num_beams < 1:
             raise UsageError(f"--num-beams must be at least 1 (got {self.num_beams}).")
         if any(s == "" for s in self.stop):
             raise UsageError("--stop strings must not be empty.")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED - (self.num_return_sequences - 1):
             last = MAX_SEED - (self.num_return_sequences - 1)
-            raise UsageError(f"--seed must be from 0 to {last}" + (" with this --num-return-sequences" if last < MAX_SEED else "")
-                             + f" (got {_short(self.seed)}).")
+            raise UsageError(
+                f"--seed must be from 0 to {last}"
+                + (" with this --num-return-sequences" if last < MAX_SEED else "")
+                + f" (got {_short(self.seed)})."
+            )
         return self
 
 
@@ -150,7 +163,9 @@ def coerce(name: str, value: Any) -> Any:
     if name == "stop":
         return tuple(value) if isinstance(value, (list, tuple)) else (str(value),)
     if name not in types:
-        raise UsageError(f"unknown sampling option '{name}'.", hint=f"Known: {', '.join(sorted(types) + ['greedy', 'stop'])}.")
+        raise UsageError(
+            f"unknown sampling option '{name}'.", hint=f"Known: {', '.join(sorted(types) + ['greedy', 'stop'])}."
+        )
     if isinstance(value, bool):  # JSON true/false are ints to Python; no setting here means that
         raise UsageError(f"{name} needs a number (got {str(value).lower()}).")
     if types[name] is int and isinstance(value, float):
@@ -161,7 +176,9 @@ def coerce(name: str, value: Any) -> Any:
     try:
         return types[name](value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise UsageError(f"{name} needs a{' whole' if types[name] is int else ''} number (got '{_short(value)}').") from exc
+        raise UsageError(
+            f"{name} needs a{' whole' if types[name] is int else ''} number (got '{_short(value)}')."
+        ) from exc
 
 
 # --------------------------------------------------------------------------- seeds

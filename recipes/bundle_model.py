@@ -14,8 +14,14 @@ import json
 import shutil
 from pathlib import Path
 
-KEEP = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-        "special_tokens_map.json", "chat_template.jinja")
+KEEP = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 
 def main() -> None:
@@ -40,8 +46,11 @@ def main() -> None:
     for f in sorted(src.glob("*.safetensors")):
         tensors.update(load_file(f))
     params = sum(t.numel() for t in tensors.values())
-    save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()}, tmp / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.to(torch.float16).contiguous() for k, v in tensors.items()},
+        tmp / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     cfg = json.loads((tmp / "config.json").read_text())
     cfg["dtype"] = "float16"
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -102,7 +102,7 @@ def test_debug_env_shows_traceback(cli):
 )
 def test_bad_jsonl_values_name_file_and_line_before_loading(cli, tmp_path, value, fragment):
     f = tmp_path / "p.jsonl"
-    f.write_text('{"prompt": "fine"}\n\n{"prompt": "a", ' + value + '}\n', encoding="utf-8")
+    f.write_text('{"prompt": "fine"}\n\n{"prompt": "a", ' + value + "}\n", encoding="utf-8")
     r = cli("generate", "--file", f, "-m", NO_MODEL)
     assert r.exit_code == 2, r.stderr
     assert r.stderr.startswith(f"Error: {f} line 3") and fragment in r.stderr
@@ -130,9 +130,11 @@ def test_memory_limit_too_low_for_a_library_is_one_line(cli, monkeypatch):
         try:
             raise ImportError("libstdc++.so.6: failed to map segment from shared object")
         except ImportError as exc:
-            raise ImportError("\n\nIMPORTANT: PLEASE READ THIS FOR ADVICE ON HOW TO SOLVE THIS ISSUE!\n\n"
-                              + "Importing the numpy C-extensions failed.\n" * 5
-                              + f"\nOriginal error was: {exc}\n") from exc
+            raise ImportError(
+                "\n\nIMPORTANT: PLEASE READ THIS FOR ADVICE ON HOW TO SOLVE THIS ISSUE!\n\n"
+                + "Importing the numpy C-extensions failed.\n" * 5
+                + f"\nOriginal error was: {exc}\n"
+            ) from exc
 
     monkeypatch.setattr("gptcli.runtime.parse_device", fail)
     r = cli("generate", "hello", "-m", NO_MODEL)
@@ -151,7 +153,9 @@ def test_memory_limit_too_low_for_a_library_is_one_line(cli, monkeypatch):
 @pytest.mark.parametrize("command", [["generate", "--file"], ["eval"], ["translate", "--to", "fr", "--file"]])
 def test_jsonl_number_over_the_digit_limit_is_one_line_in_every_reader(cli, tmp_path, command):
     f = tmp_path / "data.jsonl"
-    f.write_text('{"prompt": "a", "text": "a"}\n{"prompt": "b", "text": "b", "n": ' + "9" * 5000 + "}\n", encoding="utf-8")
+    f.write_text(
+        '{"prompt": "a", "text": "a"}\n{"prompt": "b", "text": "b", "n": ' + "9" * 5000 + "}\n", encoding="utf-8"
+    )
     r = cli(*command, f, "-m", NO_MODEL)
     assert r.exit_code == 2
     assert r.stderr == f"Error: {f} line 2 has a number of 5000 digits; the limit is 4300.\n"

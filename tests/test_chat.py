@@ -104,7 +104,7 @@ def test_piped_message_continues_history_and_appends(cli, gpt2_long, tmp_path):
     assert reply.endswith("\n") and reply.count("\n") >= 1
     text = hist.read_text()
     assert text.startswith(original)  # existing lines kept byte for byte
-    added = [json.loads(line) for line in text[len(original):].splitlines()]
+    added = [json.loads(line) for line in text[len(original) :].splitlines()]
     assert added[0] == {"role": "user", "content": "and then?"}
     assert added[1]["role"] == "assistant"
     assert reply == added[1]["content"] + "\n"
@@ -118,9 +118,26 @@ def test_ctrl_c_in_a_script_keeps_the_partial_reply(gpt2_long, tmp_path):
     import sys
 
     hist = tmp_path / "h.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "gptcli", "chat", "Tell me a story", "--history", str(hist),
-                          "--model", str(gpt2_long), "--greedy", "-t", "480"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gptcli",
+            "chat",
+            "Tell me a story",
+            "--history",
+            str(hist),
+            "--model",
+            str(gpt2_long),
+            "--greedy",
+            "-t",
+            "480",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
     try:
         head = os.read(p.stdout.fileno(), 64)  # unbuffered: the reply is streaming
         p.send_signal(signal.SIGINT)
@@ -166,7 +183,9 @@ def test_history_file_appends_and_rewrites_atomically(tmp_path):
     from gptcli.chat.history import HistoryFile, Message
 
     path = tmp_path / "h.jsonl"
-    path.write_text('{"content": "hi",   "role": "user"}\n{"role": "assistant", "content": "hello"}')  # no final newline
+    path.write_text(
+        '{"content": "hi",   "role": "user"}\n{"role": "assistant", "content": "hello"}'
+    )  # no final newline
     h = HistoryFile(path)
     conv = h.load()
     conv.messages += [Message("user", "again"), Message("assistant", "part", interrupted=True)]
@@ -184,19 +203,27 @@ def test_history_file_appends_and_rewrites_atomically(tmp_path):
 
 
 def test_jsonl_messages_get_one_reply_each(cli, gpt2_long, tokenizer_of):
-    stdin = "\n".join([
-        json.dumps({"role": "system", "content": "Talk about dogs."}),
-        json.dumps({"content": "Who is Max?"}),
-        json.dumps({"role": "assistant", "content": "A dog."}),  # added as is: no reply for it
-        json.dumps({"role": "user", "content": "And Tom?"}),
-    ]) + "\n"
+    stdin = (
+        "\n".join(
+            [
+                json.dumps({"role": "system", "content": "Talk about dogs."}),
+                json.dumps({"content": "Who is Max?"}),
+                json.dumps({"role": "assistant", "content": "A dog."}),  # added as is: no reply for it
+                json.dumps({"role": "user", "content": "And Tom?"}),
+            ]
+        )
+        + "\n"
+    )
     r = cli("chat", "--jsonl", "--json", "--model", gpt2_long, "--greedy", "-t", "5", stdin=stdin)
     assert r.exit_code == 0, r.stderr
     first, second = r.json_lines()
     tok = tokenizer_of(gpt2_long)
     assert first["prompt_tokens"] == n_tokens(tok, "Talk about dogs.\n\nUser: Who is Max?\nAssistant:")
-    expected = ("Talk about dogs.\n\nUser: Who is Max?\nAssistant: " + first["content"]
-                + "\nAssistant: A dog.\nUser: And Tom?\nAssistant:")
+    expected = (
+        "Talk about dogs.\n\nUser: Who is Max?\nAssistant: "
+        + first["content"]
+        + "\nAssistant: A dog.\nUser: And Tom?\nAssistant:"
+    )
     assert second["prompt_tokens"] == n_tokens(tok, expected)
     assert second["cached_tokens"] > 0  # the second turn reused the first turn's cache
 
@@ -248,7 +275,9 @@ def test_kv_cache_reuse_gives_the_same_replies(arch, gpt2_long, tpl_dir):
     for text in ["Who is Max?", "And Tom?", "Where is the sea?"]:
         turn = kept.send(text)
         # The same conversation from scratch, without any cache.
-        fresh = ChatSession(lm, params, Conversation("Dogs.", [Message(m.role, m.content) for m in kept.conv.messages[:-2]]))
+        fresh = ChatSession(
+            lm, params, Conversation("Dogs.", [Message(m.role, m.content) for m in kept.conv.messages[:-2]])
+        )
         again = fresh.send(text)
         assert turn.reply.content == again.reply.content
         assert turn.completion.prompt_tokens == again.completion.prompt_tokens
@@ -361,7 +390,7 @@ def test_history_append_keeps_system_lines_anywhere_and_extra_keys(cli, gpt2_dir
     assert r.exit_code == 0, r.stderr
     text = hist.read_text(encoding="utf-8")
     assert text.startswith(original)  # appended: not one byte of the user's lines changed
-    added = [json.loads(line) for line in text[len(original):].splitlines()]
+    added = [json.loads(line) for line in text[len(original) :].splitlines()]
     assert [m["role"] for m in added] == ["user", "assistant"] and added[0]["content"] == "more"
 
 
@@ -400,8 +429,9 @@ def test_history_rewrite_keeps_the_lines_that_still_belong(tmp_path):
 def test_history_line_separators_survive_the_next_turn(cli, gpt2_dir, tmp_path):
     # U+2028/U+2029/U+0085 are valid in a JSON string; str.splitlines() splits at them.
     hist = tmp_path / "h.jsonl"
-    hist.write_text('{"role": "user", "content": "raw \u2028 kept"}\n{"role": "assistant", "content": "ok"}\n',
-                    encoding="utf-8")
+    hist.write_text(
+        '{"role": "user", "content": "raw \u2028 kept"}\n{"role": "assistant", "content": "ok"}\n', encoding="utf-8"
+    )
     for message in ["one\u2028two", "three\u2029four\u0085five"]:
         r = cli("chat", message, "--history", hist, "--model", gpt2_dir, "-t", "3", stdin="")
         assert r.exit_code == 0, r.stderr
@@ -412,7 +442,7 @@ def test_history_line_separators_survive_the_next_turn(cli, gpt2_dir, tmp_path):
     assert "\u2028" in lines[0]  # the user's own line is kept as it was
     written = "\n".join(lines[2:])  # gptcli writes them escaped, so splitlines-based readers cope too
     assert not any(c in written for c in "\u2028\u2029\u0085")
-    assert len(hist.read_text(encoding="utf-8")[len(lines[0]) + 1:].splitlines()) == 5
+    assert len(hist.read_text(encoding="utf-8")[len(lines[0]) + 1 :].splitlines()) == 5
 
 
 def test_json_line_is_strict_json_on_one_line():
@@ -433,15 +463,21 @@ def test_history_rewrite_keeps_huge_numbers_as_json(tmp_path):
 
     hist = tmp_path / "h.jsonl"
     big = '{"role": "user", "content": "hi", "score": 1e999}'
-    hist.write_text(big + '\n{"role": "assistant", "content": "yo", "score": -1E400}\n{"role": "user", "content": "x"}\n')
+    hist.write_text(
+        big + '\n{"role": "assistant", "content": "yo", "score": -1E400}\n{"role": "user", "content": "x"}\n'
+    )
     h = HistoryFile(hist)
     conv = h.load()
     conv.system = "New."  # forces a rewrite
     h.sync(conv)
     text = hist.read_text()
     assert "Infinity" not in text and "NaN" not in text
-    assert _lines(hist) == ['{"role": "system", "content": "New."}', big,
-                            '{"role": "assistant", "content": "yo", "score": -1E400}', '{"role": "user", "content": "x"}']
+    assert _lines(hist) == [
+        '{"role": "system", "content": "New."}',
+        big,
+        '{"role": "assistant", "content": "yo", "score": -1E400}',
+        '{"role": "user", "content": "x"}',
+    ]
 
 
 def test_symlinked_history_is_written_through(cli, gpt2_dir, tmp_path):
@@ -452,7 +488,9 @@ def test_symlinked_history_is_written_through(cli, gpt2_dir, tmp_path):
     link.symlink_to(target)
     r = cli("chat", "more", "--history", link, "--model", gpt2_dir, "-t", "3", stdin="")  # an append
     assert r.exit_code == 0, r.stderr
-    r = cli("chat", "again", "--system", "New.", "--history", link, "--model", gpt2_dir, "-t", "3", stdin="")  # a rewrite
+    r = cli(
+        "chat", "again", "--system", "New.", "--history", link, "--model", gpt2_dir, "-t", "3", stdin=""
+    )  # a rewrite
     assert r.exit_code == 0, r.stderr
     assert link.is_symlink() and link.resolve() == target
     assert [json.loads(x)["content"] for x in _lines(target)][:4] == ["New.", "Hi", "Yo", "more"]
@@ -508,10 +546,28 @@ def test_concurrent_chat_processes_keep_every_exchange(gpt2_dir, tmp_path):
 
     for trial in range(1):  # lost 4 of 4 trials before; each trial costs two process starts
         hist = tmp_path / f"h{trial}.jsonl"
-        procs = [subprocess.Popen([sys.executable, "-m", "gptcli", "chat", f"message {i}", "--history", str(hist),
-                                   "--model", str(gpt2_dir), "-t", "2"], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
-                 for i in range(2)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gptcli",
+                    "chat",
+                    f"message {i}",
+                    "--history",
+                    str(hist),
+                    "--model",
+                    str(gpt2_dir),
+                    "-t",
+                    "2",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=cli_env(),
+            )
+            for i in range(2)
+        ]
         for p in procs:
             out, err = p.communicate(timeout=120)
             assert p.returncode == 0, err
@@ -590,7 +646,7 @@ def test_trimming_a_long_history_tokenizes_each_message_about_once(gpt2_long):
     start, target = session.window_start, 512 - 4 - 256
     assert ids == ids_of("Dogs.", msgs[start:]) and len(ids) <= target
     assert start < len(msgs) - 3  # a few exchanges fit
-    assert msgs[start].role == "user" and len(ids_of("Dogs.", msgs[start - 2:])) > target
+    assert msgs[start].role == "user" and len(ids_of("Dogs.", msgs[start - 2 :])) > target
 
 
 def test_stats_go_to_stderr_after_each_reply(cli, gpt2_dir):

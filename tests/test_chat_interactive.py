@@ -32,8 +32,14 @@ def spawn(*args, color=False, timeout=60):
     env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")  # no terminal answers cursor-position requests here
     if color:
         env.pop("NO_COLOR")
-    child = pexpect.spawn(sys.executable, ["-m", "gptcli", "chat", *map(str, args)], env=env, encoding="utf-8",
-                          timeout=timeout, dimensions=(40, 200))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "gptcli", "chat", *map(str, args)],
+        env=env,
+        encoding="utf-8",
+        timeout=timeout,
+        dimensions=(40, 200),
+    )
     child.expect_exact(READING)
     return child
 
@@ -72,8 +78,9 @@ def test_session_with_slash_commands(gpt2_dir, tmp_path):
         assert [r["role"] for r in records] == ["system", "user", "assistant"]
         assert records[0]["content"] == "Be brief." and records[1]["content"] == "Hello Max"
         # The reply that was streamed to the screen (control characters shown as U+FFFD there).
-        shown = "".join("\ufffd" if (ord(c) < 32 and c not in "\n\t") or c == "\x7f" else c
-                        for c in records[2]["content"])
+        shown = "".join(
+            "\ufffd" if (ord(c) < 32 and c not in "\n\t") or c == "\x7f" else c for c in records[2]["content"]
+        )
         assert shown and shown in first
         assert "New conversation" in say(child, "/reset")
         assert "Nothing to undo" in say(child, "/undo")

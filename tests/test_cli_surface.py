@@ -62,9 +62,26 @@ def test_help_piped_to_head_exits_0():
 def test_sigterm_in_chat_keeps_the_partial_reply_and_exits_130(tmp_path):
     model = build_model(tmp_path / "m", "gpt2", context=512)
     hist = tmp_path / "h.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "gptcli", "chat", "Tell me a story", "--history", str(hist),
-                          "--model", str(model), "--greedy", "-t", "480"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gptcli",
+            "chat",
+            "Tell me a story",
+            "--history",
+            str(hist),
+            "--model",
+            str(model),
+            "--greedy",
+            "-t",
+            "480",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
     try:
         head = os.read(p.stdout.fileno(), 64)  # the reply is streaming
         p.send_signal(signal.SIGTERM)
@@ -86,9 +103,13 @@ BASH_SCRIPT = ROOT / "completions" / "gptcli.bash"
 def bash_complete(*words: str, cwd=None) -> list[str]:
     """What the committed bash script offers after `gptcli WORDS...` (the last word is being typed)."""
     line = ["gptcli", *words]
-    script = (f'source "{BASH_SCRIPT}"; COMP_WORDS=({" ".join(shlex.quote(w) for w in line)}); '
-              f'COMP_CWORD={len(line) - 1}; _gptcli; printf "%s\\n" "${{COMPREPLY[@]}}"')
-    p = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True, cwd=cwd, timeout=30)
+    script = (
+        f'source "{BASH_SCRIPT}"; COMP_WORDS=({" ".join(shlex.quote(w) for w in line)}); '
+        f'COMP_CWORD={len(line) - 1}; _gptcli; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    )
+    p = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True, cwd=cwd, timeout=30
+    )
     assert p.returncode == 0, p.stderr
     return [w for w in p.stdout.split("\n") if w]
 
@@ -162,10 +183,12 @@ def test_ci_runs_the_readme_blocks_in_one_shell(tmp_path):
     (tmp_path / "tools" / "readme_block.py").write_text((ROOT / "tools" / "readme_block.py").read_text())
     (tmp_path / "README.md").write_text(
         "# x\n<!-- install:begin (note) -->\n```bash\necho install >> ran.txt\nINSTALLED=yes\n```\n<!-- install:end -->\n"
-        "<!-- checks:begin -->\n```bash\necho \"checks $INSTALLED\" >> ran.txt\n```\n<!-- checks:end -->\n"
-        "text\n<!-- test:begin -->\n```bash\necho \"tests $INSTALLED\" >> ran.txt\n```\n<!-- test:end -->\n"
+        '<!-- checks:begin -->\n```bash\necho "checks $INSTALLED" >> ran.txt\n```\n<!-- checks:end -->\n'
+        'text\n<!-- test:begin -->\n```bash\necho "tests $INSTALLED" >> ran.txt\n```\n<!-- test:end -->\n'
     )
-    p = subprocess.run(["bash", ".ci/run"], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    p = subprocess.run(
+        ["bash", ".ci/run"], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "ran.txt").read_text() == "install\nchecks yes\ntests yes\n"
     ci = (ROOT / ".ci" / "run").read_text()
@@ -184,14 +207,18 @@ def _requirements():
     from packaging.requirements import Requirement
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return {r.name.lower(): r for r in map(Requirement, project["dependencies"]) if r.marker is None or r.marker.evaluate()}
+    return {
+        r.name.lower(): r for r in map(Requirement, project["dependencies"]) if r.marker is None or r.marker.evaluate()
+    }
 
 
 def test_installed_versions_meet_the_declared_floors():
     from importlib.metadata import version
 
     for name, req in _requirements().items():
-        assert req.specifier.contains(version(name), prereleases=True), f"{name} {version(name)} is outside {req.specifier}"
+        assert req.specifier.contains(version(name), prereleases=True), (
+            f"{name} {version(name)} is outside {req.specifier}"
+        )
 
 
 def test_transformers_floor_reads_the_bundled_tokenizers():
@@ -200,7 +227,10 @@ def test_transformers_floor_reads_the_bundled_tokenizers():
 
     from packaging.version import Version
 
-    classes = {json.loads(p.read_text())["tokenizer_class"] for p in (ROOT / "gptcli" / "bundled").glob("*/tokenizer_config.json")}
+    classes = {
+        json.loads(p.read_text())["tokenizer_class"]
+        for p in (ROOT / "gptcli" / "bundled").glob("*/tokenizer_config.json")
+    }
     assert "TokenizersBackend" in classes
     floors = [Version(s.version) for s in _requirements()["transformers"].specifier if s.operator == ">="]
     assert floors and min(floors) >= Version("5.0")

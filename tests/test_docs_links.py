@@ -12,7 +12,9 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "reci
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # A path into the repository's script and data folders, as named in commands and code spans.
-REPO_PATH = re.compile(r"(?<![\w./-])((?:benchmarks|tools|recipes|tests|docs|completions)/[\w./-]*\w\.(?:py|sh|tsv|json|txt|md))")
+REPO_PATH = re.compile(
+    r"(?<![\w./-])((?:benchmarks|tools|recipes|tests|docs|completions)/[\w./-]*\w\.(?:py|sh|tsv|json|txt|md))"
+)
 
 
 def _slug(heading: str) -> str:

@@ -32,8 +32,22 @@ def test_json_summary_one_line_per_model(cli, gpt2_dir, llama_dir, tmp_path):
     recs = r.json_lines()
     assert [rec["model"] for rec in recs] == [str(gpt2_dir), str(llama_dir)]
     for rec in recs:
-        assert {"model", "documents", "skipped_documents", "tokens", "bytes", "nll", "ppl", "bits_per_byte",
-                "tokens_per_s", "elapsed_s", "context", "stride", "device", "dtype"} <= set(rec)
+        assert {
+            "model",
+            "documents",
+            "skipped_documents",
+            "tokens",
+            "bytes",
+            "nll",
+            "ppl",
+            "bits_per_byte",
+            "tokens_per_s",
+            "elapsed_s",
+            "context",
+            "stride",
+            "device",
+            "dtype",
+        } <= set(rec)
         assert rec["documents"] == 1 and rec["dtype"] == "float32" and rec["stride"] == rec["context"] == 64
         assert abs(rec["ppl"] - math.exp(rec["nll"])) < 1e-6 * rec["ppl"]
         assert rec["tokens_per_s"] > 0
@@ -41,7 +55,11 @@ def test_json_summary_one_line_per_model(cli, gpt2_dir, llama_dir, tmp_path):
 
 def test_jsonl_text_field_ids_and_max_docs(cli, gpt2_dir, tmp_path):
     path = tmp_path / "d.jsonl"
-    lines = [{"id": "first", "body": TEXT}, {"body": "The sun was warm and the sky was blue."}, {"body": "Mom said hi."}]
+    lines = [
+        {"id": "first", "body": TEXT},
+        {"body": "The sun was warm and the sky was blue."},
+        {"body": "Mom said hi."},
+    ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
     r = cli("eval", path, "-m", gpt2_dir, "--text-field", "body", "--per-doc", "--max-docs", 2)
     assert r.exit_code == 0, r.stderr
@@ -56,12 +74,20 @@ def test_jsonl_text_field_ids_and_max_docs(cli, gpt2_dir, tmp_path):
 def test_csv_and_parquet_columns(cli, gpt2_dir, tmp_path):
     import datasets
 
-    (tmp_path / "d.csv").write_text('title,story\nA,"Max liked to run in the park."\nB,"The sun was warm."\n', encoding="utf-8")
-    datasets.Dataset.from_dict({"story": ["Tom and Sue went to the sea.", "Mom said hi."]}).to_parquet(str(tmp_path / "e.parquet"))
+    (tmp_path / "d.csv").write_text(
+        'title,story\nA,"Max liked to run in the park."\nB,"The sun was warm."\n', encoding="utf-8"
+    )
+    datasets.Dataset.from_dict({"story": ["Tom and Sue went to the sea.", "Mom said hi."]}).to_parquet(
+        str(tmp_path / "e.parquet")
+    )
     r = cli("eval", tmp_path / "d.csv", tmp_path / "e.parquet", "-m", gpt2_dir, "--text-field", "story", "--per-doc")
     assert r.exit_code == 0, r.stderr
-    assert [d["id"] for d in r.json_lines()] == [f"{tmp_path / 'd.csv'}:1", f"{tmp_path / 'd.csv'}:2",
-                                                f"{tmp_path / 'e.parquet'}:1", f"{tmp_path / 'e.parquet'}:2"]
+    assert [d["id"] for d in r.json_lines()] == [
+        f"{tmp_path / 'd.csv'}:1",
+        f"{tmp_path / 'd.csv'}:2",
+        f"{tmp_path / 'e.parquet'}:1",
+        f"{tmp_path / 'e.parquet'}:2",
+    ]
 
 
 def test_max_tokens_cuts_the_sample(cli, gpt2_dir, tmp_path):
@@ -161,14 +187,17 @@ def test_non_utf8_bytes_name_file_and_offset(cli, tmp_path):
     assert str(path) in r.stderr and "offset 3" in r.stderr and r.stdout == ""
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--stride", "0"), "--stride must be at least 1"),
-    (("--batch-size", "0"), "--batch-size must be at least 1"),
-    (("--max-tokens", "1"), "--max-tokens must be at least 2"),
-    (("--context", "1"), "--context must be at least 2"),
-    (("--context", "16", "--stride", "17"), "longer than --context 16"),
-    (("--dtype", "float8"), "unknown dtype"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--stride", "0"), "--stride must be at least 1"),
+        (("--batch-size", "0"), "--batch-size must be at least 1"),
+        (("--max-tokens", "1"), "--max-tokens must be at least 2"),
+        (("--context", "1"), "--context must be at least 2"),
+        (("--context", "16", "--stride", "17"), "longer than --context 16"),
+        (("--dtype", "float8"), "unknown dtype"),
+    ],
+)
 def test_bad_options_fail_before_loading(cli, tmp_path, args, message):
     (tmp_path / "a.txt").write_text(TEXT, encoding="utf-8")
     r = cli("eval", tmp_path / "a.txt", "-m", "/nonexistent-model-not-loaded", *args)
@@ -188,7 +217,9 @@ def test_default_model_is_the_bundled_one(cli):
 
     if bundled.path_of(bundled.DEFAULT_MODEL) is None:
         pytest.skip("bundled model not built")
-    r = cli("eval", "--json", stdin="Once upon a time, there was a little girl named Lily. She loved to play outside.\n")
+    r = cli(
+        "eval", "--json", stdin="Once upon a time, there was a little girl named Lily. She loved to play outside.\n"
+    )
     assert r.exit_code == 0, r.stderr
     (rec,) = r.json_lines()
     assert rec["model"] == bundled.DEFAULT_MODEL

@@ -46,7 +46,10 @@ def rolling_token_windows(token_list, prefix_token, max_seq_len, context_len):
     while predicted < len(token_list):
         window_pred_len = min(len(token_list) - predicted, pred_len)
         window_end = predicted + window_pred_len
-        yield token_list[window_end - max_seq_len - 1 : window_end - 1], token_list[window_end - window_pred_len : window_end]
+        yield (
+            token_list[window_end - max_seq_len - 1 : window_end - 1],
+            token_list[window_end - window_pred_len : window_end],
+        )
         predicted += window_pred_len
 
 
@@ -57,7 +60,7 @@ def reference_loop(model, ids, context, stride):
         assert len(inputs) <= context
         with torch.no_grad():
             logits = model(torch.tensor([inputs])).logits[0]
-        total += F.cross_entropy(logits[-len(targets):], torch.tensor(targets), reduction="sum").item()
+        total += F.cross_entropy(logits[-len(targets) :], torch.tensor(targets), reduction="sum").item()
         count += len(targets)
     return total, count
 
@@ -71,8 +74,10 @@ def corpus_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("n, context, stride", [(1, 8, 8), (2, 8, 8), (8, 8, 8), (9, 8, 8), (50, 8, 8), (50, 8, 3),
-                                                 (50, 8, 1), (17, 8, 100), (7, 2, 1)])
+@pytest.mark.parametrize(
+    "n, context, stride",
+    [(1, 8, 8), (2, 8, 8), (8, 8, 8), (9, 8, 8), (50, 8, 8), (50, 8, 3), (50, 8, 1), (17, 8, 100), (7, 2, 1)],
+)
 def test_window_plan_scores_every_token_once_within_the_context(n, context, stride):
     from gptcli.evaluation.windows import plan_windows
 

@@ -38,8 +38,15 @@ def _build(family, folder, tokenizer_dir):
     shutil.copytree(tokenizer_dir, folder, dirs_exist_ok=True)
     tok = AutoTokenizer.from_pretrained(folder)
     eot = tok.eos_token_id
-    config = AutoConfig.for_model(family, vocab_size=len(tok), bos_token_id=eot, eos_token_id=eot,
-                                  pad_token_id=eot, max_position_embeddings=64, **FAMILIES[family])
+    config = AutoConfig.for_model(
+        family,
+        vocab_size=len(tok),
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_position_embeddings=64,
+        **FAMILIES[family],
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # peaked logits, so greedy choices are far from ties
@@ -68,8 +75,13 @@ def _reference(lm, prompt, n=10):
 
     ids = torch.tensor([lm.tokenizer(prompt)["input_ids"]])
     with torch.inference_mode():
-        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                max_new_tokens=n, pad_token_id=lm.pad_token_id)[0, ids.shape[1]:].tolist()
+        out = lm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=n,
+            pad_token_id=lm.pad_token_id,
+        )[0, ids.shape[1] :].tolist()
     for i, t in enumerate(out):
         if t in lm.eos_token_ids:
             return out[:i]

@@ -79,6 +79,7 @@ def _fill(files: dict):
     def build(folder):
         for name, text in files.items():
             (folder / name).write_text(text)
+
     return build
 
 
@@ -123,8 +124,12 @@ def test_publish_files_adds_files_to_a_folder_that_holds_others(tmp_path):
 
 
 def test_remove_stale_folders_keeps_this_process_and_other_names(tmp_path):
-    for name in (".tmp-step-00000004-999999999", ".old-step-00000002-999999999", f".tmp-step-00000006-{os.getpid()}",
-                 "step-00000004"):
+    for name in (
+        ".tmp-step-00000004-999999999",
+        ".old-step-00000002-999999999",
+        f".tmp-step-00000006-{os.getpid()}",
+        "step-00000004",
+    ):
         (tmp_path / name).mkdir()
     remove_stale_folders(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-step-00000006-{os.getpid()}", "step-00000004"]

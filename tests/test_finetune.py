@@ -8,8 +8,10 @@ import pytest
 from test_train_support import cli, corpus, metrics, weights
 
 FAST = ["--batch-size", "4", "--threads", "1", "--block-size", "32"]
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,23 +23,47 @@ def chat_llama(tmp_path_factory):
 
 def _qa(folder, n=80):
     path = folder / "qa.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Tom has {i} cats. How many?", "completion": f" {i} cats."}) + "\n"
-                            for i in range(n)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"Tom has {i} cats. How many?", "completion": f" {i} cats."}) + "\n" for i in range(n)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
 def _chats(folder, n=80):
     path = folder / "chat.jsonl"
-    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Say {i}"},
-                          {"role": "assistant", "content": f"{i}!"}]} for i in range(n)]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Say {i}"},
+                {"role": "assistant", "content": f"{i}!"},
+            ]
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
 def test_full_finetune_on_text_changes_every_weight_and_loads(tmp_path, gpt2_dir):
     out = tmp_path / "out"
-    code, stdout, err = cli("finetune", corpus(tmp_path), "--model", gpt2_dir, *FAST, "--steps", "20", "--lr", "3e-3",
-                            "--out", out, "--json")
+    code, stdout, err = cli(
+        "finetune",
+        corpus(tmp_path),
+        "--model",
+        gpt2_dir,
+        *FAST,
+        "--steps",
+        "20",
+        "--lr",
+        "3e-3",
+        "--out",
+        out,
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["command"] == "finetune" and summary["steps"] == 20
@@ -75,8 +101,15 @@ def test_chat_masks_only_assistant_replies(chat_llama):
     from gptcli.training import sft
 
     tok = load_tokenizer(chat_llama, padding_side="right")
-    rec = {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hello there"},
-                        {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Hi"}], "__line__": 1}
+    rec = {
+        "messages": [
+            {"role": "user", "content": "Say hi"},
+            {"role": "assistant", "content": "Hello there"},
+            {"role": "user", "content": "Again"},
+            {"role": "assistant", "content": "Hi"},
+        ],
+        "__line__": 1,
+    }
     ids, masks = sft.chat_examples(tok, [rec])
     targets = tok.decode([t for t, m in zip(ids[0], masks[0]) if m])
     assert targets == "Hello there<|endoftext|>Hi<|endoftext|>"
@@ -86,12 +119,35 @@ def test_chat_masks_only_assistant_replies(chat_llama):
 
 def test_lora_adapter_on_chat_data_loads_with_model(tmp_path, chat_llama):
     out = tmp_path / "adapter"
-    code, stdout, err = cli("finetune", _chats(tmp_path), "--model", chat_llama, "--lora", "--lora-r", "4", *FAST,
-                            "--steps", "15", "--lr", "1e-2", "--out", out, "--json")
+    code, stdout, err = cli(
+        "finetune",
+        _chats(tmp_path),
+        "--model",
+        chat_llama,
+        "--lora",
+        "--lora-r",
+        "4",
+        *FAST,
+        "--steps",
+        "15",
+        "--lr",
+        "1e-2",
+        "--out",
+        out,
+        "--json",
+    )
     assert code == 0, err
     assert "trainable" in err
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(adapter["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == str(chat_llama)
     assert not (out / "model.safetensors").exists()
     manifest = json.loads((out / "run.json").read_text())
@@ -104,8 +160,21 @@ def test_lora_adapter_on_chat_data_loads_with_model(tmp_path, chat_llama):
 
 def test_lora_merge_writes_a_plain_model(tmp_path, gpt2_dir):
     out = tmp_path / "merged"
-    code, _, err = cli("finetune", _qa(tmp_path), "--model", gpt2_dir, "--lora", "--merge", *FAST,
-                       "--steps", "6", "--lr", "1e-2", "--out", out)
+    code, _, err = cli(
+        "finetune",
+        _qa(tmp_path),
+        "--model",
+        gpt2_dir,
+        "--lora",
+        "--merge",
+        *FAST,
+        "--steps",
+        "6",
+        "--lr",
+        "1e-2",
+        "--out",
+        out,
+    )
     assert code == 0, err
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     merged, base = weights(out), weights(gpt2_dir)
@@ -161,8 +230,20 @@ def test_lora_on_a_bundled_base_saves_quietly_and_loads_with_peft_alone(tmp_path
     out = tmp_path / "adapter"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, _, err = cli("finetune", _qa(tmp_path), "--model", "tinystories", "--lora", *FAST, "--steps", "2",
-                           "--save-every", "1", "--out", out)
+        code, _, err = cli(
+            "finetune",
+            _qa(tmp_path),
+            "--model",
+            "tinystories",
+            "--lora",
+            *FAST,
+            "--steps",
+            "2",
+            "--save-every",
+            "1",
+            "--out",
+            out,
+        )
     assert code == 0, err
     noisy = [str(w.message) for w in caught if "peft" in w.filename]
     assert noisy == [] and "Warning" not in err  # peft looked the base up on the Hub at every save

@@ -12,7 +12,7 @@ def reference_greedy(model_dir, prompt, n):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = tok(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
-    new = out[0, ids["input_ids"].shape[1]:].tolist()
+    new = out[0, ids["input_ids"].shape[1] :].tolist()
     if tok.eos_token_id in new:
         new = new[: new.index(tok.eos_token_id)]
     return new, tok.decode(new, skip_special_tokens=True)
@@ -44,7 +44,9 @@ def test_seeded_sampling_is_reproducible_and_reported(cli, gpt2_dir):
     assert a["text"] == b["text"] and a["seed"] == 7
     # Without --seed, a seed is drawn and reported; feeding it back reproduces the text.
     c = cli("generate", "Max liked", "-m", gpt2_dir, "-t", 25, "--temperature", 1.5, "--json").json_lines()[0]
-    d = cli("generate", "Max liked", "-m", gpt2_dir, "-t", 25, "--temperature", 1.5, "--json", "--seed", c["seed"]).json_lines()[0]
+    d = cli(
+        "generate", "Max liked", "-m", gpt2_dir, "-t", 25, "--temperature", 1.5, "--json", "--seed", c["seed"]
+    ).json_lines()[0]
     assert isinstance(c["seed"], int) and c["text"] == d["text"]
 
 
@@ -52,8 +54,20 @@ def test_json_record_keys_and_token_counts(cli, gpt2_dir):
     tok = AutoTokenizer.from_pretrained(gpt2_dir)
     r = cli("generate", "Tom and Sue", "-m", gpt2_dir, "-t", 5, "--json", "--seed", 1)
     (rec,) = r.json_lines()
-    assert {"text", "prompt", "index", "sample", "finish_reason", "prompt_tokens", "completion_tokens", "seed",
-            "model", "ttft_s", "tokens_per_s", "elapsed_s"} <= set(rec)
+    assert {
+        "text",
+        "prompt",
+        "index",
+        "sample",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "seed",
+        "model",
+        "ttft_s",
+        "tokens_per_s",
+        "elapsed_s",
+    } <= set(rec)
     assert rec["prompt_tokens"] == len(tok("Tom and Sue")["input_ids"])
     assert 0 <= rec["completion_tokens"] <= 5
     assert rec["finish_reason"] in ("eos", "length", "stop")
@@ -64,7 +78,9 @@ def test_batched_prompts_match_unbatched_greedy(cli, llama_dir, tmp_path):
     prompts = ["Once upon a time", "Mom", "They found a big red shell and"]
     f = tmp_path / "prompts.txt"
     f.write_text("\n".join(prompts) + "\n\n", encoding="utf-8")
-    batched = cli("generate", "--file", f, "-m", llama_dir, "--greedy", "-t", 15, "--dtype", "float32", "--json", "-b", 3)
+    batched = cli(
+        "generate", "--file", f, "-m", llama_dir, "--greedy", "-t", 15, "--dtype", "float32", "--json", "-b", 3
+    )
     assert batched.exit_code == 0, batched.stderr
     recs = batched.json_lines()
     assert [r["prompt"] for r in recs] == prompts  # input order; blank lines skipped
@@ -179,8 +195,23 @@ def test_ctrl_c_prints_partial_output_and_true_stats(cli, gpt2_dir, monkeypatch,
 
         patch.setattr(owner, name, wrapper)
 
-    args = ["generate", "Once upon a time", "-m", gpt2_dir, "-t", 30, "-n", 2, "--seed", 3, "--stats",
-            "--temperature", 0.01, "--dtype", "float32"]
+    args = [
+        "generate",
+        "Once upon a time",
+        "-m",
+        gpt2_dir,
+        "-t",
+        30,
+        "-n",
+        2,
+        "--seed",
+        3,
+        "--stats",
+        "--temperature",
+        0.01,
+        "--dtype",
+        "float32",
+    ]
     results = {}
     for as_json in (True, False):
         with monkeypatch.context() as patch:
@@ -209,7 +240,10 @@ def test_file_records_keep_their_input_line_numbers(cli, gpt2_dir, tmp_path):
     r = cli("generate", "--file", f, "-m", gpt2_dir, "-t", 2, "--json", "--seed", 1)
     assert r.exit_code == 0, r.stderr
     assert [(x["prompt"], x["line"], x["index"]) for x in r.json_lines()] == [
-        ("Once upon a time", 1, 0), ("Mom said", 4, 1), ("The sky", 6, 2)]
+        ("Once upon a time", 1, 0),
+        ("Mom said", 4, 1),
+        ("The sky", 6, 2),
+    ]
     f = tmp_path / "prompts.jsonl"
     f.write_text('{"id": "a", "prompt": "Hi"}\n\n{"id": "b", "prompt": "Max"}\n', encoding="utf-8")
     recs = cli("generate", "--file", f, "-m", gpt2_dir, "-t", 2, "--json", "--seed", 1).json_lines()
@@ -255,8 +289,17 @@ def test_return_sequences_are_created_batch_by_batch(gpt2_dir):
 
 def test_batches_keep_input_order_across_sampling_groups(cli, gpt2_dir, tmp_path):
     f = tmp_path / "req.jsonl"
-    lines = [{"id": i, "prompt": "Max", "max_new_tokens": 2, "seed": i, "temperature": 0.5 + (i % 2),
-              "num_return_sequences": 3} for i in range(5)]
+    lines = [
+        {
+            "id": i,
+            "prompt": "Max",
+            "max_new_tokens": 2,
+            "seed": i,
+            "temperature": 0.5 + (i % 2),
+            "num_return_sequences": 3,
+        }
+        for i in range(5)
+    ]
     f.write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
     r = cli("generate", "--file", f, "-m", gpt2_dir, "--json", "-b", 2)
     assert r.exit_code == 0, r.stderr
@@ -278,8 +321,10 @@ def test_a_sequence_draws_from_its_own_seed_on_both_decode_paths(cli, gpt2_dir, 
         assert r.exit_code == 0, r.stderr
         return {(rec["id"], rec["seed"]): rec["text"] for rec in r.json_lines()}
 
-    batched = run({"id": "b", "prompt": "The dog", "seed": 3},
-                  {"id": "a", "prompt": "Once upon a time", "seed": 7, "num_return_sequences": 2})
+    batched = run(
+        {"id": "b", "prompt": "The dog", "seed": 3},
+        {"id": "a", "prompt": "Once upon a time", "seed": 7, "num_return_sequences": 2},
+    )
     assert len(batched) == 3
     for seed in (7, 8):
         assert batched[("a", seed)] == run({"id": "a", "prompt": "Once upon a time", "seed": seed})[("a", seed)]

@@ -14,7 +14,7 @@ def _drive(model, cache, steps_before_drop=4, steps_after=3):
     out, seen = [], []
 
     def step(x, mask):
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -x.shape[1]:]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -x.shape[1] :]
         logits = model(input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True).logits[:, -1]
         out.append(logits.float())
         return logits.argmax(-1, keepdim=True)

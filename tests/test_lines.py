@@ -14,8 +14,10 @@ INNER = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 def test_generate_file_keeps_records_and_lines_whole(cli, gpt2_dir, tmp_path):
     prompts = [f"Max{c}liked" for c in INNER]
     f = tmp_path / "p.jsonl"
-    f.write_text("\n".join(json.dumps({"id": i, "prompt": p}, ensure_ascii=False) for i, p in enumerate(prompts)) + "\n",
-                 encoding="utf-8")
+    f.write_text(
+        "\n".join(json.dumps({"id": i, "prompt": p}, ensure_ascii=False) for i, p in enumerate(prompts)) + "\n",
+        encoding="utf-8",
+    )
     r = cli("generate", "--file", f, "-m", gpt2_dir, "-t", 1, "--json", "--seed", 1)
     assert r.exit_code == 0, r.stderr
     assert [x["id"] for x in r.json_lines()] == list(range(len(prompts)))
@@ -44,8 +46,10 @@ def test_translate_file_gives_one_output_line_per_input_line(cli, marian_dir, tm
     assert r.exit_code == 0, r.stderr
     assert r.stdout.endswith("\n") and len(r.stdout[:-1].split("\n")) == len(lines)
     f = tmp_path / "src.jsonl"
-    f.write_text("\n".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) for i, t in enumerate(lines)) + "\n",
-                 encoding="utf-8")
+    f.write_text(
+        "\n".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) for i, t in enumerate(lines)) + "\n",
+        encoding="utf-8",
+    )
     r = cli("translate", "--file", f, "--to", "fr", "-m", marian_dir, "-t", 4, env={"GPTCLI_THREADS": "1"})
     assert r.exit_code == 0, r.stderr
     assert [(x["id"], x["text"]) for x in r.json_lines()] == list(enumerate(lines))
@@ -62,7 +66,9 @@ def test_tokenizer_training_encodes_like_one_long_encode(tmp_path):
     corpus = [f"the {c} sea and {c}the sky{c}.\n" for c in INNER] * 30
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok)
     texts = ["".join(corpus[: len(INNER)])]
     assert encode_documents(fast, texts) == [tok.encode(texts[0], add_special_tokens=False).ids]

@@ -62,8 +62,10 @@ def test_hub_unreachable_without_offline_flag_is_a_connection_failure(tmp_path):
         env.pop(var, None)
     data = tmp_path / "d.txt"
     data.write_text("Once upon a time.\n", encoding="utf-8")
-    for args, flag in ((["generate", "hi", "-m", "gpt2"], "--model"),
-                       (["train", data, "--tokenizer", "gpt2", "--out", tmp_path / "run"], "--tokenizer")):
+    for args, flag in (
+        (["generate", "hi", "-m", "gpt2"], "--model"),
+        (["train", data, "--tokenizer", "gpt2", "--out", tmp_path / "run"], "--tokenizer"),
+    ):
         r = run_cli(*args, env=env, timeout=60)
         err = r.stderr.decode()
         assert r.returncode == 1, err
@@ -76,8 +78,15 @@ def test_hub_unreachable_without_offline_flag_is_a_connection_failure(tmp_path):
 def test_uncached_tokenizer_offline_names_the_tokenizer_flag(cli, tmp_path):
     data = tmp_path / "d.txt"
     data.write_text("Once upon a time.\n", encoding="utf-8")
-    r = cli("train", data, "--tokenizer", "someone/not-cached", "--out", tmp_path / "run",
-            env={"HF_HOME": str(tmp_path / "hf")})
+    r = cli(
+        "train",
+        data,
+        "--tokenizer",
+        "someone/not-cached",
+        "--out",
+        tmp_path / "run",
+        env={"HF_HOME": str(tmp_path / "hf")},
+    )
     assert r.exit_code == 1 and "not in the local Hugging Face cache" in r.stderr
     assert "with --tokenizer" in r.stderr and "--model" not in r.stderr
 

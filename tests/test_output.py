@@ -27,12 +27,15 @@ def test_slow_dtype_warning_is_shown_once_before_the_load_line(cli, gpt2_dir):
 
 
 # Each command with --threads 0 and an input that would fail later: the flag is checked first.
-@pytest.mark.parametrize("args", [
-    ("generate", "--file", "no-such-file.txt"),
-    ("chat", "--jsonl"),
-    ("eval",),
-    ("translate", "--to", "fr"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("generate", "--file", "no-such-file.txt"),
+        ("chat", "--jsonl"),
+        ("eval",),
+        ("translate", "--to", "fr"),
+    ],
+)
 def test_threads_is_checked_before_any_input_by_every_inference_command(cli, args):
     for given in (["--threads", "0"], []):
         env = {} if given else {"GPTCLI_THREADS": "0"}
@@ -72,7 +75,9 @@ def test_device_and_dtype_values_have_one_source(cli):
     from gptcli.runtime import DEVICE_CHOICES, DTYPE_CHOICES, parse_device, parse_dtype
 
     assert [parse_dtype(d) for d in DTYPE_CHOICES] == list(DTYPE_CHOICES)
-    assert [parse_device(d.replace(":N", ":1")) for d in DEVICE_CHOICES] == [d.replace(":N", ":1") for d in DEVICE_CHOICES]
+    assert [parse_device(d.replace(":N", ":1")) for d in DEVICE_CHOICES] == [
+        d.replace(":N", ":1") for d in DEVICE_CHOICES
+    ]
     assert set(known_values()["--device"]) | {"cuda:N"} == set(DEVICE_CHOICES)
     assert known_values()["--dtype"] == DTYPE_CHOICES
     for flag, choices in (("--device", DEVICE_CHOICES), ("--dtype", DTYPE_CHOICES)):

@@ -17,7 +17,10 @@ def long_ctx_dir(tmp_path_factory):
     import json
 
     folder = build_model(tmp_path_factory.mktemp("long-ctx"), "llama", context=4096)
-    for name, keys in (("config.json", ("eos_token_id", "bos_token_id")), ("generation_config.json", ("eos_token_id",))):
+    for name, keys in (
+        ("config.json", ("eos_token_id", "bos_token_id")),
+        ("generation_config.json", ("eos_token_id",)),
+    ):
         cfg = json.loads((folder / name).read_text())
         cfg.update({k: None for k in keys})
         (folder / name).write_text(json.dumps(cfg))
@@ -40,8 +43,14 @@ def test_disk_full_is_a_write_error(gpt2_dir):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
     with open("/dev/full", "wb") as full:
-        p = subprocess.run([sys.executable, "-m", "gptcli", "generate", "hi", "-m", str(gpt2_dir), "-t", "5", "--seed", "1"],
-                           stdout=full, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli_env(), timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-m", "gptcli", "generate", "hi", "-m", str(gpt2_dir), "-t", "5", "--seed", "1"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=cli_env(),
+            timeout=120,
+        )
     assert p.returncode == 1
     assert p.stderr.decode().strip() == "Error: write error: No space left on device"
 
@@ -49,8 +58,23 @@ def test_disk_full_is_a_write_error(gpt2_dir):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_keeps_partial_output_and_exits_130(long_ctx_dir, sig):
     p = subprocess.Popen(
-        [sys.executable, "-m", "gptcli", "generate", "Once upon a time", "-m", str(long_ctx_dir), "-t", "4000", "--seed", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli_env(),
+        [
+            sys.executable,
+            "-m",
+            "gptcli",
+            "generate",
+            "Once upon a time",
+            "-m",
+            str(long_ctx_dir),
+            "-t",
+            "4000",
+            "--seed",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=cli_env(),
     )
     first = p.stdout.read(1)  # generation has started streaming
     assert first
@@ -94,8 +118,12 @@ def test_python_dash_m_and_version():
 
 
 def test_completions_are_current():
-    p = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_completions.py"), "--check"], capture_output=True,
-                       env=cli_env(), timeout=60)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_completions.py"), "--check"],
+        capture_output=True,
+        env=cli_env(),
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr.decode()
     for name in ("gptcli.bash", "_gptcli", "gptcli.fish"):
         text = (ROOT / "completions" / name).read_text()

@@ -34,7 +34,7 @@ def test_stop_string_prefix_is_held_back(gpt2_dir):
             break
     deltas.append(tracker.finish())
     assert "".join(deltas) == "The sun was warm and the "
-    assert tracker.stopped and "s" not in "".join(deltas)[len("The sun was warm and the "):]
+    assert tracker.stopped and "s" not in "".join(deltas)[len("The sun was warm and the ") :]
 
 
 def test_draw_follows_the_probabilities_and_each_rows_seed():

@@ -14,8 +14,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = corpus(root)
     out = root / "run"
-    code, stdout, stderr = cli("train", data, *TINY, "--steps", "12", "--eval-every", "4", "--seed", "3",
-                               "--out", out, "--json")
+    code, stdout, stderr = cli(
+        "train", data, *TINY, "--steps", "12", "--eval-every", "4", "--seed", "3", "--out", out, "--json"
+    )
     assert code == 0, stderr
     return out, stdout, stderr
 
@@ -173,8 +174,22 @@ def test_overwrite_recognises_runs_made_before_the_signature_and_works_through_a
 def test_epochs_grad_accum_and_keep_checkpoints(tmp_path):
     data = corpus(tmp_path)
     out = tmp_path / "out"
-    code, stdout, stderr = cli("train", data, *TINY, "--epochs", "0.5", "--grad-accum", "2", "--save-every", "1",
-                               "--keep-checkpoints", "2", "--out", out, "--json")
+    code, stdout, stderr = cli(
+        "train",
+        data,
+        *TINY,
+        "--epochs",
+        "0.5",
+        "--grad-accum",
+        "2",
+        "--save-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+        "--out",
+        out,
+        "--json",
+    )
     assert code == 0, stderr
     manifest = json.loads((out / "run.json").read_text())
     blocks = manifest["train_tokens"] // 32
@@ -204,8 +219,9 @@ def test_llama_char_model(tmp_path):
     path = tmp_path / "shake.txt"
     path.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40, encoding="utf-8")
     out = tmp_path / "out"
-    code, stdout, stderr = cli("train", path, *TINY, "--arch", "llama", "--tokenizer-type", "char", "--steps", "4",
-                               "--out", out, "--json")
+    code, stdout, stderr = cli(
+        "train", path, *TINY, "--arch", "llama", "--tokenizer-type", "char", "--steps", "4", "--out", out, "--json"
+    )
     assert code == 0, stderr
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama"
@@ -241,7 +257,7 @@ def test_sampler_covers_each_epoch_once_and_depends_only_on_the_step():
     s = BlockSampler(n_blocks=10, batch_size=3, grad_accum=1, world_size=1, rank=0, seed=1)
     seen = [int(i) for step in range(10) for i in s.indices(step, 0)]  # 30 samples = 3 epochs
     for e in range(3):
-        assert sorted(seen[e * 10:(e + 1) * 10]) == list(range(10))
+        assert sorted(seen[e * 10 : (e + 1) * 10]) == list(range(10))
     again = BlockSampler(10, 3, 1, 1, 0, seed=1)
     assert [int(i) for i in again.indices(7, 0)] == seen[21:24]
     # two processes split each step's samples without overlap
@@ -259,8 +275,12 @@ def test_rich_progress_on_a_terminal(tmp_path):
     env = cli_env()
     env.pop("NO_COLOR", None)
     env["TERM"] = "xterm-256color"
-    child = pexpect.spawn(sys.executable, ["-m", "gptcli", "train", str(data), *TINY, "--steps", "8",
-                                           "--out", str(tmp_path / "out")], env=env, timeout=120)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "gptcli", "train", str(data), *TINY, "--steps", "8", "--out", str(tmp_path / "out")],
+        env=env,
+        timeout=120,
+    )
     child.expect(pexpect.EOF)
     child.close()
     text = child.before.decode(errors="replace")
@@ -304,8 +324,9 @@ def test_val_data_and_reused_tokenizer(tmp_path, gpt2_dir):
     data = corpus(tmp_path)
     held_out = corpus(tmp_path, lines=60, name="held.txt", seed=9)
     out = tmp_path / "out"
-    code, stdout, err = cli("train", data, *TINY, "--val-data", held_out, "--tokenizer", gpt2_dir, "--steps", "3",
-                            "--out", out, "--json")
+    code, stdout, err = cli(
+        "train", data, *TINY, "--val-data", held_out, "--tokenizer", gpt2_dir, "--steps", "3", "--out", out, "--json"
+    )
     assert code == 0, err
     from gptcli.loading import load_tokenizer
 
@@ -314,8 +335,10 @@ def test_val_data_and_reused_tokenizer(tmp_path, gpt2_dir):
     assert manifest["val_data"][0]["path"].endswith("held.txt")
     ids = tok(data.read_text(), add_special_tokens=False)["input_ids"]
     assert manifest["train_tokens"] == (len(ids) + 1 - 1) // 32 * 32  # the whole file trains (plus one end-of-text)
-    assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"] == \
-        json.loads((gpt2_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    assert (
+        json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+        == json.loads((gpt2_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    )
     assert json.loads(stdout)["best_val_loss"] is not None
 
 
@@ -391,8 +414,17 @@ def test_every_option_reaches_the_settings(command, monkeypatch):
     values = {}
     for name in inspect.signature(fn).parameters:  # a given (non-default) value for every option
         kind = str(hints[name])
-        values[name] = (True if "bool" in kind and "Optional" not in kind else ["x"] if "list" in kind
-                        else Path("p") if "Path" in kind else 1 if "int" in kind or "float" in kind else "x")
+        values[name] = (
+            True
+            if "bool" in kind and "Optional" not in kind
+            else ["x"]
+            if "list" in kind
+            else Path("p")
+            if "Path" in kind
+            else 1
+            if "int" in kind or "float" in kind
+            else "x"
+        )
     with pytest.raises(Given):
         fn(**values)
     expected = {{"data_format": "format"}.get(n, n) for n in values} - {"config", "as_json"}

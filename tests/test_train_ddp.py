@@ -20,8 +20,11 @@ def _torchrun(*args, timeout: float = 180) -> tuple[int, str, str]:
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     proc = subprocess.Popen(
         [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "gptcli", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(OMP_NUM_THREADS="1"),
-        stdin=subprocess.DEVNULL, start_new_session=True,  # its own process group: a hang kills every worker
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(OMP_NUM_THREADS="1"),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: a hang kills every worker
     )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -52,8 +55,9 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 def test_two_process_gloo_training(tmp_path):
     data = corpus(tmp_path)
     out = tmp_path / "ddp"
-    code, stdout, err = _torchrun("train", data, *TINY, "--steps", "4", "--save-every", "2", "--device", "cpu",
-                                  "--out", out, "--json")
+    code, stdout, err = _torchrun(
+        "train", data, *TINY, "--steps", "4", "--save-every", "2", "--device", "cpu", "--out", out, "--json"
+    )
     assert code == 0, err
     lines = stdout.strip().splitlines()
     assert len(lines) == 1  # only rank 0 prints the summary
@@ -75,8 +79,9 @@ RESUME = [*TINY, "--dropout", "0.1", "--seed", "5", "--device", "cpu"]
 def test_two_process_resume_is_bit_identical_and_keeps_every_ranks_rng(tmp_path):
     data = corpus(tmp_path)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    code, _, err = _torchrun("train", data, *RESUME, "--steps", "8", "--save-every", "4", "--eval-every", "4",
-                             "--out", straight)
+    code, _, err = _torchrun(
+        "train", data, *RESUME, "--steps", "8", "--save-every", "4", "--eval-every", "4", "--out", straight
+    )
     assert code == 0, err
     state = torch.load(straight / "checkpoints" / "step-00000004" / "trainer_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng_by_rank"]) == 2
@@ -101,8 +106,9 @@ def test_fsdp_two_processes_write_full_weights_and_resume_exactly(tmp_path):
     data = corpus(tmp_path)
     run, resumed = tmp_path / "fsdp", tmp_path / "resumed"
     flags = [*RESUME, "--fsdp", "--grad-accum", "2", "--grad-clip", "0.5"]
-    code, stdout, err = _torchrun("train", data, *flags, "--steps", "6", "--save-every", "3", "--eval-every", "3",
-                                  "--out", run, "--json")
+    code, stdout, err = _torchrun(
+        "train", data, *flags, "--steps", "6", "--save-every", "3", "--eval-every", "3", "--out", run, "--json"
+    )
     assert code == 0, err
     lines = stdout.strip().splitlines()
     assert len(lines) == 1  # only rank 0 prints

@@ -72,8 +72,19 @@ def test_block_size_larger_than_model_context(tmp_path, gpt2_dir):
 
 def test_lora_targets_missing_from_architecture(tmp_path, gpt2_dir):
     data = corpus(tmp_path)
-    code, _, err = cli("finetune", data, "--model", gpt2_dir, "--lora", "--lora-targets", "q_proj",
-                       "--out", tmp_path / "o", "--steps", "2")
+    code, _, err = cli(
+        "finetune",
+        data,
+        "--model",
+        gpt2_dir,
+        "--lora",
+        "--lora-targets",
+        "q_proj",
+        "--out",
+        tmp_path / "o",
+        "--steps",
+        "2",
+    )
     line = _one_error_line(err)
     assert code == 2 and "q_proj" in line and "c_attn" in line  # names what the model does have
 
@@ -88,19 +99,22 @@ def test_device_cuda_without_cuda(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--val-split", "1.5"], "--val-split must be in [0, 1)"),
-    (["--steps", "0"], "--steps must be at least 1"),
-    (["--preset", "huge"], "--preset must be one of"),
-    (["--precision", "fp8"], "--precision must be one of"),
-    (["--tokenizer-type", "words"], "--tokenizer-type must be one of"),
-    (["--steps", "3", "--epochs", "1"], "either --steps or --epochs"),
-    (["--n-embd", "30", "--n-head", "4"], "multiple of --n-head"),
-    (["--lr", "-1"], "--lr must be positive"),
-    (["--dropout", "1"], "--dropout must be in [0, 1)"),
-    (["--resume", "auto", "--overwrite"], "contradict"),
-    (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a GPU"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--val-split", "1.5"], "--val-split must be in [0, 1)"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--preset", "huge"], "--preset must be one of"),
+        (["--precision", "fp8"], "--precision must be one of"),
+        (["--tokenizer-type", "words"], "--tokenizer-type must be one of"),
+        (["--steps", "3", "--epochs", "1"], "either --steps or --epochs"),
+        (["--n-embd", "30", "--n-head", "4"], "multiple of --n-head"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (["--resume", "auto", "--overwrite"], "contradict"),
+        (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs a GPU"),
+    ],
+)
 def test_bad_flag_values(tmp_path, args, message):
     data = tmp_path / "d.txt"
     data.write_text("hello\n", encoding="utf-8")
@@ -147,8 +161,9 @@ def test_fsdp_refuses_lora(tmp_path, gpt2_dir):
 def test_fsdp_in_one_process_is_a_noted_no_op(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("fsdp: true\n", encoding="utf-8")  # settable from the config file like every flag
-    code, out, err = cli("train", corpus(tmp_path), *TINY, "--steps", "1", "--config", config, "--out", tmp_path / "o",
-                         "--json")
+    code, out, err = cli(
+        "train", corpus(tmp_path), *TINY, "--steps", "1", "--config", config, "--out", tmp_path / "o", "--json"
+    )
     assert code == 0, err
     assert err.count("--fsdp has no effect in a single process") == 1
     assert json.loads(out)["fsdp"] is False

@@ -21,8 +21,13 @@ RUN = [*TINY, "--dropout", "0.1", "--steps", "12", "--save-every", "4", "--eval-
 
 def _spawn(*args, delay: float = 0.3) -> subprocess.Popen:
     """A real gptcli process whose training steps each take `delay` seconds more (slow enough to signal)."""
-    return subprocess.Popen([sys.executable, str(Path(__file__).parent / "slow_steps.py"), str(delay), *map(str, args)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "slow_steps.py"), str(delay), *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -195,5 +200,9 @@ def test_resume_after_the_data_changed_warns_and_keeps_the_earlier_fingerprints(
     warning = next(line for line in err.splitlines() if line.startswith("Warning:"))
     assert "stories.txt changed" in warning and "steps 2-3 were trained on" in warning
     record = json.loads((out / "run.json").read_text())
-    assert [(s["start_step"], s["data"][0]["sha256"]) for s in record["segments"]] == [(0, first), (2, first), (3, sha())]
+    assert [(s["start_step"], s["data"][0]["sha256"]) for s in record["segments"]] == [
+        (0, first),
+        (2, first),
+        (3, sha()),
+    ]
     assert record["data"][0]["sha256"] == sha()  # the top level describes the latest segment

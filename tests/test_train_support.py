@@ -18,8 +18,24 @@ THINGS = ["ball", "cat", "tree", "boat", "cake", "hat"]
 COLOURS = ["big", "small", "red", "blue"]
 
 # Tiny model flags: one layer, 32 wide, blocks of 32 tokens: a step takes milliseconds.
-TINY = ["--preset", "tiny", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
-        "--vocab-size", "300", "--batch-size", "4", "--threads", "1"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "32",
+    "--n-head",
+    "2",
+    "--block-size",
+    "32",
+    "--vocab-size",
+    "300",
+    "--batch-size",
+    "4",
+    "--threads",
+    "1",
+]
 
 
 def corpus(folder: Path, lines: int = 400, name: str = "stories.txt", seed: int = 0) -> Path:

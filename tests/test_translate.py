@@ -62,7 +62,11 @@ def test_marian_stdin_keeps_one_line_per_line(translate, marian_dir):
 
 def test_causal_plain_prompt_with_jsonl_records(translate, causal_dir, tmp_path):
     src = tmp_path / "items.jsonl"
-    records = [{"id": "a", "text": "I like tea."}, {"id": 7, "text": ""}, {"id": "c", "text": "Où est la gare ? 🙂", "extra": 1}]
+    records = [
+        {"id": "a", "text": "I like tea."},
+        {"id": 7, "text": ""},
+        {"id": "c", "text": "Où est la gare ? 🙂", "extra": 1},
+    ]
     src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
     # Beam search sends causal prompts through model.generate, with the end-of-line stop.
     res = translate("--from", "en", "--to", "French", "-m", causal_dir, "--file", src, "--num-beams", "2")
@@ -76,7 +80,9 @@ def test_causal_plain_prompt_with_jsonl_records(translate, causal_dir, tmp_path)
 
 def test_plain_lines_with_json_output_and_output_file(translate, causal_dir, tmp_path):
     out = tmp_path / "out.jsonl"
-    res = translate("I like tea.\n\nGood night.", "--from", "en", "--to", "fr", "-m", causal_dir, "--json", "-o", out, "-v")
+    res = translate(
+        "I like tea.\n\nGood night.", "--from", "en", "--to", "fr", "-m", causal_dir, "--json", "-o", out, "-v"
+    )
     assert res.exit_code == 0, res.stderr
     assert res.stdout == ""
     got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
@@ -98,8 +104,10 @@ def test_references_print_bleu_and_chrf(translate, marian_dir, tmp_path):
     from sacrebleu.metrics import BLEU, CHRF
 
     pairs = tmp_path / "pairs.tsv"
-    pairs.write_text("Hello world.\tBonjour le monde.\nHello world.\tSalut le monde.\nThe cat is black.\tLe chat est noir.\n",
-                     encoding="utf-8")
+    pairs.write_text(
+        "Hello world.\tBonjour le monde.\nHello world.\tSalut le monde.\nThe cat is black.\tLe chat est noir.\n",
+        encoding="utf-8",
+    )
     hyps_file = tmp_path / "hyps.txt"
     res = translate("-r", pairs, "--to", "fr", "-m", marian_dir, "--json", "-o", hyps_file)
     assert res.exit_code == 0, res.stderr
@@ -175,8 +183,13 @@ def test_each_line_is_written_before_the_next_one_is_read(marian_dir):
     """A real pipe: line 1's translation comes out while stdin is still open and line 2 unsent."""
     import select
 
-    proc = subprocess.Popen([sys.executable, "-m", "gptcli", "translate", "--to", "fr", "-m", str(marian_dir), "-t", "6"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptcli", "translate", "--to", "fr", "-m", str(marian_dir), "-t", "6"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
     try:
         proc.stdin.write(b"Hello world.\n")
         proc.stdin.flush()

@@ -19,8 +19,19 @@ FR, EN, DE = find("fr"), find("en"), find("de")
 # --------------------------------------------------------------------------- languages
 
 
-@pytest.mark.parametrize("typed,code", [("fr", "fr"), ("French", "fr"), ("FRA", "fr"), ("fra_Latn", "fr"),
-                                         ("pt-BR", "pt"), ("zh_Hant", "zh"), ("Farsi", "fa"), ("de_DE", "de")])
+@pytest.mark.parametrize(
+    "typed,code",
+    [
+        ("fr", "fr"),
+        ("French", "fr"),
+        ("FRA", "fr"),
+        ("fra_Latn", "fr"),
+        ("pt-BR", "pt"),
+        ("zh_Hant", "zh"),
+        ("Farsi", "fa"),
+        ("de_DE", "de"),
+    ],
+)
 def test_language_codes_names_and_family_codes_resolve(typed, code):
     assert resolve(typed, "--to").code == code
 
@@ -55,8 +66,14 @@ class FakeTok:
 def fake_lm(model_type, vocab=(), encdec=True, chat=False, name="m", config=None, **tok_attrs):
     cfg = SimpleNamespace(model_type=model_type, **(config or {}))
     model = SimpleNamespace(config=cfg, generation_config=SimpleNamespace(forced_bos_token_id=None))
-    return SimpleNamespace(model=model, tokenizer=FakeTok(vocab, **tok_attrs), name=name, path=Path("/nonexistent") / name,
-                           is_encoder_decoder=encdec, has_chat_template=chat)
+    return SimpleNamespace(
+        model=model,
+        tokenizer=FakeTok(vocab, **tok_attrs),
+        name=name,
+        path=Path("/nonexistent") / name,
+        is_encoder_decoder=encdec,
+        has_chat_template=chat,
+    )
 
 
 def test_nllb_uses_flores_codes_and_forces_the_target_token():
@@ -83,8 +100,11 @@ def test_m2m100_and_mbart_language_tokens():
 
 
 def test_t5_uses_its_task_prefixes_and_refuses_other_pairs():
-    tsp = {"translation_en_to_fr": {"prefix": "translate English to French: "},
-           "translation_en_to_de": {"prefix": "translate English to German: "}, "summarization": {"prefix": "x"}}
+    tsp = {
+        "translation_en_to_fr": {"prefix": "translate English to French: "},
+        "translation_en_to_de": {"prefix": "translate English to German: "},
+        "summarization": {"prefix": "x"},
+    }
     lm = fake_lm("t5", config={"task_specific_params": tsp})
     plan = make_plan(lm, None, FR)
     assert plan.prefix == "translate English to French: " and plan.source == EN
@@ -134,8 +154,9 @@ def chat_llama(tmp_path_factory):
 
     from gptcli.loading import open_model
 
-    lm, _ = open_model(str(build_causal(tmp_path_factory.mktemp("chat"), "llama", chat=True)), device="cpu",
-                       dtype="float32", threads=1)
+    lm, _ = open_model(
+        str(build_causal(tmp_path_factory.mktemp("chat"), "llama", chat=True)), device="cpu", dtype="float32", threads=1
+    )
     return lm
 
 
@@ -143,8 +164,13 @@ def _translator(lm, source=None, target=FR, batch_size=16, max_new_tokens=None):
     from gptcli.sampling import SamplingParams
     from gptcli.translation.pipeline import Translator
 
-    return Translator(lm, make_plan(lm, source, target), SamplingParams(temperature=0.0), batch_size=batch_size,
-                      max_new_tokens=max_new_tokens)
+    return Translator(
+        lm,
+        make_plan(lm, source, target),
+        SamplingParams(temperature=0.0),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 def test_m2m100_sets_source_token_and_forces_the_target_token(tmp_path):
@@ -207,7 +233,6 @@ def test_long_line_is_cut_at_sentence_boundaries(marian):
     assert all("\n" not in r.text for r in out)
 
 
-
 def test_sentence_longer_than_the_context_is_cut_at_clauses_then_words(marian):
     from gptcli.translation.sources import Line, LineFeed
 
@@ -251,7 +276,10 @@ def test_streaming_writes_a_line_before_the_next_one_arrives(marian):
 def test_batched_and_single_line_runs_give_the_same_lines(marian):
     from gptcli.translation.sources import Line, LineFeed
 
-    lines = [Line(i, t) for i, t in enumerate(["Hello world.", "", "Le chat est noir.", "Café 🙂 日本語", "  I like tea."], 1)]
+    lines = [
+        Line(i, t)
+        for i, t in enumerate(["Hello world.", "", "Le chat est noir.", "Café 🙂 日本語", "  I like tea."], 1)
+    ]
     # Same length limit for every line: a random model runs to it, and Marian forces EOS at the limit.
     batched = [r.text for r in _translator(marian, batch_size=16, max_new_tokens=12).run(LineFeed(list(lines)))]
     single = [r.text for r in _translator(marian, batch_size=1, max_new_tokens=12).run(LineFeed(list(lines)))]
@@ -299,7 +327,9 @@ def test_scores_match_sacrebleu_with_several_references(tmp_path):
 def test_big_inputs_and_blank_lines_cost_no_generation(marian):
     from gptcli.translation.sources import Line, LineFeed
 
-    lines = [Line(i, "" if i % 5000 else "Hello world.") for i in range(1, 12_001)]  # more than the reader's queue holds
+    lines = [
+        Line(i, "" if i % 5000 else "Hello world.") for i in range(1, 12_001)
+    ]  # more than the reader's queue holds
     tr = _translator(marian, max_new_tokens=4)
     out = list(tr.run(LineFeed(lines)))
     assert len(out) == 12_000 and [r.line.number for r in out[:3]] == [1, 2, 3]

@@ -36,7 +36,9 @@ def build_tokenizer(folder: Path, vocab_size: int = 300, chat_template: str | No
     return fast
 
 
-def build_model(folder: Path, arch: str = "gpt2", seed: int = 0, context: int = 64, chat_template: str | None = None) -> Path:
+def build_model(
+    folder: Path, arch: str = "gpt2", seed: int = 0, context: int = 64, chat_template: str | None = None
+) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
@@ -45,12 +47,22 @@ def build_model(folder: Path, arch: str = "gpt2", seed: int = 0, context: int = 
     tok = build_tokenizer(folder, chat_template=chat_template)
     eot = tok.convert_tokens_to_ids(EOT)
     if arch == "gpt2":
-        config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=context,
-                            bos_token_id=eot, eos_token_id=eot)
+        config = GPT2Config(
+            vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=context, bos_token_id=eot, eos_token_id=eot
+        )
     elif arch == "llama":
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
-                             bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=context,
+            bos_token_id=eot,
+            eos_token_id=eot,
+            pad_token_id=eot,
+        )
     else:
         raise ValueError(arch)
     torch.manual_seed(seed)

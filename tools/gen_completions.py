@@ -1,7 +1,7 @@
 """Regenerate completions/ from the CLI. Run after any change to commands or options:
 
-    python tools/gen_completions.py          # rewrite the files
-    python tools/gen_completions.py --check  # exit 1 if they are stale (the test does this)
+python tools/gen_completions.py          # rewrite the files
+python tools/gen_completions.py --check  # exit 1 if they are stale (the test does this)
 """
 
 import sys
@@ -31,7 +31,9 @@ def main() -> int:
             OUT.mkdir(exist_ok=True)
             path.write_text(text, encoding="utf-8")
     if stale:
-        print("stale completion scripts: " + ", ".join(stale) + "; run python tools/gen_completions.py", file=sys.stderr)
+        print(
+            "stale completion scripts: " + ", ".join(stale) + "; run python tools/gen_completions.py", file=sys.stderr
+        )
         return 1
     return 0
 

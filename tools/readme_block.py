@@ -18,12 +18,18 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def block(text: str, name: str) -> str:
     pattern = re.compile(
-        r"<!-- " + re.escape(name) + r":begin\b[^>]*-->\n```(?:bash|sh)\n(.*?)\n```\n<!-- " + re.escape(name) + r":end -->",
+        r"<!-- "
+        + re.escape(name)
+        + r":begin\b[^>]*-->\n```(?:bash|sh)\n(.*?)\n```\n<!-- "
+        + re.escape(name)
+        + r":end -->",
         re.S,
     )
     found = pattern.findall(text)
     if len(found) != 1:
-        raise ValueError(f"README.md must hold exactly one '{name}' block (a ```bash block between its markers); found {len(found)}")
+        raise ValueError(
+            f"README.md must hold exactly one '{name}' block (a ```bash block between its markers); found {len(found)}"
+        )
     return found[0] + "\n"
 
 

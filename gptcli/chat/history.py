@@ -70,7 +70,9 @@ class Conversation:
         head = [Message("system", self.system).to_line()] if self.system else []
         return head + [m.to_line() for m in self.messages]
 
+
 # --------------------------------------------------------------------------- JSON lines
+
 
 def to_jsonl(records: list[dict[str, Any]]) -> str:
     return "".join(json_line(r) + "\n" for r in records)
@@ -86,7 +88,7 @@ def message_from_record(obj: dict[str, Any], where: str, line: str | None = None
         got = "no role" if role is None else f"role {json.dumps(role)}"
         raise InputError(f"{where} has {got}; expected one of {', '.join(ROLES)}.")
     if not isinstance(content, str):
-        raise InputError(f"{where} has no \"content\" string.")
+        raise InputError(f'{where} has no "content" string.')
     extra = {k: v for k, v in obj.items() if k not in ("role", "content", "interrupted", "__line__")}
     return Message(role, content, bool(obj.get("interrupted", False)), extra, line)
 
@@ -201,7 +203,7 @@ def _append_fd(fd: int, text: str, path: Path) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except OSError as exc:
         try:
@@ -255,6 +257,7 @@ class HistoryFile:
         if self._unchanged(conv):
             return
         fd = _open_locked(self.path, write=True)
+        assert fd is not None  # opened for writing: created when missing
         try:
             text = _read_fd(fd, self.path)
             lines, rewrite = self._plan(self._merge(split_lines(text)), conv)
@@ -280,18 +283,21 @@ class HistoryFile:
     def _plan(self, current: list[_Line], conv: Conversation) -> tuple[list[_Line], bool]:
         """The lines the file should hold, and whether that needs a rewrite (else: an append)."""
         keep = {id(m) for m in conv.messages}
-        lines = [x for x in current
-                 if not (x.ours and x.message and x.message.role != "system" and id(x.message) not in keep)]
+        lines = [
+            x
+            for x in current
+            if not (x.ours and x.message and x.message.role != "system" and id(x.message) not in keep)
+        ]
         rewrite = len(lines) < len(current)  # /undo, /reset, /load dropped some of ours
         if conv.system != self.system:  # this process changed the system prompt
             at = [i for i, x in enumerate(lines) if x.message and x.message.role == "system"]
-            if conv.system != (lines[at[-1]].message.content if at else None):
+            last = lines[at[-1]].message if at else None
+            if conv.system != (last.content if last else None):
                 rewrite = True
                 if conv.system is None:
                     lines = [x for i, x in enumerate(lines) if i not in at]
-                elif at:  # the line that set it gets the new text and keeps its other keys
-                    old = lines[at[-1]].message
-                    new = replace(old, content=conv.system, line=None)
+                elif last is not None:  # the line that set it gets the new text and keeps its other keys
+                    new = replace(last, content=conv.system, line=None)
                     lines[at[-1]] = _Line(new.to_line(), new, True)
                 else:
                     new = Message("system", conv.system)

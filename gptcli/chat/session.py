@@ -77,7 +77,7 @@ class TrimmedStream:
         body = text.rstrip()
         if body:
             self.write(self.pending + body)
-            self.pending = text[len(body):]
+            self.pending = text[len(body) :]
         else:
             self.pending += text
 
@@ -142,7 +142,7 @@ class ChatSession:
         users = [i for i, m in enumerate(msgs) if m.role == "user"]
         if not users:
             return False
-        del msgs[users[-1]:]
+        del msgs[users[-1] :]
         self.window_start = min(self.window_start, len(msgs))
         self._sync()
         return True
@@ -206,8 +206,9 @@ class ChatSession:
         self.window_start = start
         return ids
 
-    def _drop_until(self, system: str | None, msgs: list[Message], first: int, total: int, later: list[int],
-                    target: int) -> tuple[int, list[int]]:
+    def _drop_until(
+        self, system: str | None, msgs: list[Message], first: int, total: int, later: list[int], target: int
+    ) -> tuple[int, list[int]]:
         """The earliest exchange start in `later` whose prompt has at most `target` tokens (else the
         last one), with that prompt's ids. `total` is the prompt's length from `first`.
 
@@ -228,7 +229,7 @@ class ChatSession:
 
         def ids_from(j: int) -> list[int]:
             if j not in exact:
-                exact[j] = self.format.ids(system, msgs[later[j]:])
+                exact[j] = self.format.ids(system, msgs[later[j] :])
             return exact[j]
 
         j = next((j for j, e in enumerate(estimate) if e <= target), len(later) - 1)
@@ -264,8 +265,9 @@ class ChatSession:
         stop = tuple(dict.fromkeys(tuple(self.params.stop) + self.format.stop))
         params = self.params.updated(stop=stop)
         if self.lm.is_encoder_decoder:
-            request = Request(prompt=self.format.text(self.conv.system, self.conv.messages[self.window_start:]),
-                              params=params)
+            request = Request(
+                prompt=self.format.text(self.conv.system, self.conv.messages[self.window_start :]), params=params
+            )
         else:
             request = Request(prompt_ids=ids, params=params)
         stats, parts, done = RunStats(), [], None

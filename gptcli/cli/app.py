@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -142,8 +142,9 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:
         if _is_click_error(exc):
-            exc.show()
-            return exc.exit_code
+            click_error: Any = exc  # Typer's vendored Click exception, duck-typed (see _is_click_error)
+            click_error.show()
+            return int(click_error.exit_code)
         if _debug():
             traceback.print_exc()
         _flush_quietly()
@@ -157,7 +158,8 @@ def _out_of_memory(exc: BaseException) -> str | None:
     Loading a shared library then fails with "failed to map segment", and numpy wraps that in
     a page of installation advice that does not apply.
     """
-    chain, seen = [], exc
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
     while seen is not None and len(chain) < 20:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
@@ -167,8 +169,10 @@ def _out_of_memory(exc: BaseException) -> str | None:
         text = str(cause).strip()
         if isinstance(cause, MemoryError) or "failed to map segment" in text or "Cannot allocate memory" in text:
             detail = text.splitlines()[0] if text else type(cause).__name__
-            return (f"not enough memory to load the libraries gptcli needs ({detail}). "
-                    "Is a memory limit (ulimit -v) set too low?")
+            return (
+                f"not enough memory to load the libraries gptcli needs ({detail}). "
+                "Is a memory limit (ulimit -v) set too low?"
+            )
     return None
 
 

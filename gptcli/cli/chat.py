@@ -13,8 +13,9 @@ from gptcli.cli import options as opt
 def chat(
     message: Annotated[
         Optional[str],
-        typer.Argument(help="Send this one message and print the reply (piped stdin comes before it).",
-                       show_default=False),
+        typer.Argument(
+            help="Send this one message and print the reply (piped stdin comes before it).", show_default=False
+        ),
     ] = None,
     system: Annotated[
         Optional[str],
@@ -22,13 +23,19 @@ def chat(
     ] = None,
     history: Annotated[
         Optional[Path],
-        typer.Option("--history", help="Conversation file (JSONL role/content records): loaded first, and every "
-                     "new exchange is appended to it.", dir_okay=False, show_default=False),
+        typer.Option(
+            "--history",
+            help="Conversation file (JSONL role/content records): loaded first, and every "
+            "new exchange is appended to it.",
+            dir_okay=False,
+            show_default=False,
+        ),
     ] = None,
     jsonl: Annotated[
         bool,
-        typer.Option("--jsonl", help="stdin holds JSONL messages {\"role\", \"content\"}; each user message gets "
-                     "one reply."),
+        typer.Option(
+            "--jsonl", help='stdin holds JSONL messages {"role", "content"}; each user message gets one reply.'
+        ),
     ] = False,
     max_new_tokens: opt.MaxNewTokens = None,
     temperature: opt.Temperature = None,
@@ -63,14 +70,23 @@ def chat(
 
     # Everything the user typed or piped is checked before any model loads.
     params = SamplingParams().updated(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, greedy=greedy or None, stop=stop or None, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        greedy=greedy or None,
+        stop=stop or None,
+        seed=seed,
     )
     check_options(device, dtype, threads)
     interactive = message is None and stdin_is_tty()
     if interactive and (jsonl or as_json):
-        raise UsageError(f"{'--jsonl' if jsonl else '--json'} is for scripted use, but stdin is a terminal.",
-                         hint="Pipe messages in, e.g. echo \"Hi\" | gptcli chat --json")
+        raise UsageError(
+            f"{'--jsonl' if jsonl else '--json'} is for scripted use, but stdin is a terminal.",
+            hint='Pipe messages in, e.g. echo "Hi" | gptcli chat --json',
+        )
     inputs: list[Message] = []
     if jsonl:
         if message is not None:
@@ -90,8 +106,14 @@ def chat(
     from gptcli.loading import open_model
 
     out = Output(as_json=as_json, stats=stats)
-    lm, load_s = open_model(model, device=device, dtype=dtype, threads=threads,
-                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    lm, load_s = open_model(
+        model,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
     out.loaded(lm, load_s)
     session = ChatSession(lm, params, conversation, history_file, notice=out.note)
     if system is not None:

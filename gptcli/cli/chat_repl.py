@@ -71,8 +71,9 @@ class Repl:
         console.err_console().print(text, style=style if self.color else None, markup=False, highlight=False)
 
     def error(self, exc: GptcliError) -> None:
-        console.err_console().print(f"Error: {exc}", style="bold red" if self.color else None, markup=False,
-                                    highlight=False)
+        console.err_console().print(
+            f"Error: {exc}", style="bold red" if self.color else None, markup=False, highlight=False
+        )
 
     # ------------------------------------------------------------------ input
 
@@ -89,14 +90,19 @@ class Repl:
             event.current_buffer.insert_text("\n")
 
         style = Style.from_dict({"you": "ansigreen bold", "more": "ansigreen"}) if self.color else None
-        return PromptSession(history=InMemoryHistory(), key_bindings=keys, style=style,
-                             include_default_pygments_style=False, output=_prompt_output())
+        return PromptSession(
+            history=InMemoryHistory(),
+            key_bindings=keys,
+            style=style,
+            include_default_pygments_style=False,
+            output=_prompt_output(),
+        )
 
     def _read(self, prompts: Any) -> str:
         line = prompts.prompt([("class:you", "you> ")])
         if line.strip() != BLOCK:
             return line
-        lines = []
+        lines: list[str] = []
         while True:
             line = prompts.prompt([("class:more", "...  ")])
             if line.strip() == BLOCK:
@@ -180,8 +186,10 @@ class Repl:
         elif name == "/set":
             self._set(arg)
         else:
-            self.notice(f"Unknown command {name}. Type /help for the list; start a message with // to send a "
-                        "leading /.", style="yellow")
+            self.notice(
+                f"Unknown command {name}. Type /help for the list; start a message with // to send a leading /.",
+                style="yellow",
+            )
         return None
 
     def _path(self, arg: str, name: str) -> Path:

@@ -18,35 +18,79 @@ EVAL_PANEL = "Evaluation"
 def evaluate(
     files: Annotated[
         Optional[list[Path]],
-        typer.Argument(help="Text files (.txt, .jsonl, .csv, .tsv, .parquet, .json) or folders; '-' or piped stdin reads stdin.",
-                       show_default=False),
+        typer.Argument(
+            help="Text files (.txt, .jsonl, .csv, .tsv, .parquet, .json) or folders; '-' or piped stdin reads stdin.",
+            show_default=False,
+        ),
     ] = None,
     models: Annotated[
         Optional[list[str]],
-        typer.Option("--model", "-m",
-                     help="Bundled model name, local Hugging Face folder, or Hub id. Repeat to compare models. Default: $GPTCLI_MODEL, else the bundled model.",
-                     rich_help_panel=opt.MODEL_PANEL, show_default=False),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Bundled model name, local Hugging Face folder, or Hub id. Repeat to compare models. Default: $GPTCLI_MODEL, else the bundled model.",
+            rich_help_panel=opt.MODEL_PANEL,
+            show_default=False,
+        ),
     ] = None,
-    text_field: Annotated[str, typer.Option("--text-field", help="Field or column holding the text in .jsonl/.csv/.parquet/.json.")] = "text",
+    text_field: Annotated[
+        str, typer.Option("--text-field", help="Field or column holding the text in .jsonl/.csv/.parquet/.json.")
+    ] = "text",
     stride: Annotated[
         Optional[int],
-        typer.Option("--stride", help="New tokens scored per window; the rest of the window is earlier text. (default: the window length, --context)",
-                     rich_help_panel=EVAL_PANEL, show_default=False),
+        typer.Option(
+            "--stride",
+            help="New tokens scored per window; the rest of the window is earlier text. (default: the window length, --context)",
+            rich_help_panel=EVAL_PANEL,
+            show_default=False,
+        ),
     ] = None,
     context: Annotated[
         Optional[int],
-        typer.Option("--context", help="Tokens per window, at most the model's. (default: the model's context, at most 4096)",
-                     rich_help_panel=EVAL_PANEL, show_default=False),
+        typer.Option(
+            "--context",
+            help="Tokens per window, at most the model's. (default: the model's context, at most 4096)",
+            rich_help_panel=EVAL_PANEL,
+            show_default=False,
+        ),
     ] = None,
-    concat: Annotated[bool, typer.Option("--concat", help="Score all documents as one text (joined by a blank line) instead of independently.", rich_help_panel=EVAL_PANEL)] = False,
-    max_docs: Annotated[Optional[int], typer.Option("--max-docs", help="Evaluate only the first N documents.", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    concat: Annotated[
+        bool,
+        typer.Option(
+            "--concat",
+            help="Score all documents as one text (joined by a blank line) instead of independently.",
+            rich_help_panel=EVAL_PANEL,
+        ),
+    ] = False,
+    max_docs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-docs", help="Evaluate only the first N documents.", rich_help_panel=EVAL_PANEL, show_default=False
+        ),
+    ] = None,
     max_tokens: Annotated[
         Optional[int],
-        typer.Option("--max-tokens", help="Evaluate only the first N tokens (per model; the document that crosses the limit is cut).",
-                     rich_help_panel=EVAL_PANEL, show_default=False),
+        typer.Option(
+            "--max-tokens",
+            help="Evaluate only the first N tokens (per model; the document that crosses the limit is cut).",
+            rich_help_panel=EVAL_PANEL,
+            show_default=False,
+        ),
     ] = None,
-    per_doc: Annotated[bool, typer.Option("--per-doc", help="JSON Lines on stdout, one record per document (the summary table goes to stderr).", rich_help_panel=opt.OUTPUT_PANEL)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="The summary as JSON on stdout, one line per model.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
+    per_doc: Annotated[
+        bool,
+        typer.Option(
+            "--per-doc",
+            help="JSON Lines on stdout, one record per document (the summary table goes to stderr).",
+            rich_help_panel=opt.OUTPUT_PANEL,
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="The summary as JSON on stdout, one line per model.", rich_help_panel=opt.OUTPUT_PANEL
+        ),
+    ] = False,
     batch_size: opt.EvalBatchSize = None,
     seed: opt.Seed = None,
     device: opt.Device = None,
@@ -68,7 +112,13 @@ def evaluate(
 
     # Everything the user typed is checked before any model loads.
     check_options(device, dtype, threads)
-    for name, value in (("--batch-size", batch_size), ("--stride", stride), ("--context", context), ("--max-docs", max_docs), ("--max-tokens", max_tokens)):
+    for name, value in (
+        ("--batch-size", batch_size),
+        ("--stride", stride),
+        ("--context", context),
+        ("--max-docs", max_docs),
+        ("--max-tokens", max_tokens),
+    ):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1 (got {value}).")
     if context is not None and context < 2:
@@ -80,7 +130,9 @@ def evaluate(
     sources = [str(f) for f in files or []]
     if not sources:
         if stdin_is_tty():
-            raise UsageError("no text to evaluate.", hint="Pass files or folders, or pipe text in: cat book.txt | gptcli eval")
+            raise UsageError(
+                "no text to evaluate.", hint="Pass files or folders, or pipe text in: cat book.txt | gptcli eval"
+            )
         sources = ["-"]
     if sources.count("-") > 1:
         raise UsageError("'-' (stdin) can be given only once.")
@@ -97,18 +149,37 @@ def evaluate(
     documents = prepare_documents(documents, concat)
     seed_everything(seed)
     scores = []
-    for spec in models or [None]:
-        lm, load_s = open_model(spec, device=device, dtype=dtype, threads=threads,
-                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    specs: list[str | None] = list(models) if models else [None]  # None: the default model
+    for spec in specs:
+        lm, load_s = open_model(
+            spec,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
         out.loaded(lm, load_s)
         with out.progress(f"eval {lm.name}") as bar:
-            score = evaluate_model(lm, documents, stride=stride, context=context, batch_size=batch_size or opt.EVAL_BATCH_SIZE, max_tokens=max_tokens,
-                                   progress=bar.advance, on_plan=bar.plan)
+            score = evaluate_model(
+                lm,
+                documents,
+                stride=stride,
+                context=context,
+                batch_size=batch_size or opt.EVAL_BATCH_SIZE,
+                max_tokens=max_tokens,
+                progress=bar.advance,
+                on_plan=bar.plan,
+            )
         del lm  # free the weights before the next model loads
         if not score.tokens:
-            raise UsageError(f"nothing to score: none of the {len(score.docs)} documents has a token to score for {score.model}.")
+            raise UsageError(
+                f"nothing to score: none of the {len(score.docs)} documents has a token to score for {score.model}."
+            )
         if score.skipped:
-            out.warn(f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} with no token to score.")
+            out.warn(
+                f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} with no token to score."
+            )
         if per_doc:  # stream per-document records as each model finishes
             out.records(d.to_record(score.model) for d in score.docs)
         scores.append(score)
@@ -124,5 +195,12 @@ COLUMNS = ("model", "docs", "tokens", "nll/token", "perplexity", "bits/byte", "t
 def _row(s: ModelScore) -> list[str]:
     from gptcli.cli.output import number
 
-    return [s.model, str(len(s.scored)), f"{s.tokens:,}", number(s.nll, 4), number(s.ppl, 3), number(s.bits_per_byte, 4),
-            f"{s.tokens_per_s:,.0f}"]
+    return [
+        s.model,
+        str(len(s.scored)),
+        f"{s.tokens:,}",
+        number(s.nll, 4),
+        number(s.ppl, 3),
+        number(s.bits_per_byte, 4),
+        f"{s.tokens_per_s:,.0f}",
+    ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -21,8 +21,16 @@ def generate(
         typer.Argument(help="The prompt. '-' reads stdin; piped stdin comes before the prompt.", show_default=False),
     ] = None,
     file: opt.InputFile = None,
-    echo: Annotated[bool, typer.Option("--echo", help="Print the prompt before the generated text.", rich_help_panel=opt.OUTPUT_PANEL)] = False,
-    truncate: Annotated[bool, typer.Option("--truncate", help="Cut prompts longer than the context from the left (with a warning) instead of failing.")] = False,
+    echo: Annotated[
+        bool,
+        typer.Option("--echo", help="Print the prompt before the generated text.", rich_help_panel=opt.OUTPUT_PANEL),
+    ] = False,
+    truncate: Annotated[
+        bool,
+        typer.Option(
+            "--truncate", help="Cut prompts longer than the context from the left (with a warning) instead of failing."
+        ),
+    ] = False,
     batch_size: opt.GenerateBatchSize = None,
     list_models: Annotated[bool, typer.Option("--list-models", help="List the bundled models and exit.")] = False,
     max_new_tokens: opt.MaxNewTokens = None,
@@ -61,9 +69,16 @@ def generate(
         return models(as_json=as_json)
     # Everything the user typed is checked before any model loads.
     base = SamplingParams().updated(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, greedy=greedy or None, num_return_sequences=num_return_sequences,
-        stop=stop or None, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        greedy=greedy or None,
+        num_return_sequences=num_return_sequences,
+        stop=stop or None,
+        seed=seed,
     )
     check_options(device, dtype, threads)
     if batch_size is not None and batch_size < 1:
@@ -82,16 +97,27 @@ def generate(
     from gptcli.loading import open_model
 
     out = Output(as_json=as_json, stats=stats)
-    lm, load_s = open_model(model, device=device, dtype=dtype, threads=threads,
-                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    lm, load_s = open_model(
+        model,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
     out.loaded(lm, load_s)
     run_stats = RunStats()
     events = stream_generate(
-        lm, requests, batch_size=batch_size or opt.GENERATE_BATCH_SIZE, truncate=truncate, stats=run_stats,
+        lm,
+        requests,
+        batch_size=batch_size or opt.GENERATE_BATCH_SIZE,
+        truncate=truncate,
+        stats=run_stats,
         on_truncate=lambda label, n: out.warn(f"{label} was cut to its last {n} tokens to fit the context."),
         on_capped=lambda label, n, room: out.warn(
             f"max_new_tokens {n} is more than the context leaves after {label}: at most {room} new tokens "
-            f"(the model's context is {lm.context_length} tokens)."),
+            f"(the model's context is {lm.context_length} tokens)."
+        ),
     )
     render = (_JsonRenderer if as_json else _TextRenderer)(out, lm, records, requests, echo)
     try:
@@ -134,19 +160,20 @@ class _InOrder:
         self.out, self.lm, self.records, self.echo = out, lm, records, echo
         # Samples per request; the order is walked, not listed: -n 1000 on many prompts is millions.
         self.counts = [req.params.num_return_sequences for req in requests]
-        self.head = (0, 0) if requests else None  # the (request, sample) output next
-        self.done: dict[tuple[int, int], object] = {}
+        self.head: tuple[int, int] | None = (0, 0) if requests else None  # the (request, sample) output next
+        self.done: dict[tuple[int, int], Any] = {}  # Completions held back until their turn
 
-    def _head(self):
+    def _head(self) -> tuple[int, int] | None:
         return self.head
 
     def _advance(self) -> None:
+        assert self.head is not None  # only called after the head was emitted
         r, s = self.head
         self.head = (r, s + 1) if s + 1 < self.counts[r] else ((r + 1, 0) if r + 1 < len(self.counts) else None)
 
     def _release(self, emit) -> None:
-        while self._head() in self.done:
-            emit(self.done.pop(self._head()))
+        while (head := self._head()) is not None and head in self.done:
+            emit(self.done.pop(head))
             self._advance()
 
     def _flush_all(self, emit) -> None:
@@ -186,11 +213,12 @@ class _TextRenderer(_InOrder):
     def interrupted(self, unfinished) -> None:
         for ev in unfinished:
             self.done[(ev.request, ev.sample)] = ev
-        live = self.done.pop(self._head(), None)
+        head = self._head()
+        live = self.done.pop(head, None) if head is not None else None
         if live is not None:
             # Its text is partly on screen: print the rest (any text held back) and end the line.
             self._begin(live)
-            self.out.text(live.text[self.live_chars:] + "\n")
+            self.out.text(live.text[self.live_chars :] + "\n")
             self.live_started, self.live_chars = False, 0
         self._flush_all(self._print_whole)
 
@@ -217,5 +245,3 @@ class _JsonRenderer(_InOrder):
     def _print(self, ev) -> None:
         rec = self.records[ev.request]
         self.out.record(ev.to_record(self.lm.name, rec.prompt, id=rec.id, line=rec.line, echo=self.echo))
-
-

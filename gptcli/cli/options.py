@@ -84,33 +84,68 @@ TrustRemoteCode = Annotated[
 ]
 Seed = Annotated[
     Optional[int],
-    typer.Option("--seed", help="Random seed: same seed, model and device give the same output. (default: a random seed)", show_default=False),
+    typer.Option(
+        "--seed",
+        help="Random seed: same seed, model and device give the same output. (default: a random seed)",
+        show_default=False,
+    ),
 ]
 
 # --- sampling ----------------------------------------------------------------
 MaxNewTokens = Annotated[
     Optional[int],
-    typer.Option("--max-new-tokens", "-t", help=f"Tokens to generate. (default: {SamplingParams.max_new_tokens})", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option(
+        "--max-new-tokens",
+        "-t",
+        help=f"Tokens to generate. (default: {SamplingParams.max_new_tokens})",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+    ),
 ]
 Temperature = Annotated[
     Optional[float],
-    typer.Option("--temperature", help=f"Sampling temperature; 0 is greedy. (default: {SamplingParams.temperature})", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option(
+        "--temperature",
+        help=f"Sampling temperature; 0 is greedy. (default: {SamplingParams.temperature})",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+    ),
 ]
 TopK = Annotated[
     Optional[int],
-    typer.Option("--top-k", help=f"Sample from the k most likely tokens; 0 turns it off. (default: {SamplingParams.top_k})", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option(
+        "--top-k",
+        help=f"Sample from the k most likely tokens; 0 turns it off. (default: {SamplingParams.top_k})",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+    ),
 ]
 TopP = Annotated[
     Optional[float],
-    typer.Option("--top-p", help=f"Nucleus sampling: smallest set with this probability mass, in (0, 1]. (default: {SamplingParams.top_p})", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option(
+        "--top-p",
+        help=f"Nucleus sampling: smallest set with this probability mass, in (0, 1]. (default: {SamplingParams.top_p})",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+    ),
 ]
 MinP = Annotated[
     Optional[float],
-    typer.Option("--min-p", help="Drop tokens less likely than min-p times the most likely one. (default: off)", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option(
+        "--min-p",
+        help="Drop tokens less likely than min-p times the most likely one. (default: off)",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+    ),
 ]
 RepetitionPenalty = Annotated[
     Optional[float],
-    typer.Option("--repetition-penalty", help="Above 1 discourages repeating tokens already present. (default: off)", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option(
+        "--repetition-penalty",
+        help="Above 1 discourages repeating tokens already present. (default: off)",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+    ),
 ]
 Greedy = Annotated[
     bool,
@@ -118,12 +153,25 @@ Greedy = Annotated[
 ]
 NumReturnSequences = Annotated[
     Optional[int],
-    typer.Option("--num-return-sequences", "-n", help=f"Completions per prompt. (default: {SamplingParams.num_return_sequences})", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option(
+        "--num-return-sequences",
+        "-n",
+        help=f"Completions per prompt. (default: {SamplingParams.num_return_sequences})",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+    ),
 ]
 NumBeams = Annotated[
     Optional[int],
-    typer.Option("--num-beams", help=f"Beam search width; 1 turns beam search off. (default: {SamplingParams.num_beams})", rich_help_panel=SAMPLING_PANEL, show_default=False),
+    typer.Option(
+        "--num-beams",
+        help=f"Beam search width; 1 turns beam search off. (default: {SamplingParams.num_beams})",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+    ),
 ]
+
+
 def _unescape_stop(values: Optional[list[str]]) -> Optional[list[str]]:
     from gptcli.sampling import unescape
 
@@ -132,14 +180,21 @@ def _unescape_stop(values: Optional[list[str]]) -> Optional[list[str]]:
 
 Stop = Annotated[
     Optional[list[str]],
-    typer.Option("--stop", help="Stop when this string is produced (not printed). \\n, \\t, \\\\ and \\uXXXX are understood. Repeatable.",
-                 rich_help_panel=SAMPLING_PANEL, show_default=False, callback=_unescape_stop),
+    typer.Option(
+        "--stop",
+        help="Stop when this string is produced (not printed). \\n, \\t, \\\\ and \\uXXXX are understood. Repeatable.",
+        rich_help_panel=SAMPLING_PANEL,
+        show_default=False,
+        callback=_unescape_stop,
+    ),
 ]
 
 # --- output ------------------------------------------------------------------
 Json = Annotated[
     bool,
-    typer.Option("--json", help="Machine-readable JSON (JSON Lines for many results) on stdout.", rich_help_panel=OUTPUT_PANEL),
+    typer.Option(
+        "--json", help="Machine-readable JSON (JSON Lines for many results) on stdout.", rich_help_panel=OUTPUT_PANEL
+    ),
 ]
 Stats = Annotated[
     bool,
@@ -154,7 +209,12 @@ TRANSLATE_BATCH_SIZE = 16
 def _batch_size(default: int):
     return Annotated[
         Optional[int],
-        typer.Option("--batch-size", "-b", help=f"Inputs processed together on the device. (default: {default})", show_default=False),
+        typer.Option(
+            "--batch-size",
+            "-b",
+            help=f"Inputs processed together on the device. (default: {default})",
+            show_default=False,
+        ),
     ]
 
 
@@ -163,5 +223,7 @@ EvalBatchSize = _batch_size(EVAL_BATCH_SIZE)
 TranslateBatchSize = _batch_size(TRANSLATE_BATCH_SIZE)
 InputFile = Annotated[
     Optional[Path],
-    typer.Option("--file", "-f", help="Read inputs from this file (text lines or JSONL).", show_default=False, dir_okay=False),
+    typer.Option(
+        "--file", "-f", help="Read inputs from this file (text lines or JSONL).", show_default=False, dir_okay=False
+    ),
 ]

@@ -95,8 +95,15 @@ class Output:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                      TimeRemainingColumn(), console=err, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
             yield _Progress(bar, bar.add_task(label, total=None))
 
 
@@ -169,8 +176,9 @@ class _LogProgress:
         self.done += n
         if self.clock() - self.last >= LOG_EVERY_S and self.done < self.total:
             self.last = self.clock()
-            console.info(f"{self.label}: {self.done:,}/{self.total:,} {self.unit} "
-                         f"({100 * self.done / max(self.total, 1):.0f}%)")
+            console.info(
+                f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({100 * self.done / max(self.total, 1):.0f}%)"
+            )
 
 
 # ---------------------------------------------------------------------- line sink

@@ -17,21 +17,64 @@ DEFAULTS = SamplingParams(temperature=0.0)
 def translate(
     text: Annotated[
         Optional[str],
-        typer.Argument(help="Text to translate (each line separately). '-' or no text with piped stdin reads stdin.", show_default=False),
+        typer.Argument(
+            help="Text to translate (each line separately). '-' or no text with piped stdin reads stdin.",
+            show_default=False,
+        ),
     ] = None,
-    target: Annotated[Optional[str], typer.Option("--to", help="Target language: ISO 639-1 code or name (fr, French).", show_default=False)] = None,
-    source: Annotated[Optional[str], typer.Option("--from", help="Source language; optional when the model can tell.", show_default=False)] = None,
+    target: Annotated[
+        Optional[str],
+        typer.Option("--to", help="Target language: ISO 639-1 code or name (fr, French).", show_default=False),
+    ] = None,
+    source: Annotated[
+        Optional[str],
+        typer.Option("--from", help="Source language; optional when the model can tell.", show_default=False),
+    ] = None,
     file: opt.InputFile = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the translations to this file (complete or not at all).", show_default=False, dir_okay=False)] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the translations to this file (complete or not at all).",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
     references: Annotated[
         Optional[Path],
-        typer.Option("--references", "-r", help="Score against references: one per input line, or a .tsv of source<TAB>reference pairs. Prints BLEU and chrF.", show_default=False, dir_okay=False),
+        typer.Option(
+            "--references",
+            "-r",
+            help="Score against references: one per input line, or a .tsv of source<TAB>reference pairs. Prints BLEU and chrF.",
+            show_default=False,
+            dir_okay=False,
+        ),
     ] = None,
-    list_languages: Annotated[bool, typer.Option("--list-languages", help="List the language codes and names, and exit.")] = False,
+    list_languages: Annotated[
+        bool, typer.Option("--list-languages", help="List the language codes and names, and exit.")
+    ] = False,
     batch_size: opt.TranslateBatchSize = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-t", help="Most tokens per translated piece. (default: twice the source, plus 10)", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
+    max_new_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-new-tokens",
+            "-t",
+            help="Most tokens per translated piece. (default: twice the source, plus 10)",
+            rich_help_panel=opt.SAMPLING_PANEL,
+            show_default=False,
+        ),
+    ] = None,
     num_beams: opt.NumBeams = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help=f"Above 0 samples instead of greedy decoding. (default: {DEFAULTS.temperature:g})", rich_help_panel=opt.SAMPLING_PANEL, show_default=False)] = None,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option(
+            "--temperature",
+            help=f"Above 0 samples instead of greedy decoding. (default: {DEFAULTS.temperature:g})",
+            rich_help_panel=opt.SAMPLING_PANEL,
+            show_default=False,
+        ),
+    ] = None,
     top_k: opt.TopK = None,
     top_p: opt.TopP = None,
     min_p: opt.MinP = None,
@@ -61,14 +104,22 @@ def translate(
         return _list_languages(out)
     # Everything the user typed is checked before any model loads.
     if target is None:
-        raise UsageError("--to is required: the language to translate into.", hint="For example --to fr or --to French.")
+        raise UsageError(
+            "--to is required: the language to translate into.", hint="For example --to fr or --to French."
+        )
     tgt = languages.resolve(target, "--to")
     src = languages.resolve(source, "--from") if source is not None else None
     if src is not None and src == tgt:
         raise UsageError(f"--to and --from are both {tgt}; nothing to translate.")
     params = DEFAULTS.updated(
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-        num_beams=num_beams, seed=seed, max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        num_beams=num_beams,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
     )
     check_options(device, dtype, threads)
     if batch_size is not None and batch_size < 1:
@@ -89,14 +140,22 @@ def translate(
         src = src or bundled_src
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library advice (e.g. "install sacremoses") is not the user's business
-        lm, load_s = open_model(spec, device=device, dtype=dtype, threads=threads,
-                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        lm, load_s = open_model(
+            spec,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
     out.loaded(lm, load_s)
     plan = make_plan(lm, src, tgt)
     apply_plan(lm, plan)
     for note in plan.notes:
         out.warn(note)
-    translator = Translator(lm, plan, params, max_new_tokens=max_new_tokens, batch_size=batch_size or opt.TRANSLATE_BATCH_SIZE)
+    translator = Translator(
+        lm, plan, params, max_new_tokens=max_new_tokens, batch_size=batch_size or opt.TRANSLATE_BATCH_SIZE
+    )
 
     sink = LineSink(out, output) if (output is not None or refs is None) else None
     hypotheses: list[str] = []
@@ -143,15 +202,21 @@ def _inputs(text, file, references):
         lines = text_lines(text, "the text", jsonl=False)
     elif text == "-" or not stdin_is_tty():
         if text == "-" and stdin_is_tty():
-            raise UsageError("'-' means stdin, but stdin is a terminal.", hint="Pipe text in, or give it as an argument.")
+            raise UsageError(
+                "'-' means stdin, but stdin is a terminal.", hint="Pipe text in, or give it as an argument."
+            )
         if refs is not None:
             lines = file_lines("-")  # scoring needs every line anyway
         else:
             return None, LineFeed(stdin_lines())
     else:
-        raise UsageError("no text given.", hint='Pass it, e.g. gptcli translate "Good morning" --to fr, or pipe text in.')
+        raise UsageError(
+            "no text given.", hint='Pass it, e.g. gptcli translate "Good morning" --to fr, or pipe text in.'
+        )
     if refs is not None and len(lines) != len(refs.refs):
-        raise InputError(f"{len(lines)} input lines but {len(refs.refs)} references in {references}: they must pair up line by line.")
+        raise InputError(
+            f"{len(lines)} input lines but {len(refs.refs)} references in {references}: they must pair up line by line."
+        )
     return refs, LineFeed(lines)
 
 
@@ -175,6 +240,8 @@ def _list_languages(out) -> None:
 
     for lang in all_languages():
         if out.as_json:
-            out.record({"code": lang.code, "name": lang.name, "iso3": lang.iso3, "nllb": lang.nllb, "mbart": lang.mbart})
+            out.record(
+                {"code": lang.code, "name": lang.name, "iso3": lang.iso3, "nllb": lang.nllb, "mbart": lang.mbart}
+            )
         else:
             out.text(f"{lang.code}\t{lang.name}\n")

@@ -46,6 +46,15 @@ LN2 = math.log(2.0)
 class _Metrics:
     """NLL, perplexity and bits per byte from `nll_sum`, `tokens` and `bytes` (both scores share them)."""
 
+    if TYPE_CHECKING:  # fields of DocScore, properties of ModelScore
+
+        @property
+        def nll_sum(self) -> float: ...  # natural-log loss summed over the scored tokens
+        @property
+        def tokens(self) -> int: ...  # scored tokens
+        @property
+        def bytes(self) -> int: ...  # UTF-8 bytes of the scored text
+
     @property
     def nll(self) -> float | None:
         return self.nll_sum / self.tokens if self.tokens else None
@@ -184,21 +193,23 @@ def evaluate_model(
     model's context, at most MAX_DEFAULT_CONTEXT). `progress(n)` is called as tokens are scored;
     `on_plan(total)` once with the number of tokens that will be scored."""
     if lm.is_encoder_decoder:
-        raise UsageError(
-            f"{lm.name} is an encoder-decoder model; perplexity here is for causal (decoder-only) models."
-        )
+        raise UsageError(f"{lm.name} is an encoder-decoder model; perplexity here is for causal (decoder-only) models.")
     limit = int(lm.context_length)
     if context is not None and context > limit:
-        raise UsageError(f"--context {context} is longer than the context of {lm.name} ({limit} tokens).",
-                         hint=f"Use at most {limit}.")
+        raise UsageError(
+            f"--context {context} is longer than the context of {lm.name} ({limit} tokens).",
+            hint=f"Use at most {limit}.",
+        )
     context = context or min(limit, MAX_DEFAULT_CONTEXT)
     if context < 2:
         raise UsageError(f"{lm.name} has a context of {context} token; at least 2 are needed.")
     if stride is None:
         stride = context
     if stride > context:
-        raise UsageError(f"--stride {stride} is longer than the {context}-token context used for {lm.name}.",
-                         hint=f"Use at most {context}.")
+        raise UsageError(
+            f"--stride {stride} is longer than the {context}-token context used for {lm.name}.",
+            hint=f"Use at most {context}.",
+        )
     started = time.perf_counter()
     items = _tokenize(lm.tokenizer, documents, max_tokens)
     for item in items:
@@ -234,8 +245,17 @@ def prefix_token(tokenizer) -> int | None:
 def _tokenize(tokenizer, documents: list[Document], max_tokens: int | None) -> list[_Tokenized]:
     texts = [d.text for d in documents]
     with_offsets = bool(getattr(tokenizer, "is_fast", False))
-    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                    return_offsets_mapping=with_offsets, verbose=False) if texts else {"input_ids": []}
+    enc = (
+        tokenizer(
+            texts,
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_offsets_mapping=with_offsets,
+            verbose=False,
+        )
+        if texts
+        else {"input_ids": []}
+    )
     prefix = prefix_token(tokenizer)
     head = [] if prefix is None else [prefix]
     unscored = 0 if head else 1  # without a prefix the first text token is only context

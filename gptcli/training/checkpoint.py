@@ -78,8 +78,10 @@ def save(out: Path, step: int, write_model: Callable[[Path], None], state: dict[
         final = publish_folder(root / f"{PREFIX}{step:08d}", build)
     except BaseException as exc:
         if _disk_full(exc, root):
-            raise GptcliError(f"disk full while saving the checkpoint of step {step}; it was not written.",
-                              hint="Earlier checkpoints are intact; free space and --resume auto.") from exc
+            raise GptcliError(
+                f"disk full while saving the checkpoint of step {step}; it was not written.",
+                hint="Earlier checkpoints are intact; free space and --resume auto.",
+            ) from exc
         raise
     prune(root, keep)
     return final
@@ -118,8 +120,10 @@ def find_resume(out: Path, spec: str) -> Path:
     if spec == "auto":
         found = list_checkpoints(checkpoints_dir(out))
         if not found:
-            raise UsageError(f"--resume auto: {out} has no complete checkpoint to resume from.",
-                             hint="Start a new run without --resume (or with --overwrite).")
+            raise UsageError(
+                f"--resume auto: {out} has no complete checkpoint to resume from.",
+                hint="Start a new run without --resume (or with --overwrite).",
+            )
         return found[-1]
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "checkpoints").is_dir() and not (path / MARKER).exists():
@@ -129,8 +133,10 @@ def find_resume(out: Path, spec: str) -> Path:
     if not path.is_dir():
         raise UsageError(f"--resume '{spec}' does not exist (use 'auto' or a checkpoint folder).")
     if not (path / MARKER).is_file() or not (path / STATE_FILE).is_file():
-        raise InputError(f"--resume '{spec}' is not a complete gptcli checkpoint (no {MARKER}/{STATE_FILE}).",
-                         hint="Pass OUT/checkpoints/step-N or --resume auto.")
+        raise InputError(
+            f"--resume '{spec}' is not a complete gptcli checkpoint (no {MARKER}/{STATE_FILE}).",
+            hint="Pass OUT/checkpoints/step-N or --resume auto.",
+        )
     return path
 
 
@@ -149,8 +155,10 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, wrong format: all mean "not usable"
-        raise InputError(f"checkpoint {path} is damaged: {path / STATE_FILE} cannot be read "
-                         f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}).") from exc
+        raise InputError(
+            f"checkpoint {path} is damaged: {path / STATE_FILE} cannot be read "
+            f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})."
+        ) from exc
     if not isinstance(state, dict) or "step" not in state:
         raise InputError(f"checkpoint {path} is damaged: {STATE_FILE} has no step.")
     return state
@@ -172,5 +180,7 @@ def load_weights(model: Any, folder: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k}
     if set(missing) - tied or unexpected:
-        raise InputError(f"checkpoint {folder} does not match this model "
-                         f"({len(set(missing) - tied)} missing, {len(unexpected)} unexpected tensors).")
+        raise InputError(
+            f"checkpoint {folder} does not match this model "
+            f"({len(set(missing) - tied)} missing, {len(unexpected)} unexpected tensors)."
+        )

@@ -43,8 +43,10 @@ def make_accelerator(settings: TrainSettings, device: Any, world_size: int = 1) 
     if not getattr(acc, "is_fsdp2", False):
         from gptcli.errors import GptcliError
 
-        raise GptcliError(f"--fsdp could not be enabled on {device_type} (accelerate chose {acc.distributed_type}).",
-                          hint="Run without --fsdp to train data-parallel (DDP).")
+        raise GptcliError(
+            f"--fsdp could not be enabled on {device_type} (accelerate chose {acc.distributed_type}).",
+            hint="Run without --fsdp to train data-parallel (DDP).",
+        )
     return acc
 
 
@@ -59,18 +61,31 @@ def _fsdp_plugin(mp: str) -> Any:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         # Low-precision compute, but gradients are reduced in fp32, as DDP does under autocast.
-        policy = MixedPrecisionPolicy(param_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[mp],
-                                      reduce_dtype=torch.float32) if mp != "no" else MixedPrecisionPolicy()
-        return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-                                              reshard_after_forward=True, cpu_offload=False,
-                                              state_dict_type="FULL_STATE_DICT", mixed_precision_policy=policy,
-                                              cpu_ram_efficient_loading=False, activation_checkpointing=False)
+        policy = (
+            MixedPrecisionPolicy(
+                param_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[mp], reduce_dtype=torch.float32
+            )
+            if mp != "no"
+            else MixedPrecisionPolicy()
+        )
+        return FullyShardedDataParallelPlugin(
+            fsdp_version=2,
+            auto_wrap_policy="transformer_based_wrap",
+            reshard_after_forward=True,
+            cpu_offload=False,
+            state_dict_type="FULL_STATE_DICT",
+            mixed_precision_policy=policy,
+            cpu_ram_efficient_loading=False,
+            activation_checkpointing=False,
+        )
     except (ImportError, TypeError, ValueError) as exc:
         import accelerate
 
-        raise UsageError(f"--fsdp needs FSDP2 (accelerate >= 1.6 with torch >= 2.6); found accelerate "
-                         f"{accelerate.__version__}, torch {torch.__version__} ({exc}).",
-                         hint="Upgrade them, or run without --fsdp (DDP).") from None
+        raise UsageError(
+            f"--fsdp needs FSDP2 (accelerate >= 1.6 with torch >= 2.6); found accelerate "
+            f"{accelerate.__version__}, torch {torch.__version__} ({exc}).",
+            hint="Upgrade them, or run without --fsdp (DDP).",
+        ) from None
 
 
 def load_optimizer_state(optimizer: Any, saved: dict[str, Any], fsdp: bool) -> None:
@@ -85,7 +100,8 @@ def load_optimizer_state(optimizer: Any, saved: dict[str, Any], fsdp: bool) -> N
             p = params[int(idx)]
             state[idx] = {
                 k: distribute_tensor(v, p.device_mesh, p.placements)
-                if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v
+                if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape
+                else v
                 for k, v in values.items()
             }
         saved = {**saved, "state": state}

@@ -85,7 +85,7 @@ def evaluate(model: Any, val: Blocks, batch_size: int, max_batches: int, device:
     weight = 0.0
     with torch.no_grad(), autocast():
         for i in range(0, len(picks), batch_size):
-            x, y = val.batch(picks[i:i + batch_size])
+            x, y = val.batch(picks[i : i + batch_size])
             x, y = x.to(device), y.to(device)
             logits = model(input_ids=x).logits
             loss = _loss(logits, y, masked)
@@ -115,8 +115,10 @@ class _Loop:
         if s.fsdp and not self.fsdp and self.main and reporter_enabled:
             from gptcli.console import warn
 
-            warn("--fsdp has no effect in a single process (there is nothing to shard across); training unsharded. "
-                 "Launch with torchrun --nproc-per-node N to shard.")
+            warn(
+                "--fsdp has no effect in a single process (there is nothing to shard across); training unsharded. "
+                "Launch with torchrun --nproc-per-node N to shard."
+            )
         if device.type == "cpu" and acc.mixed_precision == "bf16" and job.train.block_size <= EAGER_MAX_BLOCK:
             use_eager_attention(job.model)
         if job.resume_from is not None:  # before sharding: FSDP splits the loaded full tensors
@@ -134,8 +136,16 @@ class _Loop:
         self.last_loss: float | None = None
         if job.resume_from is not None:
             self._restore()
-        self.sampler = BlockSampler(len(job.train), s.batch_size, s.grad_accum, acc.num_processes, acc.process_index,
-                                    s.seed, block_size=job.train.block_size, stream_len=len(job.train.ids))
+        self.sampler = BlockSampler(
+            len(job.train),
+            s.batch_size,
+            s.grad_accum,
+            acc.num_processes,
+            acc.process_index,
+            s.seed,
+            block_size=job.train.block_size,
+            stream_len=len(job.train.ids),
+        )
         self.eval_every = s.eval_every if s.eval_every is not None else max(1, job.steps // 10)
         self.save_every = s.save_every if s.save_every is not None else max(1, job.steps // 5)
         self.log_every = s.log_every or max(1, min(100, job.steps // 50))
@@ -161,11 +171,17 @@ class _Loop:
         if saved_world != acc.num_processes and self.main:
             from gptcli.console import warn
 
-            warn(f"the checkpoint was written by {saved_world} process{'es' if saved_world != 1 else ''} and this run "
-                 f"has {acc.num_processes}: training continues from step {int(state['step'])}, but not bit-exactly "
-                 "(batches are split over the processes differently, and a process without saved random states "
-                 "takes rank 0's).")
-        self.start, self.tokens_seen, self.best_val = int(state["step"]), int(state["tokens_seen"]), state.get("best_val")
+            warn(
+                f"the checkpoint was written by {saved_world} process{'es' if saved_world != 1 else ''} and this run "
+                f"has {acc.num_processes}: training continues from step {int(state['step'])}, but not bit-exactly "
+                "(batches are split over the processes differently, and a process without saved random states "
+                "takes rank 0's)."
+            )
+        self.start, self.tokens_seen, self.best_val = (
+            int(state["step"]),
+            int(state["tokens_seen"]),
+            state.get("best_val"),
+        )
 
     def _model_state(self) -> Any:
         """Under FSDP the full model state dict (gathered on rank 0; a collective), else None."""
@@ -205,8 +221,9 @@ class _Loop:
         if self.job.val is None:
             return
         s = self.s
-        val_loss = self.last_val = evaluate(self.model, self.job.val, s.batch_size, s.eval_batches, self.acc.device,
-                                            self.autocast)
+        val_loss = self.last_val = evaluate(
+            self.model, self.job.val, s.batch_size, s.eval_batches, self.acc.device, self.autocast
+        )
         is_best = self.best_val is None or val_loss < self.best_val
         self.best_val = val_loss if is_best else self.best_val
         self.metrics.write({"step": self.step, "val_loss": round(val_loss, 6), "tokens": self.tokens_seen})
@@ -219,13 +236,21 @@ class _Loop:
         rngs = distributed.gather_rng_states(self.acc)
         if self.main:
             state = {
-                "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
-                "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
-                "rng_by_rank": rngs, "world_size": self.acc.num_processes,
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "best_val": self.best_val,
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "rng_by_rank": rngs,
+                "world_size": self.acc.num_processes,
             }
-            checkpoint.save(self.job.out, self.step,
-                            lambda folder: self.job.write_model(self.raw_model, folder, model_state),
-                            state, self.s.keep_checkpoints)
+            checkpoint.save(
+                self.job.out,
+                self.step,
+                lambda folder: self.job.write_model(self.raw_model, folder, model_state),
+                state,
+                self.s.keep_checkpoints,
+            )
         self.acc.wait_for_everyone()
 
     def run(self) -> dict[str, Any]:
@@ -253,8 +278,10 @@ class _Loop:
                     self.reporter.close()
                     self.save()
                     self.metrics.close()
-                    raise Interrupted(f"training stopped at step {self.step}/{job.steps}; checkpoint saved.",
-                                      hint=f"Resume with: {job.resume_command}")
+                    raise Interrupted(
+                        f"training stopped at step {self.step}/{job.steps}; checkpoint saved.",
+                        hint=f"Resume with: {job.resume_command}",
+                    )
                 if self.eval_every and self.step % self.eval_every == 0 and self.step < job.steps:
                     self.evaluate()
                 if self.save_every and self.step % self.save_every == 0 and self.step < job.steps:
@@ -276,11 +303,21 @@ class _Loop:
             loss = float(acc.reduce(torch.tensor(loss, device=acc.device), "mean"))
         self.last_loss = loss
         steps_in_window = micro_batches / self.s.grad_accum
-        rate = steps_in_window * self.tokens_per_step / max(self.train_time - window_start, 1e-9)  # excludes eval/saving
+        rate = (
+            steps_in_window * self.tokens_per_step / max(self.train_time - window_start, 1e-9)
+        )  # excludes eval/saving
         eta = (self.job.steps - self.step) * self.train_time / max(self.step - self.start, 1)
         lr = self.scheduler.get_last_lr()[0]
-        self.metrics.write({"step": self.step, "loss": round(loss, 6), "lr": lr, "tokens": self.tokens_seen,
-                            "tokens_per_s": round(rate, 1), "elapsed_s": round(time.perf_counter() - wall0, 3)})
+        self.metrics.write(
+            {
+                "step": self.step,
+                "loss": round(loss, 6),
+                "lr": lr,
+                "tokens": self.tokens_seen,
+                "tokens_per_s": round(rate, 1),
+                "elapsed_s": round(time.perf_counter() - wall0, 3),
+            }
+        )
         self.reporter.step(self.step, loss, lr, rate, eta)
 
     def _summary(self, wall: float) -> dict[str, Any]:
@@ -304,7 +341,9 @@ class _Loop:
         if self.main and self.reporter_enabled:
             from gptcli.console import info
 
-            info(f"done: {self.step} steps in {format_duration(wall)}"
-                 + (f" | best val loss {self.best_val:.4f}" if self.best_val is not None else "")
-                 + f" | {self.tokens_seen:,} tokens")
+            info(
+                f"done: {self.step} steps in {format_duration(wall)}"
+                + (f" | best val loss {self.best_val:.4f}" if self.best_val is not None else "")
+                + f" | {self.tokens_seen:,} tokens"
+            )
         return summary

@@ -23,8 +23,9 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     source = resolve_source(s.model, allow_pickle=s.allow_pickle)
-    lm = load_model(s.model, ctx.runtime, allow_pickle=s.allow_pickle, trust_remote_code=s.trust_remote_code,
-                    for_training=True)
+    lm = load_model(
+        s.model, ctx.runtime, allow_pickle=s.allow_pickle, trust_remote_code=s.trust_remote_code, for_training=True
+    )
     if lm.is_encoder_decoder:
         raise InputError(f"finetune trains decoder-only (causal) models; '{lm.name}' is an encoder-decoder model.")
     model, tok = lm.model, lm.tokenizer
@@ -60,12 +61,15 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     # (a bundled model's too), so that peft alone (AutoPeftModelForCausalLM) finds the base.
     base_name = source.spec if source.kind == "hub" else str(source.path)
     if s.lora:
-        model = lora_mod.wrap(model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout,
-                              targets=s.lora_targets, base_name=base_name)
+        model = lora_mod.wrap(
+            model, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout, targets=s.lora_targets, base_name=base_name
+        )
     model.train()
     s.block_size = block
 
-    def write(m: Any, folder: Path, state_dict: Any = None) -> None:  # checkpoints: adapter or full model, plus tokenizer
+    def write(
+        m: Any, folder: Path, state_dict: Any = None
+    ) -> None:  # checkpoints: adapter or full model, plus tokenizer
         from gptcli.training.export import save_model_folder
 
         if s.lora:  # never sharded: --fsdp refuses --lora
@@ -86,9 +90,22 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
 
     lr = s.lr or (2e-4 if s.lora else 1e-4)
     return runner.execute(
-        ctx, model=model, train=train, val=val, lr=lr, provenance=provenance, write_model=write, export=export,
-        describe={"base_model": base_name, "format": fmt, "lora": s.lora, "block_size": block,
-                  "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},
+        ctx,
+        model=model,
+        train=train,
+        val=val,
+        lr=lr,
+        provenance=provenance,
+        write_model=write,
+        export=export,
+        describe={
+            "base_model": base_name,
+            "format": fmt,
+            "lora": s.lora,
+            "block_size": block,
+            "train_tokens": train.tokens,
+            "val_tokens": val.tokens if val is not None else 0,
+        },
     )
 
 

@@ -52,15 +52,21 @@ def wrap(model: Any, *, r: int, alpha: float, dropout: float, targets: list[str]
     from peft import LoraConfig, get_peft_model
 
     chosen = choose_targets(model, targets)
-    config = LoraConfig(r=r, lora_alpha=alpha,  # type: ignore[arg-type]  # annotated int; any number works
-                        lora_dropout=dropout, target_modules=chosen, task_type="CAUSAL_LM",
-                        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")  # gpt2's Conv1D stores W^T
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # annotated int; any number works
+        lora_dropout=dropout,
+        target_modules=chosen,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
+    )  # gpt2's Conv1D stores W^T
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             peft_model = get_peft_model(model, config)
         except ValueError as exc:
-            raise UsageError(f"--lora: {str(exc).splitlines()[0]}",
-                             hint="Name the modules to adapt with --lora-targets.") from exc
+            raise UsageError(
+                f"--lora: {str(exc).splitlines()[0]}", hint="Name the modules to adapt with --lora-targets."
+            ) from exc
     peft_model.peft_config["default"].base_model_name_or_path = base_name
     return peft_model

@@ -60,7 +60,9 @@ def segments_before(previous: dict[str, Any] | None, step: int) -> list[dict[str
         return []
     segments = previous.get("segments")
     if not isinstance(segments, list):
-        segments = [{"start_step": 0, **{k: previous.get(k) for k in ("created", "argv", "versions", "data", "val_data")}}]
+        segments = [
+            {"start_step": 0, **{k: previous.get(k) for k in ("created", "argv", "versions", "data", "val_data")}}
+        ]
     return [seg for seg in segments if isinstance(seg, dict) and int(seg.get("start_step") or 0) < step]
 
 
@@ -81,9 +83,19 @@ def data_changes(before: dict[str, Any], now: dict[str, list[dict[str, Any]]]) -
     return changes
 
 
-def write(out: Path, *, command: str, settings: dict[str, Any], device: str, world_size: int, extra: dict[str, Any],
-          prints: dict[str, list[dict[str, Any]]], start_step: int = 0,
-          earlier: list[dict[str, Any]] | None = None, outputs: list[str] | None = None) -> None:
+def write(
+    out: Path,
+    *,
+    command: str,
+    settings: dict[str, Any],
+    device: str,
+    world_size: int,
+    extra: dict[str, Any],
+    prints: dict[str, list[dict[str, Any]]],
+    start_step: int = 0,
+    earlier: list[dict[str, Any]] | None = None,
+    outputs: list[str] | None = None,
+) -> None:
     """outputs: final model files already in OUT (resuming in place), until the run publishes its own."""
     import accelerate
     import torch
@@ -93,8 +105,13 @@ def write(out: Path, *, command: str, settings: dict[str, Any], device: str, wor
 
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     argv = ["gptcli", *sys.argv[1:]]
-    versions = {"gptcli": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                "accelerate": accelerate.__version__, "python": platform.python_version()}
+    versions = {
+        "gptcli": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
     record = {
         "signature": SIGNATURE,
         "command": command,
@@ -108,8 +125,10 @@ def write(out: Path, *, command: str, settings: dict[str, Any], device: str, wor
         "val_data": prints["val_data"],
         "config": settings,
         **extra,
-        "segments": [*(earlier or []), {"start_step": start_step, "created": created, "argv": argv,
-                                        "versions": versions, **prints}],
+        "segments": [
+            *(earlier or []),
+            {"start_step": start_step, "created": created, "argv": argv, "versions": versions, **prints},
+        ],
         "outputs": sorted(outputs or []),
     }
     write_atomic(out / NAME, json.dumps(record, indent=2) + "\n")

@@ -11,6 +11,7 @@ from gptcli.training.settings import TrainSettings
 
 def lr_lambda(steps: int, warmup: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
     """Linear warmup, then cosine or linear decay to min_ratio * lr (nanoGPT's get_lr)."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
@@ -20,6 +21,7 @@ def lr_lambda(steps: int, warmup: int, schedule: str, min_ratio: float) -> Calla
         if schedule == "linear":
             return min_ratio + (1 - min_ratio) * (1 - progress)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return f
 
 

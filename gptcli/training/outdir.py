@@ -30,9 +30,19 @@ CHECKPOINT_PATTERNS = (f"{PREFIX}*", f".tmp-{PREFIX}*", f".old-{PREFIX}*")
 # The final model folder. Runs record what they published in run.json ("outputs"); runs made before
 # that get this list: what save_pretrained writes for the models, adapters and tokenizers gptcli trains.
 LEGACY_MODEL_FILES = (
-    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "chat_template.jinja", "vocab.json", "merges.txt", "adapter_config.json", "adapter_model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "adapter_config.json",
+    "adapter_model.safetensors",
 )
 LEGACY_ADAPTER_FILES = ("README.md",)  # peft's model card, beside adapter_config.json only
 
@@ -47,8 +57,10 @@ def check(out: Path, *, resume: bool, overwrite: bool, main: bool) -> None:
         return  # resume validates the checkpoint; only rank 0 inspects OUT (others would see its files)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise UsageError(f"output folder '{out}' is not empty.",
-                             hint="Pass --resume auto to continue its run, --overwrite to replace it, or another --out.")
+            raise UsageError(
+                f"output folder '{out}' is not empty.",
+                hint="Pass --resume auto to continue its run, --overwrite to replace it, or another --out.",
+            )
         owned(out)
 
 
@@ -73,19 +85,27 @@ def owned(out: Path) -> list[Path]:
     """The entries of OUT that --overwrite deletes: all of them, or a UsageError if any is not gptcli's."""
     record = _manifest(out / MANIFEST)
     if record is None:
-        raise UsageError(f"--overwrite: '{out}' does not look like a gptcli output folder (no gptcli {MANIFEST}); "
-                         "refusing to delete it.", hint="Pick another --out, or empty the folder yourself.")
+        raise UsageError(
+            f"--overwrite: '{out}' does not look like a gptcli output folder (no gptcli {MANIFEST}); "
+            "refusing to delete it.",
+            hint="Pick another --out, or empty the folder yourself.",
+        )
     entries = sorted(out.iterdir())
     allowed = _allowed_names(record, {p.name for p in entries})
     foreign = [p.name for p in entries if not _matches(p.name, allowed) or not _kind_ok(p)]
     checkpoints = out / CHECKPOINTS
     if checkpoints.is_dir() and not checkpoints.is_symlink():
-        foreign += [f"{CHECKPOINTS}/{p.name}" for p in sorted(checkpoints.iterdir())
-                    if not (_matches(p.name, CHECKPOINT_PATTERNS) and p.is_dir() and not p.is_symlink())]
+        foreign += [
+            f"{CHECKPOINTS}/{p.name}"
+            for p in sorted(checkpoints.iterdir())
+            if not (_matches(p.name, CHECKPOINT_PATTERNS) and p.is_dir() and not p.is_symlink())
+        ]
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise UsageError(f"--overwrite: '{out}' holds files gptcli did not write ({shown}); refusing to delete anything.",
-                         hint="Move them out of the folder, or pick another --out.")
+        raise UsageError(
+            f"--overwrite: '{out}' holds files gptcli did not write ({shown}); refusing to delete anything.",
+            hint="Move them out of the folder, or pick another --out.",
+        )
     return entries
 
 
@@ -135,6 +155,11 @@ def _manifest(path: Path) -> dict | None:
     if record.get("signature") == manifest.SIGNATURE:
         return record
     argv, versions = record.get("argv"), record.get("versions")
-    legacy = (record.get("command") in ("train", "finetune") and isinstance(argv, list) and argv[:1] == ["gptcli"]
-              and isinstance(versions, dict) and "gptcli" in versions)
+    legacy = (
+        record.get("command") in ("train", "finetune")
+        and isinstance(argv, list)
+        and argv[:1] == ["gptcli"]
+        and isinstance(versions, dict)
+        and "gptcli" in versions
+    )
     return record if legacy else None

@@ -28,8 +28,10 @@ def resolve_shape(preset: str, **overrides: Any) -> dict[str, Any]:
     shape = dict(PRESETS[preset])
     shape.update({k: v for k, v in overrides.items() if v is not None})
     if shape["n_embd"] % shape["n_head"]:
-        raise UsageError(f"n-embd ({shape['n_embd']}) must be a multiple of n-head ({shape['n_head']}).",
-                         hint="Set --n-head or --n-embd so that the width divides evenly into heads.")
+        raise UsageError(
+            f"n-embd ({shape['n_embd']}) must be a multiple of n-head ({shape['n_head']}).",
+            hint="Set --n-head or --n-embd so that the width divides evenly into heads.",
+        )
     return shape
 
 
@@ -41,10 +43,17 @@ def build_config(arch: str, shape: dict[str, Any], vocab_size: int, eot_id: int)
 
         p = shape["dropout"]
         return GPT2Config(
-            vocab_size=vocab_size, n_positions=shape["block_size"], n_embd=shape["n_embd"],
-            n_layer=shape["n_layer"], n_head=shape["n_head"],
+            vocab_size=vocab_size,
+            n_positions=shape["block_size"],
+            n_embd=shape["n_embd"],
+            n_layer=shape["n_layer"],
+            n_head=shape["n_head"],
             activation_function="gelu",  # exact GELU is one fused op; gelu_new is several
-            resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, tie_word_embeddings=True, **specials,
+            resid_pdrop=p,
+            embd_pdrop=p,
+            attn_pdrop=p,
+            tie_word_embeddings=True,
+            **specials,
         )
     if arch == "llama":
         from transformers import LlamaConfig
@@ -52,10 +61,16 @@ def build_config(arch: str, shape: dict[str, Any], vocab_size: int, eot_id: int)
         width = shape["n_embd"]
         hidden = 32 * round(8 * width / 3 / 32) or 32  # SwiGLU's 8/3 ratio, rounded for fast matmuls
         return LlamaConfig(
-            vocab_size=vocab_size, hidden_size=width, intermediate_size=hidden,
-            num_hidden_layers=shape["n_layer"], num_attention_heads=shape["n_head"],
-            num_key_value_heads=shape["n_head"], max_position_embeddings=shape["block_size"],
-            attention_dropout=shape["dropout"], tie_word_embeddings=True, **specials,
+            vocab_size=vocab_size,
+            hidden_size=width,
+            intermediate_size=hidden,
+            num_hidden_layers=shape["n_layer"],
+            num_attention_heads=shape["n_head"],
+            num_key_value_heads=shape["n_head"],
+            max_position_embeddings=shape["block_size"],
+            attention_dropout=shape["dropout"],
+            tie_word_embeddings=True,
+            **specials,
         )
     raise UsageError(f"unknown architecture '{arch}'.")
 
@@ -73,7 +88,7 @@ def config_from_json(path: str, vocab_size: int, eot_id: int) -> Any:
         raise UsageError(f"--model-config {path} is not valid JSON: {exc}.") from exc
     model_type = raw.pop("model_type", None) if isinstance(raw, dict) else None
     if not model_type:
-        raise UsageError(f"--model-config {path} has no \"model_type\" (e.g. \"gpt2\" or \"llama\").")
+        raise UsageError(f'--model-config {path} has no "model_type" (e.g. "gpt2" or "llama").')
     try:
         config = AutoConfig.for_model(model_type, **raw)
     except (ValueError, KeyError) as exc:

@@ -56,11 +56,23 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
         save_model_folder(m, tokenizer, folder, state_dict)
 
     return runner.execute(
-        ctx, model=model, train=train, val=val, lr=s.lr or 1e-3, provenance=provenance, write_model=write,
+        ctx,
+        model=model,
+        train=train,
+        val=val,
+        lr=s.lr or 1e-3,
+        provenance=provenance,
+        write_model=write,
         export=write,
-        describe={"tokenizer": kind, "vocab_size": len(tokenizer), "model_type": config.model_type,
-                  "parameters": sum(p.numel() for p in model.parameters()), "block_size": block,
-                  "train_tokens": train.tokens, "val_tokens": val.tokens if val is not None else 0},
+        describe={
+            "tokenizer": kind,
+            "vocab_size": len(tokenizer),
+            "model_type": config.model_type,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "block_size": block,
+            "train_tokens": train.tokens,
+            "val_tokens": val.tokens if val is not None else 0,
+        },
     )
 
 
@@ -68,6 +80,7 @@ def _model_config(s: TrainSettings, tokenizer: Any) -> Any:
     vocab, eot = len(tokenizer), toks.eot_id(tokenizer)
     if s.model_config:
         return presets.config_from_json(s.model_config, vocab, eot)
-    shape = presets.resolve_shape(s.preset, n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd,
-                                  block_size=s.block_size, dropout=s.dropout)
+    shape = presets.resolve_shape(
+        s.preset, n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block_size, dropout=s.dropout
+    )
     return presets.build_config(s.arch, shape, vocab, eot)

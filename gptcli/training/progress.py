@@ -35,8 +35,13 @@ class Reporter:
             # TimeRemainingColumn estimates speed only from updates within its last 30 s, so when progress
             # updates are further apart (slow steps, --log-every) it never has two and stays at -:--:--.
             self._bar = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                TextColumn("{task.fields[eta]}"), console=console.err_console(), transient=False,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TextColumn("{task.fields[eta]}"),
+                console=console.err_console(),
+                transient=False,
             )
             self._task = self._bar.add_task("train", total=total, completed=start, stats="", eta="")
             self._bar.start()
@@ -57,8 +62,10 @@ class Reporter:
             stats = f"loss {loss:.4f}{val} | lr {lr:.2e} | {format_rate(tokens_per_s)} tok/s"
             self._bar.update(self._task, completed=step, stats=stats, eta=f"eta {format_duration(eta_s)}")
         else:
-            console.info(f"step {step}/{self.total} | loss {loss:.4f}{val} | lr {lr:.2e} | "
-                         f"{format_rate(tokens_per_s)} tok/s | eta {format_duration(eta_s)}")
+            console.info(
+                f"step {step}/{self.total} | loss {loss:.4f}{val} | lr {lr:.2e} | "
+                f"{format_rate(tokens_per_s)} tok/s | eta {format_duration(eta_s)}"
+            )
 
     def evaluated(self, step: int, val_loss: float, best: bool) -> None:
         self.val = val_loss

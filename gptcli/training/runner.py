@@ -120,19 +120,24 @@ def val_fraction(s: TrainSettings, n_tokens: int, block_size: int, say: Callable
     if packing.val_holds_a_block(n_tokens, DEFAULT_VAL_SPLIT, block_size):
         return DEFAULT_VAL_SPLIT
     held = n_tokens - int(n_tokens * (1 - DEFAULT_VAL_SPLIT))
-    say(f"no validation: the default --val-split ({DEFAULT_VAL_SPLIT:g}, {held:,} of {n_tokens:,} tokens) cannot hold one "
-        f"block of {block_size + 1} tokens, so all the data trains. Pass --val-data (or a larger --val-split) to validate.")
+    say(
+        f"no validation: the default --val-split ({DEFAULT_VAL_SPLIT:g}, {held:,} of {n_tokens:,} tokens) cannot hold one "
+        f"block of {block_size + 1} tokens, so all the data trains. Pass --val-data (or a larger --val-split) to validate."
+    )
     return 0.0
 
 
 def check_block_size(block_size: int, context: int, what: str) -> None:
     if block_size > context:
-        raise UsageError(f"--block-size {block_size} is larger than the model's context ({context} tokens) of {what}.",
-                         hint=f"Use --block-size {context} or less.")
+        raise UsageError(
+            f"--block-size {block_size} is larger than the model's context ({context} tokens) of {what}.",
+            hint=f"Use --block-size {context} or less.",
+        )
 
 
-def blocks(ids: Any, mask: Any | None, block_size: int, val_fraction: float,
-           val_stream: tuple[Any, Any | None] | None) -> tuple[packing.Blocks, packing.Blocks | None]:
+def blocks(
+    ids: Any, mask: Any | None, block_size: int, val_fraction: float, val_stream: tuple[Any, Any | None] | None
+) -> tuple[packing.Blocks, packing.Blocks | None]:
     """Training and validation blocks: the validation data's own stream (val_stream: ids, mask)
     when given, else the last val_fraction of the training stream."""
     if val_stream is None:
@@ -141,7 +146,9 @@ def blocks(ids: Any, mask: Any | None, block_size: int, val_fraction: float,
     train = packing.split(ids, mask, 0.0, block_size)[0]
     val = packing.Blocks(val_ids, val_mask, block_size)
     if len(val) < 1:
-        raise InputError(f"the validation data ({len(val_ids):,} tokens) is smaller than one block of {block_size + 1} tokens.")
+        raise InputError(
+            f"the validation data ({len(val_ids):,} tokens) is smaller than one block of {block_size + 1} tokens."
+        )
     return train, val
 
 
@@ -165,9 +172,18 @@ def execute(
         kept = outdir.published(out)  # resuming in place: the earlier run's final model is still there
         saved = _portable({k: v for k, v in s.to_dict().items() if k not in INVOCATION_KEYS})
         configfile.dump(saved, out / outdir.EFFECTIVE_CONFIG)
-        manifest.write(out, command=command, settings=saved, device=str(ctx.runtime.device), world_size=world_size,
-                       extra={"steps": steps, **describe}, prints=provenance.prints, start_step=provenance.start_step,
-                       earlier=provenance.earlier, outputs=kept)
+        manifest.write(
+            out,
+            command=command,
+            settings=saved,
+            device=str(ctx.runtime.device),
+            world_size=world_size,
+            extra={"steps": steps, **describe},
+            prints=provenance.prints,
+            start_step=provenance.start_step,
+            earlier=provenance.earlier,
+            outputs=kept,
+        )
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if ctx.progress:
@@ -178,10 +194,23 @@ def execute(
                 + (f" | {len(val):,} validation blocks" if val is not None else "")
                 + f" | {steps:,} steps of {s.batch_size * s.grad_accum * world_size} sequences"
             )
-    job = engine.Job(model=model, train=train, val=val, settings=s, runtime=ctx.runtime, rank=ctx.rank,
-                     world_size=world_size, out=out, steps=steps, lr=lr, write_model=write_model,
-                     resume_from=resume_from, resume_state=ctx.resume_state,
-                     resume_command=resume_command(command, s), extra_summary={"command": command})
+    job = engine.Job(
+        model=model,
+        train=train,
+        val=val,
+        settings=s,
+        runtime=ctx.runtime,
+        rank=ctx.rank,
+        world_size=world_size,
+        out=out,
+        steps=steps,
+        lr=lr,
+        write_model=write_model,
+        resume_from=resume_from,
+        resume_state=ctx.resume_state,
+        resume_command=resume_command(command, s),
+        extra_summary={"command": command},
+    )
     summary = engine.run(job, reporter_enabled=ctx.progress)
     if job.is_main:
         from gptcli.training.export import publish
@@ -221,15 +250,18 @@ def provenance(ctx: Setup) -> Provenance:
     earlier = manifest.segments_before(manifest.read(resume_from.parent.parent / manifest.NAME), step)
     changes = manifest.data_changes(earlier[-1], prints) if earlier else []
     if changes:
-        console.warn(f"the data differ from what steps {int(earlier[-1].get('start_step') or 0)}-{step} were trained on "
-                     f"({', '.join(changes[:5])}{' ...' if len(changes) > 5 else ''}); training continues on the data "
-                     "as it is now, so this is not an exact continuation. run.json keeps the fingerprints of both "
-                     "(\"segments\").")
+        console.warn(
+            f"the data differ from what steps {int(earlier[-1].get('start_step') or 0)}-{step} were trained on "
+            f"({', '.join(changes[:5])}{' ...' if len(changes) > 5 else ''}); training continues on the data "
+            "as it is now, so this is not an exact continuation. run.json keeps the fingerprints of both "
+            '("segments").'
+        )
     return Provenance(prints, step, earlier)
 
 
 def _portable(values: dict[str, Any]) -> dict[str, Any]:
     """Local paths made absolute, so `--resume auto` works from any working directory."""
+
     def fix(p: Any) -> Any:
         if not isinstance(p, str) or p == "-":
             return p

@@ -14,8 +14,17 @@ from typing import Any
 
 
 class BlockSampler:
-    def __init__(self, n_blocks: int, batch_size: int, grad_accum: int, world_size: int, rank: int, seed: int,
-                 block_size: int = 0, stream_len: int = 0):
+    def __init__(
+        self,
+        n_blocks: int,
+        batch_size: int,
+        grad_accum: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        block_size: int = 0,
+        stream_len: int = 0,
+    ):
         self.n, self.B, self.A = n_blocks, batch_size, grad_accum
         self.world, self.rank, self.seed = world_size, rank, seed
         self.T, self.L = block_size, stream_len  # for starts(): token positions instead of block indices
@@ -66,6 +75,8 @@ class BlockSampler:
         start = step * self.samples_per_step + (micro * self.world + self.rank) * self.B
         g = torch.arange(start, start + self.B)
         blocks = self.indices(step, micro)
-        shifts = torch.tensor([self.shift(int(e)) for e in g // self.n]) if self.n else torch.zeros(self.B, dtype=torch.long)
+        shifts = (
+            torch.tensor([self.shift(int(e)) for e in g // self.n]) if self.n else torch.zeros(self.B, dtype=torch.long)
+        )
         last = self.L - self.T - 1  # the last window that still has T+1 tokens
         return torch.clamp(blocks * self.T + shifts, max=last)

@@ -94,14 +94,17 @@ def normalise_key(key: str) -> str:
     return key.strip().lstrip("-").replace("-", "_")
 
 
-def merge(cli: dict[str, Any], file_values: dict[str, Any] | None = None, *, source: str = "config file") -> TrainSettings:
+def merge(
+    cli: dict[str, Any], file_values: dict[str, Any] | None = None, *, source: str = "config file"
+) -> TrainSettings:
     """Command line over config file over defaults."""
     values: dict[str, Any] = {}
     for key, value in (file_values or {}).items():
         name = normalise_key(key)
         if name not in FIELD_NAMES:
-            raise UsageError(f"{source}: unknown setting '{key}'.",
-                             hint="Use the long option names, e.g. n-layer: 4 or n_layer = 4.")
+            raise UsageError(
+                f"{source}: unknown setting '{key}'.", hint="Use the long option names, e.g. n-layer: 4 or n_layer = 4."
+            )
         values[name] = _coerce(name, value, source)
     values.update({k: v for k, v in cli.items() if v is not None})
     settings = TrainSettings(**values)
@@ -134,11 +137,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{source}: '{name.replace('_', '-')}' has an invalid value {value!r} ({kind.split(' ')[0]} expected).") from None
+        raise UsageError(
+            f"{source}: '{name.replace('_', '-')}' has an invalid value {value!r} ({kind.split(' ')[0]} expected)."
+        ) from None
 
 
 def validate(s: TrainSettings, *, command: str) -> TrainSettings:
     """Check every value users can get wrong; exit 2 with one line before any work."""
+
     def bad(msg: str, hint: str | None = None):
         raise UsageError(msg, hint=hint)
 
@@ -197,8 +203,10 @@ def validate(s: TrainSettings, *, command: str) -> TrainSettings:
     if s.merge and not s.lora:
         bad("--merge only applies to --lora finetuning.")
     if s.fsdp and s.lora:
-        bad("--fsdp shards full-weight training; it does not support --lora adapters.",
-            hint="Drop --fsdp: under torchrun --lora trains data-parallel (DDP).")
+        bad(
+            "--fsdp shards full-weight training; it does not support --lora adapters.",
+            hint="Drop --fsdp: under torchrun --lora trains data-parallel (DDP).",
+        )
     from gptcli.runtime import parse_device
 
     s.device = parse_device(s.device)

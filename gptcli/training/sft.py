@@ -64,8 +64,10 @@ def completion_examples(tok: Any, records: list[dict[str, Any]]) -> tuple[list[l
     for rec in records:
         for key in ("prompt", "completion"):
             if not isinstance(rec.get(key), str):
-                raise InputError(f"{_where(rec)} needs a string \"{key}\" field.",
-                                 hint="Each line: {\"prompt\": \"...\", \"completion\": \"...\"}")
+                raise InputError(
+                    f'{_where(rec)} needs a string "{key}" field.',
+                    hint='Each line: {"prompt": "...", "completion": "..."}',
+                )
         p, c = _encode(tok, rec["prompt"]), _encode(tok, rec["completion"])
         ids.append(p + c)
         masks.append([False] * len(p) + [True] * len(c))
@@ -74,15 +76,22 @@ def completion_examples(tok: Any, records: list[dict[str, Any]]) -> tuple[list[l
 
 def chat_examples(tok: Any, records: list[dict[str, Any]]) -> tuple[list[list[int]], list[list[bool]]]:
     if not getattr(tok, "chat_template", None):
-        raise InputError("this model's tokenizer has no chat template, so chat data cannot be formatted.",
-                         hint="Use prompt/completion JSONL (--format completion) or a model with a chat template.")
+        raise InputError(
+            "this model's tokenizer has no chat template, so chat data cannot be formatted.",
+            hint="Use prompt/completion JSONL (--format completion) or a model with a chat template.",
+        )
     ids, masks = [], []
     for rec in records:
         messages = rec.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
         ):
-            raise InputError(f"{_where(rec)}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} strings.")
+            raise InputError(f'{_where(rec)}: "messages" must be a non-empty list of {{"role", "content"}} strings.')
         if not any(m["role"] == "assistant" for m in messages):
             raise InputError(f"{_where(rec)} has no assistant message to learn from.")
         seq, mask = _render_chat(tok, [{"role": m["role"], "content": m["content"]} for m in messages], _where(rec))
@@ -93,6 +102,7 @@ def chat_examples(tok: Any, records: list[dict[str, Any]]) -> tuple[list[list[in
 
 def _render_chat(tok: Any, messages: list[dict[str, str]], where: str) -> tuple[list[int], list[bool]]:
     """Render turn by turn; each assistant reply (after its header) is a target, the rest context."""
+
     def render(msgs, gen_prompt=False) -> str:
         try:
             return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen_prompt)
@@ -107,13 +117,17 @@ def _render_chat(tok: Any, messages: list[dict[str, str]], where: str) -> tuple[
             header = render(messages[:i], gen_prompt=True)
             full = render(messages[: i + 1])
             if not header.startswith(done) or not full.startswith(header):
-                raise InputError(f"{where}: the chat template does not render turns as prefixes; cannot mask the prompt.")
-            context, reply = header[len(done):], full[len(header):]
+                raise InputError(
+                    f"{where}: the chat template does not render turns as prefixes; cannot mask the prompt."
+                )
+            context, reply = header[len(done) :], full[len(header) :]
         else:
             full = render(messages[: i + 1])
             if not full.startswith(done):
-                raise InputError(f"{where}: the chat template does not render turns as prefixes; cannot mask the prompt.")
-            context, reply = full[len(done):], ""
+                raise InputError(
+                    f"{where}: the chat template does not render turns as prefixes; cannot mask the prompt."
+                )
+            context, reply = full[len(done) :], ""
         c, r = _encode(tok, context), _encode(tok, reply)
         seq += c + r
         mask += [False] * len(c) + [True] * len(r)
@@ -133,4 +147,3 @@ def build(tok: Any, paths: list[str], fmt: str, text_field: str) -> tuple[list[l
         return text_examples(tok, paths, text_field), None
     records = load_records(paths)
     return completion_examples(tok, records) if fmt == "completion" else chat_examples(tok, records)
-

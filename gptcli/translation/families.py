@@ -66,7 +66,9 @@ def _token_id(tok: Any, vocab: dict[str, int], token: str | None) -> int | None:
         found = tok.convert_tokens_to_ids(token)
     except (KeyError, ValueError, TypeError, AttributeError):
         return None
-    if not isinstance(found, int) or (found == getattr(tok, "unk_token_id", None) and token != getattr(tok, "unk_token", None)):
+    if not isinstance(found, int) or (
+        found == getattr(tok, "unk_token_id", None) and token != getattr(tok, "unk_token", None)
+    ):
         return None
     return found
 
@@ -120,7 +122,12 @@ def make_plan(lm: LoadedModel, source: Language | None, target: Language) -> Pla
     """Check that the model can translate source -> target and say how; a UsageError otherwise."""
     kind = detect_kind(lm)
     builder = {
-        "marian": _marian, "t5": _t5, "m2m100": _m2m100, "nllb": _nllb, "mbart": _mbart, "fsmt": _fsmt,
+        "marian": _marian,
+        "t5": _t5,
+        "m2m100": _m2m100,
+        "nllb": _nllb,
+        "mbart": _mbart,
+        "fsmt": _fsmt,
     }.get(kind, _generic)
     plan = builder(lm, kind, source, target)
     if plan.source is not None and plan.source.code == plan.target.code:
@@ -128,8 +135,13 @@ def make_plan(lm: LoadedModel, source: Language | None, target: Language) -> Pla
     return plan
 
 
-def _check_declared(lm: LoadedModel, declared_src: Language | None, declared_tgt: Language | None,
-                    source: Language | None, target: Language) -> Language | None:
+def _check_declared(
+    lm: LoadedModel,
+    declared_src: Language | None,
+    declared_tgt: Language | None,
+    source: Language | None,
+    target: Language,
+) -> Language | None:
     requested = _pair_text(source, target)
     if declared_tgt is not None and declared_tgt != target:
         what = f"translates {_pair_text(declared_src, declared_tgt)}"
@@ -188,8 +200,9 @@ def _t5(lm: LoadedModel, kind: str, source: Language | None, target: Language) -
     return Plan(kind, target, source, prefix=f"translate {source.name} to {target.name}: ")
 
 
-def _language_token_plan(lm: LoadedModel, kind: str, source: Language | None, target: Language,
-                         code_of: Callable[[Language], str | None]) -> Plan:
+def _language_token_plan(
+    lm: LoadedModel, kind: str, source: Language | None, target: Language, code_of: Callable[[Language], str | None]
+) -> Plan:
     tok = lm.tokenizer
     vocab = _vocab(tok)
     source = _need_source(lm, kind, source)

@@ -147,8 +147,14 @@ def resolve(value: str, flag: str) -> Language:
         label = str(_INDEX[key])
         if label not in suggestions:
             suggestions.append(label)
-    hint = (f"Did you mean {', '.join(suggestions)}?" if suggestions else "Use an ISO 639-1 code such as fr or de, or a name such as French.")
-    raise UsageError(f"unknown language '{value}' for {flag}.", hint=hint + " `gptcli translate --list-languages` lists them.")
+    hint = (
+        f"Did you mean {', '.join(suggestions)}?"
+        if suggestions
+        else "Use an ISO 639-1 code such as fr or de, or a name such as French."
+    )
+    raise UsageError(
+        f"unknown language '{value}' for {flag}.", hint=hint + " `gptcli translate --list-languages` lists them."
+    )
 
 
 def all_languages() -> list[Language]:

@@ -73,8 +73,10 @@ class TranslateStats:
         return self.lines / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def line(self) -> str:
-        return (f"translated {self.lines} lines ({self.pieces} pieces, {self.prompt_tokens} prompt tokens, "
-                f"{self.completion_tokens} generated) in {self.elapsed_s:.2f} s: {self.lines_per_s:.1f} lines/s")
+        return (
+            f"translated {self.lines} lines ({self.pieces} pieces, {self.prompt_tokens} prompt tokens, "
+            f"{self.completion_tokens} generated) in {self.elapsed_s:.2f} s: {self.lines_per_s:.1f} lines/s"
+        )
 
 
 def split_sentences(text: str) -> list[str]:
@@ -86,7 +88,7 @@ def _units(text: str, boundary: re.Pattern) -> list[str]:
     units, start = [], 0
     for match in boundary.finditer(text):
         if match.end() > start and match.start() > start:
-            units.append(text[start:match.end()])
+            units.append(text[start : match.end()])
             start = match.end()
     units.append(text[start:])
     return [u for u in units if u.strip()]
@@ -114,8 +116,15 @@ def one_line(text: str) -> str:
 class Translator:
     """Translates lines with one loaded model and one plan (from `families.make_plan`)."""
 
-    def __init__(self, lm: LoadedModel, plan: Plan, params: SamplingParams, *, max_new_tokens: int | None = None,
-                 batch_size: int = 16):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        plan: Plan,
+        params: SamplingParams,
+        *,
+        max_new_tokens: int | None = None,
+        batch_size: int = 16,
+    ):
         self.lm, self.plan, self.params = lm, plan, params
         self.max_new_tokens = max_new_tokens  # None: sized from each source's length
         self.batch_size = batch_size
@@ -130,7 +139,9 @@ class Translator:
             overhead = len(prompt_ids(lm, plan, ""))
             self.budget = int((context - overhead - 8) / (1 + _OUTPUT_RATIO))
         if self.budget < 1:
-            raise UsageError(f"model '{lm.name}' has a context of {context} tokens: too short for a translation prompt.")
+            raise UsageError(
+                f"model '{lm.name}' has a context of {context} tokens: too short for a translation prompt."
+            )
 
     # ------------------------------------------------------------------ pieces
 
@@ -181,8 +192,10 @@ class Translator:
 
     def _warning(self, line: Line, cut: int) -> str:
         what = "a sentence" if cut == 1 else f"{cut} sentences"
-        return (f"line {line.number}: {what} too long for the model's context ({self.lm.context_length} tokens; "
-                f"source pieces of at most {self.budget}) cut at clauses or words and translated in parts.")
+        return (
+            f"line {line.number}: {what} too long for the model's context ({self.lm.context_length} tokens; "
+            f"source pieces of at most {self.budget}) cut at clauses or words and translated in parts."
+        )
 
     def request(self, text: str) -> Request:
         wanted = self.max_new_tokens or 2 * self.count(text) + 10
@@ -191,7 +204,9 @@ class Translator:
             params = self.params.updated(max_new_tokens=max(1, min(wanted, context - 2)))
             return Request(encoder_text=self.plan.prefix + text, params=params)
         ids = prompt_ids(self.lm, self.plan, text)
-        params = self.params.updated(max_new_tokens=max(1, min(wanted, context - len(ids))), stop=stop_strings(self.plan))
+        params = self.params.updated(
+            max_new_tokens=max(1, min(wanted, context - len(ids))), stop=stop_strings(self.plan)
+        )
         return Request(prompt_ids=ids, params=params)
 
     def _text(self, event: Completion) -> str:

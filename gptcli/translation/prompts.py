@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 
 def instruction(text: str, plan: Plan) -> str:
     source = f"{plan.source.name} " if plan.source else ""
-    return (f"Translate the following {source}text into {plan.target.name}. "
-            f"Reply with the translation only, on one line.\n\n{text}")
+    return (
+        f"Translate the following {source}text into {plan.target.name}. "
+        f"Reply with the translation only, on one line.\n\n{text}"
+    )
 
 
 def plain_prompt(text: str, plan: Plan) -> str:
+    assert plan.source is not None  # the plain format is chosen only when the source language is known
     return f"{plan.source.name}: {text}\n{plan.target.name}:"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gptcli.errors import InputError, UsageError
 from gptcli.fileio import split_lines
@@ -58,10 +58,12 @@ def score(hypotheses: list[str], references: list[list[str]]) -> dict:
     from sacrebleu.metrics import BLEU, CHRF
 
     if len(hypotheses) != len(references):
-        raise InputError(f"{len(hypotheses)} translations but {len(references)} references: they must pair up line by line.")
+        raise InputError(
+            f"{len(hypotheses)} translations but {len(references)} references: they must pair up line by line."
+        )
     width = max((len(r) for r in references), default=1)
     # sacrebleu takes one stream per reference slot; None marks a missing one.
-    streams = [[r[k] if k < len(r) else None for r in references] for k in range(width)]
+    streams: list[list[Any]] = [[r[k] if k < len(r) else None for r in references] for k in range(width)]
     bleu, chrf = BLEU(), CHRF()
     b = bleu.corpus_score(hypotheses, streams)
     c = chrf.corpus_score(hypotheses, streams)

@@ -46,7 +46,7 @@ class _Parser:
             return None  # blank lines between records carry nothing
         obj = parse_json_line(text, self.source, number)
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise InputError(f"{self.source} line {number} needs a \"text\" string, like {{\"id\": 1, \"text\": \"Hello\"}}.")
+            raise InputError(f'{self.source} line {number} needs a "text" string, like {{"id": 1, "text": "Hello"}}.')
         return Line(number, obj["text"], obj)
 
 
