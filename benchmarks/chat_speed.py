@@ -155,7 +155,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from gptcli.cli.stats import describe_load
+    from gptcli.cli.output import describe_load
     from gptcli.loading import open_model
 
     model = args.model or str(build_model(Path(tempfile.gettempdir()) / "gptcli-bench-chat-gpt2-124m"))

@@ -5,7 +5,7 @@ _gptcli() {
         case "$w" in -*) ;; *) cmd="$w"; break ;; esac
     done
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "chat completion eval finetune generate models train translate --version --help -h" -- "$cur")); return ;;
+        "") COMPREPLY=($(compgen -W "chat completion eval finetune generate models prepare train translate --version --help -h" -- "$cur")); return ;;
         chat)
             case "$prev" in
                 --system|-s) return ;;
@@ -53,6 +53,7 @@ _gptcli() {
                 --format) COMPREPLY=($(compgen -W "auto text completion chat" -- "$cur")); return ;;
                 --val-split) return ;;
                 --val-data) return ;;
+                --cache) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --block-size) return ;;
                 --lora-r) return ;;
                 --lora-alpha) return ;;
@@ -82,7 +83,7 @@ _gptcli() {
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --format --val-split --val-data --block-size --lora --lora-r --lora-alpha --lora-dropout --lora-targets --merge --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --fsdp --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --format --val-split --val-data --cache --block-size --lora --lora-r --lora-alpha --lora-dropout --lora-targets --merge --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --fsdp --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         generate)
             case "$prev" in
@@ -109,14 +110,28 @@ _gptcli() {
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--json --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
+        prepare)
+            case "$prev" in
+                --val-data) return ;;
+                --text-field) return ;;
+                --cache) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokenizer) return ;;
+                --tokenizer-type) COMPREPLY=($(compgen -W "bpe char bytes" -- "$cur")); return ;;
+                --vocab-size) return ;;
+                --tokenizer-sample-mb) return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--val-data --text-field --cache --tokenizer --tokenizer-type --vocab-size --tokenizer-sample-mb --json --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            ;;
         train)
             case "$prev" in
                 --text-field) return ;;
                 --val-split) return ;;
                 --val-data) return ;;
+                --cache) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer) return ;;
                 --tokenizer-type) COMPREPLY=($(compgen -W "bpe char bytes" -- "$cur")); return ;;
                 --vocab-size) return ;;
+                --tokenizer-sample-mb) return ;;
                 --arch) COMPREPLY=($(compgen -W "gpt2 llama" -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -W "tiny micro mini small gpt2 gpt2-medium" -- "$cur")); return ;;
                 --n-layer) return ;;
@@ -149,7 +164,7 @@ _gptcli() {
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--text-field --val-split --val-data --tokenizer --tokenizer-type --vocab-size --arch --preset --n-layer --n-head --n-embd --block-size --dropout --model-config --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --fsdp --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--text-field --val-split --val-data --cache --tokenizer --tokenizer-type --vocab-size --tokenizer-sample-mb --arch --preset --n-layer --n-head --n-embd --block-size --dropout --model-config --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --fsdp --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         translate)
             case "$prev" in

@@ -18,7 +18,7 @@ def known_values() -> dict[str, tuple[str, ...]]:
     """Values worth completing for options and arguments declared as plain strings, read from the
     same tables the commands validate against (all torch-free), so the scripts cannot drift."""
     from gptcli import bundled
-    from gptcli.runtime import DTYPE_CHOICES
+    from gptcli.runtime import DEVICE_CHOICES, DTYPE_CHOICES
     from gptcli.training.presets import PRESETS
     from gptcli.training.settings import ARCHS, FORMATS, PRECISIONS, SCHEDULES, TOKENIZER_TYPES
     from gptcli.translation.languages import LANGUAGES
@@ -26,7 +26,7 @@ def known_values() -> dict[str, tuple[str, ...]]:
     languages = tuple(LANGUAGES)
     return {
         "--model": tuple(bundled.names()),
-        "--device": ("auto", "cpu", "cuda", "mps"),
+        "--device": tuple(c for c in DEVICE_CHOICES if not c.endswith(":N")),  # a pattern, not a value
         "--dtype": tuple(DTYPE_CHOICES),
         "--precision": PRECISIONS,
         "--tokenizer-type": TOKENIZER_TYPES,

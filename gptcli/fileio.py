@@ -18,17 +18,20 @@ replaced folder on its way out); a failed build removes its own, and
 
 Reading: lines end at "\\n" (or "\\r\\n") only. `str.splitlines()` also splits at form feeds,
 U+2028, U+2029, U+0085 and other characters that are valid inside a JSON string or a
-sentence, so a JSONL record or an input line holding one would be cut in two.
+sentence, so a JSONL record or an input line holding one would be cut in two. For the
+same reason every JSON line gptcli writes comes from `json_line`, which escapes them.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from gptcli.errors import GptcliError, UsageError
 
@@ -258,3 +261,43 @@ def remove_stale_folders(parent: Path, prefixes: tuple[str, ...] = (".tmp-", ".o
             and not entry.is_symlink()
         ):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- JSON Lines
+
+# Valid inside a JSON string, but a line break to str.splitlines() (and to JavaScript's JSON.parse).
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
+
+
+def json_line(obj: Any) -> str:
+    """`obj` as one line of strict JSON that every line reader keeps whole.
+
+    Non-ASCII text stays readable, except the three characters other readers split lines at.
+    These only ever occur inside JSON strings, where the escape means the same character.
+    """
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = _dumps_non_finite(obj)
+    return text.translate(_LINE_BREAKS)
+
+
+def _dumps_non_finite(obj: Any) -> str:
+    """JSON for a value holding inf/nan (read from a `1e999` or a `NaN` in a file): an infinity is
+    written as the number `1e999` (valid JSON that reads back as infinity), NaN as null."""
+    tag = secrets.token_hex(8)
+    tokens = {f"{tag}+": "1e999", f"{tag}-": "-1e999", f"{tag}n": "null"}
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{tag}n" if math.isnan(value) else f"{tag}{'+' if value > 0 else '-'}"
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [swap(v) for v in value]
+        return value
+
+    text = json.dumps(swap(obj), ensure_ascii=False)
+    for placeholder, token in tokens.items():
+        text = text.replace(json.dumps(placeholder), token)
+    return text

@@ -32,7 +32,7 @@ import inspect
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,28 @@ class Completion:
         if self.completion_tokens <= 1 or self.decode_s <= 0:
             return 0.0
         return (self.completion_tokens - 1) / self.decode_s
+
+    def to_record(
+        self, model: str, prompt: str, *, id: Any = None, line: int | None = None, echo: bool = False
+    ) -> dict[str, Any]:
+        """The `generate --json` object: the input (its id, else its prompt), then this completion."""
+        out: dict[str, Any] = {"id": id} if id is not None else {"prompt": prompt}
+        if line is not None:
+            out["line"] = line  # blank lines are skipped, so `index` alone cannot find the input line
+        out.update(
+            index=self.request,
+            sample=self.sample,
+            text=(prompt + self.text) if echo else self.text,
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            seed=self.seed,
+            model=model,
+            ttft_s=round(self.ttft_s, 4),
+            tokens_per_s=round(self.tokens_per_s, 2),
+            elapsed_s=round(self.elapsed_s, 4),
+        )
+        return out
 
 
 @dataclass
@@ -262,7 +284,7 @@ def stream_generate(
     on_truncate: Any = None,
     on_capped: Any = None,
     prompt_cache: PromptCache | None = None,
-) -> Iterator[Piece | Completion]:
+) -> Generator[Piece | Completion, None, None]:
     """Generate for every request; yields Pieces as text appears and a Completion per sequence.
 
     `on_capped(label, max_new_tokens, room)` is called once, for the first request whose
@@ -411,6 +433,7 @@ def _decode_batch(
     track_seen = params.repetition_penalty not in (None, 1.0)
     seen = input_ids.clone() if track_seen else None
     cache_name = cache_kwarg(model)
+    assert cache_name is not None  # supports_fast_decode() sends models without a cache to model.generate
     accepts_positions = "position_ids" in inspect.signature(model.forward).parameters
     max_steps = min(max(s.params.max_new_tokens for s in batch), lm.context_length - width)
     active = list(range(len(batch)))  # batch rows still generating, in cache order
@@ -514,7 +537,7 @@ def _hf_generate_group(lm: LoadedModel, batch: list[_Seq], started: float) -> It
         ids, mask = _left_padded(lm, batch)
         inputs = {"input_ids": ids, "attention_mask": mask}
         prompt_lens = [len(s.prompt_ids) for s in batch]
-    gen_kwargs = dict(
+    gen_kwargs: dict[str, Any] = dict(
         max_new_tokens=max(s.params.max_new_tokens for s in batch),
         num_beams=params.num_beams,
         do_sample=not params.is_greedy,

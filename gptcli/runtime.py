@@ -1,7 +1,8 @@
 """The device-aware runtime every command shares: device, dtype, threads and seed.
 
-`parse_device`/`parse_dtype` only check spelling and never import torch, so bad
-flags fail (exit 2) before anything heavy loads. `resolve_runtime` then checks
+`check_options` (with `parse_device`/`parse_dtype`/`parse_threads`) only checks spelling and
+never imports torch, so bad flags fail (exit 2) before anything heavy loads; every inference
+command calls it first. `resolve_runtime` then checks
 what the machine really has and picks the fastest safe choice for `auto`.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 from gptcli.errors import UsageError
 
+# The spellings --device and --dtype accept: their help, error hints and shell completion read these.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # cuda:N: CUDA device number N
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {
     "fp32": "float32",
@@ -31,7 +34,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 def parse_device(spec: str | None) -> str:
     spec = (spec or os.environ.get("GPTCLI_DEVICE") or "auto").strip().lower()
     if not _DEVICE_RE.match(spec):
-        raise UsageError(f"unknown device '{spec}'.", hint="Use one of: auto, cpu, cuda, cuda:N, mps.")
+        raise UsageError(f"unknown device '{spec}'.", hint=f"Use one of: {', '.join(DEVICE_CHOICES)}.")
     return spec
 
 
@@ -39,8 +42,23 @@ def parse_dtype(spec: str | None) -> str:
     spec = (spec or os.environ.get("GPTCLI_DTYPE") or "auto").strip().lower()
     spec = _DTYPE_ALIASES.get(spec, spec)
     if spec not in DTYPE_CHOICES:
-        raise UsageError(f"unknown dtype '{spec}'.", hint="Use one of: auto, float32, bfloat16, float16.")
+        raise UsageError(f"unknown dtype '{spec}'.", hint=f"Use one of: {', '.join(DTYPE_CHOICES)}.")
     return spec
+
+
+def parse_threads(threads: int | None) -> int | None:
+    """--threads, else GPTCLI_THREADS (ignored unless a whole number); None when neither is given."""
+    if threads is None:
+        env = os.environ.get("GPTCLI_THREADS")
+        threads = int(env) if env and env.isdigit() else None
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1.")
+    return threads
+
+
+def check_options(device: str | None, dtype: str | None, threads: int | None) -> None:
+    """Check --device, --dtype and --threads (and their GPTCLI_* variables) before anything loads."""
+    parse_device(device), parse_dtype(dtype), parse_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,7 @@ class Runtime:
     dtype: Any  # torch.dtype
     dtype_auto: bool = False  # the user left --dtype on auto: the model's size may still refine it
     threads_auto: bool = False  # the user gave no --threads / GPTCLI_THREADS
+    warning: str | None = None  # advice on the choice (slow dtype); the CLI shows it, the core never prints
 
     @property
     def device_type(self) -> str:
@@ -121,18 +140,24 @@ def resolve_device(spec: str) -> Any:
     return torch.device(spec)
 
 
+def dtype_warning(dtype: Any, device: Any) -> str | None:
+    """What to tell the user about running `dtype` on `device`, if anything."""
+    import torch
+
+    if dtype == torch.float16 and device.type == "cpu":
+        # fp16 matmuls on CPU are emulated and slow, but they work; say so.
+        return "float16 on CPU is slow; bfloat16 or float32 are faster here."
+    return None
+
+
 def resolve_dtype(spec: str, device: Any, purpose: str = "inference") -> Any:
-    """Pick the dtype. `purpose` is "inference" or "training" (training keeps fp32 weights)."""
+    """Pick the dtype. `purpose` is "inference" or "training" (training keeps fp32 weights).
+
+    Prints nothing: `dtype_warning` says what to tell the user, `resolve_runtime` keeps it."""
     import torch
 
     if spec != "auto":
-        dtype = getattr(torch, spec)
-        if dtype == torch.float16 and device.type == "cpu":
-            # fp16 matmuls on CPU are emulated and slow, but they work; say so.
-            from gptcli.console import warn
-
-            warn("float16 on CPU is slow; bfloat16 or float32 are faster here.")
-        return dtype
+        return getattr(torch, spec)
     if purpose == "training":
         return torch.float32
     if device.type == "cuda":
@@ -144,13 +169,9 @@ def resolve_dtype(spec: str, device: Any, purpose: str = "inference") -> Any:
 
 def set_threads(threads: int | None) -> bool:
     """Apply --threads / GPTCLI_THREADS. Returns False when neither was given."""
-    if threads is None:
-        env = os.environ.get("GPTCLI_THREADS")
-        threads = int(env) if env and env.isdigit() else None
+    threads = parse_threads(threads)
     if threads is None:
         return False
-    if threads < 1:
-        raise UsageError("--threads must be at least 1.")
     import torch
 
     torch.set_num_threads(threads)
@@ -186,7 +207,7 @@ def fit_to_model(runtime: Runtime, n_params: int) -> Runtime:
     if not small:
         return runtime
     if runtime.dtype_auto and runtime.dtype != torch.float32:
-        return Runtime(runtime.device, torch.float32, runtime.dtype_auto, runtime.threads_auto)
+        return replace(runtime, dtype=torch.float32, warning=dtype_warning(torch.float32, runtime.device))
     return runtime
 
 
@@ -199,11 +220,13 @@ def resolve_runtime(
     device_spec, dtype_spec = parse_device(device), parse_dtype(dtype)
     threads_given = set_threads(threads)
     dev = resolve_device(device_spec)
+    dtype_ = resolve_dtype(dtype_spec, dev, purpose)
     return Runtime(
         device=dev,
-        dtype=resolve_dtype(dtype_spec, dev, purpose),
+        dtype=dtype_,
         dtype_auto=dtype_spec == "auto",
         threads_auto=not threads_given,
+        warning=dtype_warning(dtype_, dev),
     )
 
 

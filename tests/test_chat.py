@@ -590,8 +590,8 @@ def test_history_in_a_missing_folder_fails_before_loading(cli, tmp_path):
 
 @pytest.fixture
 def repl(gpt2_dir):
-    from gptcli.chat.repl import Repl
     from gptcli.chat.session import ChatSession
+    from gptcli.cli.chat_repl import Repl
     from gptcli.sampling import SamplingParams
 
     return Repl(ChatSession(_open(gpt2_dir), SamplingParams(temperature=0.3, top_k=5, greedy=True)))

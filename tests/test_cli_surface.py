@@ -183,15 +183,17 @@ def test_ci_runs_the_readme_blocks_in_one_shell(tmp_path):
     (tmp_path / "tools" / "readme_block.py").write_text((ROOT / "tools" / "readme_block.py").read_text())
     (tmp_path / "README.md").write_text(
         "# x\n<!-- install:begin (note) -->\n```bash\necho install >> ran.txt\nINSTALLED=yes\n```\n<!-- install:end -->\n"
+        '<!-- checks:begin -->\n```bash\necho "checks $INSTALLED" >> ran.txt\n```\n<!-- checks:end -->\n'
         'text\n<!-- test:begin -->\n```bash\necho "tests $INSTALLED" >> ran.txt\n```\n<!-- test:end -->\n'
     )
     p = subprocess.run(
         ["bash", ".ci/run"], cwd=tmp_path, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
     )
     assert p.returncode == 0, p.stderr
-    assert (tmp_path / "ran.txt").read_text() == "install\ntests yes\n"
+    assert (tmp_path / "ran.txt").read_text() == "install\nchecks yes\ntests yes\n"
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "pip install" not in ci and "pytest" not in ci  # everything it runs comes from README.md
+    for command in ("pip install", "pytest", "ruff", "mypy"):  # everything it runs comes from README.md
+        assert command not in ci
 
 
 # --------------------------------------------------------------------------- dependency floors

@@ -18,16 +18,14 @@ What gptcli writes itself is strict JSON on one line: U+2028, U+2029 and U+0085 
 from __future__ import annotations
 
 import json
-import math
 import os
-import secrets
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from gptcli.errors import GptcliError, InputError, UsageError
-from gptcli.fileio import resolve_target, split_lines, write_atomic
+from gptcli.fileio import json_line, resolve_target, split_lines, write_atomic
 from gptcli.inputs import decode_utf8, parse_jsonl, read_text_file
 
 try:
@@ -74,43 +72,6 @@ class Conversation:
 
 
 # --------------------------------------------------------------------------- JSON lines
-
-# Valid inside a JSON string, but a line break to str.splitlines() (and to JavaScript's JSON.parse).
-_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
-
-
-def json_line(obj: Any) -> str:
-    """`obj` as one line of strict JSON that every line reader keeps whole.
-
-    Non-ASCII text stays readable, except the three characters other readers split lines at.
-    These only ever occur inside JSON strings, where the escape means the same character.
-    """
-    try:
-        text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        text = _dumps_non_finite(obj)
-    return text.translate(_LINE_BREAKS)
-
-
-def _dumps_non_finite(obj: Any) -> str:
-    """JSON for a value holding inf/nan (read from a `1e999` or a `NaN` in a file): an infinity is
-    written as the number `1e999` (valid JSON that reads back as infinity), NaN as null."""
-    tag = secrets.token_hex(8)
-    tokens = {f"{tag}+": "1e999", f"{tag}-": "-1e999", f"{tag}n": "null"}
-
-    def swap(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{tag}n" if math.isnan(value) else f"{tag}{'+' if value > 0 else '-'}"
-        if isinstance(value, dict):
-            return {k: swap(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [swap(v) for v in value]
-        return value
-
-    text = json.dumps(swap(obj), ensure_ascii=False)
-    for placeholder, token in tokens.items():
-        text = text.replace(json.dumps(placeholder), token)
-    return text
 
 
 def to_jsonl(records: list[dict[str, Any]]) -> str:
@@ -296,6 +257,7 @@ class HistoryFile:
         if self._unchanged(conv):
             return
         fd = _open_locked(self.path, write=True)
+        assert fd is not None  # opened for writing: created when missing
         try:
             text = _read_fd(fd, self.path)
             lines, rewrite = self._plan(self._merge(split_lines(text)), conv)
@@ -329,13 +291,13 @@ class HistoryFile:
         rewrite = len(lines) < len(current)  # /undo, /reset, /load dropped some of ours
         if conv.system != self.system:  # this process changed the system prompt
             at = [i for i, x in enumerate(lines) if x.message and x.message.role == "system"]
-            if conv.system != (lines[at[-1]].message.content if at else None):
+            last = lines[at[-1]].message if at else None
+            if conv.system != (last.content if last else None):
                 rewrite = True
                 if conv.system is None:
                     lines = [x for i, x in enumerate(lines) if i not in at]
-                elif at:  # the line that set it gets the new text and keeps its other keys
-                    old = lines[at[-1]].message
-                    new = replace(old, content=conv.system, line=None)
+                elif last is not None:  # the line that set it gets the new text and keeps its other keys
+                    new = replace(last, content=conv.system, line=None)
                     lines[at[-1]] = _Line(new.to_line(), new, True)
                 else:
                     new = Message("system", conv.system)

@@ -15,10 +15,13 @@ and generation stops at "\\nUser:" so the model does not write the user's next t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gptcli.chat.history import Message
 from gptcli.errors import InputError
+
+if TYPE_CHECKING:
+    from gptcli.loading import LoadedModel
 
 PLAIN_LABELS = {"user": "User", "assistant": "Assistant"}
 PLAIN_STOP = ("\nUser:",)
@@ -34,7 +37,7 @@ def plain_text(system: str | None, messages: list[Message]) -> str:
 class ChatFormat:
     """How one model's conversations become token ids."""
 
-    def __init__(self, lm: Any):
+    def __init__(self, lm: LoadedModel):
         self.lm = lm
         # Encoder-decoder models read the conversation as source text: the plain format suits them.
         self.templated = bool(lm.has_chat_template) and not lm.is_encoder_decoder

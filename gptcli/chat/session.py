@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gptcli.chat.history import Conversation, HistoryFile, Message
 from gptcli.chat.prompt import ChatFormat
@@ -38,6 +38,26 @@ class Turn:
     @property
     def interrupted(self) -> bool:
         return self.reply.interrupted
+
+    def to_record(self, model: str) -> dict[str, Any]:
+        """The `chat --json` object for this reply."""
+        out: dict[str, Any] = {"role": "assistant", "content": self.reply.content}
+        done = self.completion
+        if done is None:
+            out.update(finish_reason="interrupted", interrupted=True, model=model)
+            return out
+        out.update(
+            finish_reason=done.finish_reason,
+            prompt_tokens=done.prompt_tokens,
+            cached_tokens=done.cached_tokens,
+            completion_tokens=done.completion_tokens,
+            seed=done.seed,
+            model=model,
+            ttft_s=round(done.ttft_s, 4),
+            tokens_per_s=round(done.tokens_per_s, 2),
+            elapsed_s=round(done.elapsed_s, 4),
+        )
+        return out
 
 
 class TrimmedStream:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -64,7 +64,7 @@ app.command("prepare", cls=help_cls.Command)(prepare_cmd.prepare)
 app.command("eval", cls=help_cls.Command)(eval_cmd.evaluate)
 app.command("translate", cls=help_cls.Command)(translate_cmd.translate)
 app.command("models", cls=help_cls.Command)(models_cmd.models)
-app.command("completion", cls=help_cls.Command)(completion_cmd.completion)
+app.command("completion", cls=help_cls.Command)(completion_cmd.command_for(app))
 
 
 def _is_click_error(exc: BaseException) -> bool:
@@ -144,8 +144,9 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:
         if _is_click_error(exc):
-            exc.show()
-            return exc.exit_code
+            click_error: Any = exc  # Typer's vendored Click exception, duck-typed (see _is_click_error)
+            click_error.show()
+            return int(click_error.exit_code)
         if _debug():
             traceback.print_exc()
         _flush_quietly()
@@ -159,7 +160,8 @@ def _out_of_memory(exc: BaseException) -> str | None:
     Loading a shared library then fails with "failed to map segment", and numpy wraps that in
     a page of installation advice that does not apply.
     """
-    chain, seen = [], exc
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
     while seen is not None and len(chain) < 20:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__

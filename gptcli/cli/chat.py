@@ -61,11 +61,11 @@ def chat(
     Examples: gptcli chat · gptcli chat --system "Answer briefly." ·
     echo "and then?" | gptcli chat --history story.jsonl · gptcli chat --jsonl --json < messages.jsonl
     """
-    from gptcli import console
     from gptcli.chat.history import HistoryFile, Message, parse_messages
+    from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_stdin, stdin_is_tty
-    from gptcli.runtime import parse_device, parse_dtype
+    from gptcli.runtime import check_options
     from gptcli.sampling import SamplingParams
 
     # Everything the user typed or piped is checked before any model loads.
@@ -80,7 +80,7 @@ def chat(
         stop=stop or None,
         seed=seed,
     )
-    parse_device(device), parse_dtype(dtype)
+    check_options(device, dtype, threads)
     interactive = message is None and stdin_is_tty()
     if interactive and (jsonl or as_json):
         raise UsageError(
@@ -103,9 +103,9 @@ def chat(
     conversation = history_file.load() if history_file else None
 
     from gptcli.chat.session import ChatSession
-    from gptcli.cli.stats import describe_load, stats_line
     from gptcli.loading import open_model
 
+    out = Output(as_json=as_json, stats=stats)
     lm, load_s = open_model(
         model,
         device=device,
@@ -114,18 +114,17 @@ def chat(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    if stats:
-        console.info(describe_load(lm, load_s))
-    session = ChatSession(lm, params, conversation, history_file, notice=console.info)
+    out.loaded(lm, load_s)
+    session = ChatSession(lm, params, conversation, history_file, notice=out.note)
     if system is not None:
         session.conv.system = system or None  # written to --history with the first exchange
     if interactive:
-        from gptcli.chat.repl import Repl
+        from gptcli.cli.chat_repl import Repl
 
         if conversation and conversation.messages:
-            console.info(f"Continuing the conversation in {history} ({len(conversation.messages)} messages).")
-        Repl(session, stats=stats_line if stats else None).run()
+            out.note(f"Continuing the conversation in {history} ({len(conversation.messages)} messages).")
+        Repl(session, out).run()
     else:
-        from gptcli.chat.scripted import run_scripted
+        from gptcli.cli.chat_script import run_scripted
 
-        run_scripted(session, inputs, as_json=as_json, stats=stats_line if stats else None)
+        run_scripted(session, inputs, out)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from gptcli.cli import options as opt
+
+if TYPE_CHECKING:
+    from gptcli.data import Document
+    from gptcli.evaluation import ModelScore
 
 EVAL_PANEL = "Evaluation"
 
@@ -101,14 +106,14 @@ def evaluate(
     Examples: gptcli eval story.txt · cat book.txt | gptcli eval --stride 256 ·
     gptcli eval data.jsonl -m tinystories -m ./my-model --json
     """
-    from gptcli import console
+    from gptcli.cli.output import Output
     from gptcli.data import load_documents
     from gptcli.errors import UsageError
     from gptcli.inputs import stdin_is_tty
-    from gptcli.runtime import parse_device, parse_dtype
+    from gptcli.runtime import check_options
 
     # Everything the user typed is checked before any model loads.
-    parse_device(device), parse_dtype(dtype)
+    check_options(device, dtype, threads)
     for name, value in (
         ("--batch-size", batch_size),
         ("--stride", stride),
@@ -133,6 +138,7 @@ def evaluate(
         sources = ["-"]
     if sources.count("-") > 1:
         raise UsageError("'-' (stdin) can be given only once.")
+    documents: Iterable[Document]
     if "-" in sources or concat:
         documents = load_documents(sources, text_field=text_field, max_docs=max_docs)
     else:  # read lazily: --max-tokens reads only the documents it scores
@@ -144,15 +150,16 @@ def evaluate(
         raise UsageError(f"no text to evaluate in {where}.")
 
     from gptcli.evaluation import evaluate_model, prepare_documents
-    from gptcli.evaluation.report import doc_record, print_table, progress_display, summary_record, write_jsonl
     from gptcli.loading import open_model
     from gptcli.runtime import seed_everything
 
+    out = Output(as_json=as_json)
     documents = prepare_documents(documents, concat)
     seed_everything(seed)
     scores = []
-    for spec in models or [None]:
-        lm, _ = open_model(
+    specs: list[str | None] = list(models) if models else [None]  # None: the default model
+    for spec in specs:
+        lm, load_s = open_model(
             spec,
             device=device,
             dtype=dtype,
@@ -160,7 +167,8 @@ def evaluate(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-        with progress_display(f"eval {lm.name}") as bar:
+        out.loaded(lm, load_s)
+        with out.progress(f"eval {lm.name}") as bar:
             score = evaluate_model(
                 lm,
                 documents,
@@ -177,15 +185,30 @@ def evaluate(
                 f"nothing to score: none of the {len(score.docs)} documents has a token to score for {score.model}."
             )
         if score.skipped:
-            console.warn(
+            out.warn(
                 f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} with no token to score."
             )
         if per_doc:  # stream per-document records as each model finishes
-            write_jsonl(doc_record(score.model, d) for d in score.docs)
+            out.records(d.to_record(score.model) for d in score.docs)
         scores.append(score)
     if as_json:
-        write_jsonl(summary_record(s) for s in scores)
-    elif per_doc:
-        print_table(scores, stderr=True)
-    else:
-        print_table(scores)
+        out.records(s.to_record() for s in scores)
+    else:  # with --per-doc, stdout holds the records: the table goes to stderr
+        out.table(COLUMNS, [_row(s) for s in scores], stderr=per_doc)
+
+
+COLUMNS = ("model", "docs", "tokens", "nll/token", "perplexity", "bits/byte", "tokens/s")
+
+
+def _row(s: ModelScore) -> list[str]:
+    from gptcli.cli.output import number
+
+    return [
+        s.model,
+        str(len(s.scored)),
+        f"{s.tokens:,}",
+        number(s.nll, 4),
+        number(s.ppl, 3),
+        number(s.bits_per_byte, 4),
+        f"{s.tokens_per_s:,.0f}",
+    ]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from gptcli.cli import options as opt
+
+if TYPE_CHECKING:
+    from gptcli.cli.output import Output
+    from gptcli.generation import Request
+    from gptcli.inputs import Record
+    from gptcli.loading import LoadedModel
 
 
 def generate(
@@ -52,10 +57,10 @@ def generate(
     Examples: gptcli generate "Once upon a time" · echo "The sea" | gptcli generate -t 50 ·
     gptcli generate --file prompts.jsonl --json
     """
-    from gptcli import console
+    from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_prompt_file
-    from gptcli.runtime import parse_device, parse_dtype
+    from gptcli.runtime import check_options
     from gptcli.sampling import SamplingParams
 
     if list_models:
@@ -75,7 +80,7 @@ def generate(
         stop=stop or None,
         seed=seed,
     )
-    parse_device(device), parse_dtype(dtype)
+    check_options(device, dtype, threads)
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
     if file is not None and prompt is not None:
@@ -88,10 +93,10 @@ def generate(
         records = [Record(gather_prompt(prompt))]
     requests = _requests(records, base, "stdin" if str(file) == "-" else str(file or "stdin"))
 
-    from gptcli.cli.stats import describe_load, stats_line
     from gptcli.generation import Completion, RunStats, stream_generate
     from gptcli.loading import open_model
 
+    out = Output(as_json=as_json, stats=stats)
     lm, load_s = open_model(
         model,
         device=device,
@@ -100,8 +105,7 @@ def generate(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    if stats:
-        console.info(describe_load(lm, load_s))
+    out.loaded(lm, load_s)
     run_stats = RunStats()
     events = stream_generate(
         lm,
@@ -109,13 +113,13 @@ def generate(
         batch_size=batch_size or opt.GENERATE_BATCH_SIZE,
         truncate=truncate,
         stats=run_stats,
-        on_truncate=lambda label, n: console.warn(f"{label} was cut to its last {n} tokens to fit the context."),
-        on_capped=lambda label, n, room: console.warn(
+        on_truncate=lambda label, n: out.warn(f"{label} was cut to its last {n} tokens to fit the context."),
+        on_capped=lambda label, n, room: out.warn(
             f"max_new_tokens {n} is more than the context leaves after {label}: at most {room} new tokens "
             f"(the model's context is {lm.context_length} tokens)."
         ),
     )
-    render = _JsonRenderer(lm, records, requests, echo) if as_json else _TextRenderer(records, requests, echo)
+    render = (_JsonRenderer if as_json else _TextRenderer)(out, lm, records, requests, echo)
     try:
         for event in events:
             if isinstance(event, Completion):
@@ -129,8 +133,7 @@ def generate(
         render.interrupted(run_stats.unfinished)
         raise
     finally:
-        if stats:
-            console.info(stats_line(run_stats))
+        out.run_stats(run_stats)
 
 
 def _requests(records, base, source: str):
@@ -153,23 +156,24 @@ def _requests(records, base, source: str):
 class _InOrder:
     """Hands completions to `emit` in input order (request, then sample), holding early ones back."""
 
-    def __init__(self, records, requests, echo: bool):
-        self.records, self.echo = records, echo
+    def __init__(self, out: Output, lm: LoadedModel, records: list[Record], requests: list[Request], echo: bool):
+        self.out, self.lm, self.records, self.echo = out, lm, records, echo
         # Samples per request; the order is walked, not listed: -n 1000 on many prompts is millions.
         self.counts = [req.params.num_return_sequences for req in requests]
-        self.head = (0, 0) if requests else None  # the (request, sample) output next
-        self.done: dict[tuple[int, int], object] = {}
+        self.head: tuple[int, int] | None = (0, 0) if requests else None  # the (request, sample) output next
+        self.done: dict[tuple[int, int], Any] = {}  # Completions held back until their turn
 
-    def _head(self):
+    def _head(self) -> tuple[int, int] | None:
         return self.head
 
     def _advance(self) -> None:
+        assert self.head is not None  # only called after the head was emitted
         r, s = self.head
         self.head = (r, s + 1) if s + 1 < self.counts[r] else ((r + 1, 0) if r + 1 < len(self.counts) else None)
 
     def _release(self, emit) -> None:
-        while self._head() in self.done:
-            emit(self.done.pop(self._head()))
+        while (head := self._head()) is not None and head in self.done:
+            emit(self.done.pop(head))
             self._advance()
 
     def _flush_all(self, emit) -> None:
@@ -186,26 +190,20 @@ class _TextRenderer(_InOrder):
     live_chars = 0  # characters of the live sequence already printed
 
     def _begin(self, ev) -> None:
-        from gptcli import console
-
         if self.echo and not self.live_started:
-            console.write(self.records[ev.request].prompt)
+            self.out.text(self.records[ev.request].prompt)
         self.live_started = True
 
     def piece(self, ev) -> None:
-        from gptcli import console
-
         if self._head() == (ev.request, ev.sample):
             self._begin(ev)
-            console.write(ev.text)
+            self.out.text(ev.text)
             self.live_chars += len(ev.text)
 
     def completion(self, ev) -> None:
-        from gptcli import console
-
         if self._head() == (ev.request, ev.sample):
             self._begin(ev)
-            console.write("\n")
+            self.out.text("\n")
             self._advance()
             self.live_started, self.live_chars = False, 0
         else:
@@ -213,31 +211,24 @@ class _TextRenderer(_InOrder):
         self._release(self._print_whole)
 
     def interrupted(self, unfinished) -> None:
-        from gptcli import console
-
         for ev in unfinished:
             self.done[(ev.request, ev.sample)] = ev
-        live = self.done.pop(self._head(), None)
+        head = self._head()
+        live = self.done.pop(head, None) if head is not None else None
         if live is not None:
             # Its text is partly on screen: print the rest (any text held back) and end the line.
             self._begin(live)
-            console.write(live.text[self.live_chars :] + "\n")
+            self.out.text(live.text[self.live_chars :] + "\n")
             self.live_started, self.live_chars = False, 0
         self._flush_all(self._print_whole)
 
     def _print_whole(self, ev) -> None:
-        from gptcli import console
-
         prefix = self.records[ev.request].prompt if self.echo else ""
-        console.write(prefix + ev.text + "\n")
+        self.out.text(prefix + ev.text + "\n")
 
 
 class _JsonRenderer(_InOrder):
     """One JSON object per completion, in input order."""
-
-    def __init__(self, lm, records, requests, echo: bool):
-        super().__init__(records, requests, echo)
-        self.lm = lm
 
     def piece(self, ev) -> None:
         pass
@@ -252,26 +243,5 @@ class _JsonRenderer(_InOrder):
         self._flush_all(self._print)
 
     def _print(self, ev) -> None:
-        from gptcli import console
-
-        console.write(json.dumps(self._record(ev), ensure_ascii=False) + "\n")
-
-    def _record(self, ev) -> dict:
         rec = self.records[ev.request]
-        out = {"id": rec.id} if rec.id is not None else {"prompt": rec.prompt}
-        if rec.line is not None:
-            out["line"] = rec.line  # blank lines are skipped, so `index` alone cannot find the input line
-        out.update(
-            index=ev.request,
-            sample=ev.sample,
-            text=(rec.prompt + ev.text) if self.echo else ev.text,
-            finish_reason=ev.finish_reason,
-            prompt_tokens=ev.prompt_tokens,
-            completion_tokens=ev.completion_tokens,
-            seed=ev.seed,
-            model=self.lm.name,
-            ttft_s=round(ev.ttft_s, 4),
-            tokens_per_s=round(ev.tokens_per_s, 2),
-            elapsed_s=round(ev.elapsed_s, 4),
-        )
-        return out
+        self.out.record(ev.to_record(self.lm.name, rec.prompt, id=rec.id, line=rec.line, echo=self.echo))

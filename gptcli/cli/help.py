@@ -73,7 +73,7 @@ class _HelpMixin:
     def format_help(self, ctx, formatter) -> None:
         buffer = _Capture(sys.stdout)
         with redirect_stdout(buffer):
-            super().format_help(ctx, formatter)  # Rich prints to sys.stdout; plain Click writes to formatter
+            super().format_help(ctx, formatter)  # type: ignore[misc]  # a mixin: TyperCommand/TyperGroup have it
         formatter.write(tidy(buffer.getvalue()))
 
 

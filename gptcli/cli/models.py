@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 from gptcli.cli import options as opt
 
 
 def models(as_json: opt.Json = False) -> None:
     """List the models bundled with gptcli (they work offline)."""
-    from gptcli import bundled, console
+    from gptcli import bundled
+    from gptcli.cli.output import Output
 
+    out = Output(as_json=as_json)
     cards = [bundled.card(n) for n in bundled.names()]
     if as_json:
         for c in cards:
-            console.write(json.dumps(c, ensure_ascii=False) + "\n", flush=False)
+            out.record(c, flush=False)
         return
     if not cards:
-        console.info("No bundled models are installed.")
+        out.note("No bundled models are installed.")
         return
     for c in cards:
         mark = " (default)" if c["default"] else ""
         size = c["size_bytes"] / 1e6
-        console.write(f"{c['name']}{mark}\t{size:.1f} MB\t{c.get('description', '')}\n", flush=False)
+        out.text(f"{c['name']}{mark}\t{size:.1f} MB\t{c.get('description', '')}\n", flush=False)
         if c.get("trained_on"):
-            console.write(f"\ttrained on: {c['trained_on']}\n", flush=False)
+            out.text(f"\ttrained on: {c['trained_on']}\n", flush=False)

@@ -11,7 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from gptcli.runtime import DEVICE_CHOICES, DTYPE_CHOICES, SMALL_MODEL_PARAMS
 from gptcli.sampling import SamplingParams
+
+
+def _either(choices: tuple[str, ...]) -> str:
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
+
 
 MODEL_PANEL = "Model and device"
 SAMPLING_PANEL = "Sampling"
@@ -34,7 +40,7 @@ Device = Annotated[
     typer.Option(
         "--device",
         envvar="GPTCLI_DEVICE",
-        help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then CPU. (default: auto)",
+        help=f"{_either(DEVICE_CHOICES)}. auto picks CUDA, then MPS, then CPU. (default: auto)",
         rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),
@@ -44,7 +50,7 @@ Dtype = Annotated[
     typer.Option(
         "--dtype",
         envvar="GPTCLI_DTYPE",
-        help="auto, float32, bfloat16 or float16. auto picks the fastest safe type for the device. (default: auto)",
+        help=f"{_either(DTYPE_CHOICES)}. auto picks the fastest safe type for the device. (default: auto)",
         rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),
@@ -54,7 +60,8 @@ Threads = Annotated[
     typer.Option(
         "--threads",
         envvar="GPTCLI_THREADS",
-        help="CPU threads for PyTorch. (default: 1 for models under 20 M parameters, else PyTorch's own count)",
+        help=f"CPU threads for PyTorch. (default: 1 for models under {SMALL_MODEL_PARAMS // 1_000_000} M parameters, "
+        "else PyTorch's own count)",
         rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),

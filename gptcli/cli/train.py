@@ -53,7 +53,8 @@ Cache = Annotated[
     Optional[Path],
     _opt(
         "--cache",
-        help="Token cache folder: the data are tokenized once into it and reused by later runs, --resume and every torchrun rank (see `gptcli prepare`). (default: $GPTCLI_CACHE_DIR or ~/.cache/gptcli/tokens)",
+        help="Token cache folder: the data are tokenized once into it and reused by later runs, --resume and every "
+        "torchrun rank (see `gptcli prepare`). (default: $GPTCLI_CACHE_DIR or ~/.cache/gptcli/tokens)",
         panel=DATA_PANEL,
     ),
 ]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from gptcli.cli import options as opt
+from gptcli.sampling import SamplingParams
+
+# Translation decodes greedily unless --temperature asks for sampling.
+DEFAULTS = SamplingParams(temperature=0.0)
 
 
 def translate(
@@ -67,7 +70,7 @@ def translate(
         Optional[float],
         typer.Option(
             "--temperature",
-            help="Above 0 samples instead of greedy decoding. (default: 0)",
+            help=f"Above 0 samples instead of greedy decoding. (default: {DEFAULTS.temperature:g})",
             rich_help_panel=opt.SAMPLING_PANEL,
             show_default=False,
         ),
@@ -91,14 +94,14 @@ def translate(
     Examples: gptcli translate "I like tea." --to fr · cat notes.txt | gptcli translate --to fr > notes.fr.txt ·
     gptcli translate --file items.jsonl --to de -m Helsinki-NLP/opus-mt-en-de · gptcli translate -r pairs.tsv --from en --to fr
     """
-    from gptcli import console
+    from gptcli.cli.output import Output
     from gptcli.errors import UsageError
-    from gptcli.runtime import parse_device, parse_dtype
-    from gptcli.sampling import SamplingParams
+    from gptcli.runtime import check_options
     from gptcli.translation import languages
 
+    out = Output(as_json=as_json, stats=stats)
     if list_languages:
-        return _list_languages(as_json)
+        return _list_languages(out)
     # Everything the user typed is checked before any model loads.
     if target is None:
         raise UsageError(
@@ -108,8 +111,7 @@ def translate(
     src = languages.resolve(source, "--from") if source is not None else None
     if src is not None and src == tgt:
         raise UsageError(f"--to and --from are both {tgt}; nothing to translate.")
-    # Translation decodes greedily unless --temperature asks for sampling.
-    params = SamplingParams(temperature=0.0).updated(
+    params = DEFAULTS.updated(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
@@ -119,18 +121,17 @@ def translate(
         seed=seed,
         max_new_tokens=max_new_tokens,
     )
-    parse_device(device), parse_dtype(dtype)
+    check_options(device, dtype, threads)
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
     refs, feed = _inputs(text, file, references)
 
     import warnings
 
-    from gptcli.cli.stats import describe_load
+    from gptcli.cli.output import LineSink
     from gptcli.loading import open_model
     from gptcli.translation.defaults import default_model
     from gptcli.translation.families import apply_plan, make_plan
-    from gptcli.translation.outputs import LineSink
     from gptcli.translation.pipeline import Translator
 
     spec = model
@@ -147,37 +148,38 @@ def translate(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    if stats:
-        console.info(describe_load(lm, load_s))
+    out.loaded(lm, load_s)
     plan = make_plan(lm, src, tgt)
     apply_plan(lm, plan)
     for note in plan.notes:
-        console.warn(note)
+        out.warn(note)
     translator = Translator(
         lm, plan, params, max_new_tokens=max_new_tokens, batch_size=batch_size or opt.TRANSLATE_BATCH_SIZE
     )
 
-    sink = LineSink(output) if (output is not None or refs is None) else None
+    sink = LineSink(out, output) if (output is not None or refs is None) else None
     hypotheses: list[str] = []
     try:
         for result in translator.run(feed):
             if result.warning:
-                console.warn(result.warning)
+                out.warn(result.warning)
             if refs is not None:
                 hypotheses.append(result.text.strip())
             if sink is not None:
                 # JSONL in gives JSONL out: the records come back with "translation" added.
                 structured = (as_json and refs is None) or result.line.record is not None
-                sink.write(json.dumps(result.record(lm.name, plan), ensure_ascii=False) if structured else result.text)
+                if structured:
+                    sink.record(result.to_record(lm.name, plan))
+                else:
+                    sink.line(result.text)
         if sink is not None:
             sink.commit()
     finally:
         if sink is not None:
             sink.discard()
-        if stats:
-            console.info(translator.stats.line())
+        out.stats(translator.stats.line())
     if refs is not None:
-        _report_scores(refs, hypotheses, lm.name, plan, translator.stats, as_json)
+        _report_scores(out, refs, hypotheses, lm.name, plan, translator.stats)
 
 
 def _inputs(text, file, references):
@@ -218,39 +220,28 @@ def _inputs(text, file, references):
     return refs, LineFeed(lines)
 
 
-def _report_scores(refs, hypotheses, model_name, plan, run_stats, as_json) -> None:
-    from gptcli import console
-    from gptcli.translation.scoring import score
+def _report_scores(out, refs, hypotheses, model_name, plan, run_stats) -> None:
+    from gptcli.translation.scoring import score_record
 
-    # Pairs whose source line was empty carry nothing to score.
-    pairs = [(h, r) for h, r in zip(hypotheses, refs.refs) if any(r)]
-    result = score([h for h, _ in pairs], [r for _, r in pairs])
-    result.update(model=model_name, to=plan.target.code, lines_per_s=round(run_stats.lines_per_s, 2))
-    if plan.source is not None:
-        result["from"] = plan.source.code
-    if as_json:
-        console.write(json.dumps(result, ensure_ascii=False) + "\n")
+    result = score_record(refs, hypotheses, model_name, plan, run_stats.lines_per_s)
+    if out.as_json:
+        out.record(result)
         return
     pair = f"{plan.source.code}→{plan.target.code}" if plan.source else f"→{plan.target.code}"
-    console.write(
+    out.text(
         f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})\n"
         f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})\n"
         f"{result['sentences']} sentences, {result['references']} references, model {model_name}, {pair}\n"
     )
 
 
-def _list_languages(as_json: bool) -> None:
-    from gptcli import console
+def _list_languages(out) -> None:
     from gptcli.translation.languages import all_languages
 
     for lang in all_languages():
-        if as_json:
-            console.write(
-                json.dumps(
-                    {"code": lang.code, "name": lang.name, "iso3": lang.iso3, "nllb": lang.nllb, "mbart": lang.mbart},
-                    ensure_ascii=False,
-                )
-                + "\n"
+        if out.as_json:
+            out.record(
+                {"code": lang.code, "name": lang.name, "iso3": lang.iso3, "nllb": lang.nllb, "mbart": lang.mbart}
             )
         else:
-            console.write(f"{lang.code}\t{lang.name}\n")
+            out.text(f"{lang.code}\t{lang.name}\n")

@@ -2,7 +2,8 @@
 
 - windows.py    which tokens each forward pass scores (lm-evaluation-harness rolling windows; pure Python)
 - perplexity.py tokenize documents, score the windows in batches, add up per document
-- report.py     JSON records, the comparison table and the progress display
+(Records come from `DocScore.to_record`/`ModelScore.to_record`; the table and progress are drawn
+by gptcli/cli/evaluate.py through gptcli/cli/output.py.)
 
 Translation metrics (BLEU/chrF) are not here: `gptcli translate --references`
 computes them (gptcli/translation/scoring.py).

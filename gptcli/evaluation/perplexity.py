@@ -46,6 +46,15 @@ LN2 = math.log(2.0)
 class _Metrics:
     """NLL, perplexity and bits per byte from `nll_sum`, `tokens` and `bytes` (both scores share them)."""
 
+    if TYPE_CHECKING:  # fields of DocScore, properties of ModelScore
+
+        @property
+        def nll_sum(self) -> float: ...  # natural-log loss summed over the scored tokens
+        @property
+        def tokens(self) -> int: ...  # scored tokens
+        @property
+        def bytes(self) -> int: ...  # UTF-8 bytes of the scored text
+
     @property
     def nll(self) -> float | None:
         return self.nll_sum / self.tokens if self.tokens else None
@@ -68,6 +77,24 @@ class DocScore(_Metrics):
     bytes: int = 0  # UTF-8 bytes of the text the scored tokens stand for (all of it, unless cut)
     truncated: bool = False  # cut by --max-tokens
     skipped: str | None = None  # why nothing was scored
+
+    def to_record(self, model: str) -> dict:
+        """The `eval --per-doc` object."""
+        rec = {
+            "model": model,
+            "id": self.id,
+            "source": self.source,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "nll": _num(self.nll),
+            "ppl": _num(self.ppl),
+            "bits_per_byte": _num(self.bits_per_byte),
+        }
+        if self.truncated:
+            rec["truncated"] = True
+        if self.skipped:
+            rec["skipped"] = self.skipped
+        return rec
 
 
 @dataclass
@@ -104,6 +131,30 @@ class ModelScore(_Metrics):
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
+    def to_record(self) -> dict:
+        """The `eval --json` summary object."""
+        return {
+            "model": self.model,
+            "documents": len(self.scored),
+            "skipped_documents": self.skipped,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "nll": _num(self.nll),
+            "ppl": _num(self.ppl),
+            "bits_per_byte": _num(self.bits_per_byte),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "elapsed_s": round(self.seconds, 4),
+            "context": self.context,
+            "stride": self.stride,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+
+def _num(x: float | None) -> float | None:
+    """JSON has no NaN/Infinity: an undefined or infinite value is null."""
+    return None if x is None or not math.isfinite(x) else x
+
 
 def _exp(x: float | None) -> float | None:
     if x is None:
@@ -111,9 +162,12 @@ def _exp(x: float | None) -> float | None:
     return math.exp(x) if x < 700 else math.inf
 
 
-def prepare_documents(documents: list[Document], concat: bool) -> list[Document]:
+def prepare_documents(documents: Iterable[Document], concat: bool) -> Iterable[Document]:
     """`--concat`: one document, the texts joined by a blank line (the separator's bytes count)."""
-    if not concat or len(documents) <= 1:
+    if not concat:
+        return documents
+    documents = list(documents)
+    if len(documents) <= 1:
         return documents
     sources = sorted({d.source for d in documents})
     source = sources[0] if len(sources) == 1 else f"{len(sources)} sources"

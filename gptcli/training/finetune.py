@@ -48,6 +48,7 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     if s.val_data and val_fmt == "text" and fmt == "text":
         val_stream = (data.val_tokens(tok, ctx).tokens(), None)
     elif s.val_data:
+        assert val_fmt is not None  # detected above whenever there is validation data
         v_examples, v_masks = sft.build(tok, s.val_data, val_fmt, s.text_field)
         val_stream = packing.stream(v_examples, tok.eos_token_id, v_masks)
     provenance = runner.provenance(ctx)

@@ -16,7 +16,9 @@ def default_model(source: Language | None, target: Language) -> tuple[str, Langu
     """The bundled model for (source, target) and its source language; a UsageError when there is none."""
     for (src, tgt), name in bundled.DEFAULT_TRANSLATION_MODELS.items():
         if tgt == target.code and (source is None or src == source.code) and bundled.path_of(name):
-            return name, find(src)
+            language = find(src)
+            assert language is not None  # the table names known languages
+            return name, language
     pair = f"{source.name}→{target.name}" if source else f"into {target.name}"
     raise UsageError(
         f"no bundled model translates {pair}.",

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptcli.errors import UsageError
 from gptcli.translation.languages import Language, find
+
+if TYPE_CHECKING:
+    from gptcli.loading import LoadedModel
 
 T5_TYPES = ("t5", "mt5", "umt5", "longt5")
 CARD = "gptcli-model.json"
@@ -69,7 +73,7 @@ def _token_id(tok: Any, vocab: dict[str, int], token: str | None) -> int | None:
     return found
 
 
-def model_card(lm: Any) -> dict:
+def model_card(lm: LoadedModel) -> dict:
     """The gptcli-model.json beside a model (bundled models have one), or {}."""
     path = lm.path / CARD
     try:
@@ -78,7 +82,7 @@ def model_card(lm: Any) -> dict:
         return {}
 
 
-def detect_kind(lm: Any) -> str:
+def detect_kind(lm: LoadedModel) -> str:
     config = lm.model.config
     model_type = getattr(config, "model_type", "") or ""
     if not lm.is_encoder_decoder:
@@ -101,20 +105,20 @@ def _pair_text(source: Language | None, target: Language) -> str:
     return f"{source.name} to {target.name}" if source else f"into {target.name}"
 
 
-def _cannot(lm: Any, what: str, requested: str, hint: str | None = None) -> UsageError:
+def _cannot(lm: LoadedModel, what: str, requested: str, hint: str | None = None) -> UsageError:
     return UsageError(
         f"model '{lm.name}' {what}; it cannot translate {requested}.",
         hint=hint or "Pick a model for that pair with --model (e.g. a Marian opus-mt-SRC-TGT or an NLLB model).",
     )
 
 
-def _need_source(lm: Any, kind: str, source: Language | None) -> Language:
+def _need_source(lm: LoadedModel, kind: str, source: Language | None) -> Language:
     if source is None:
         raise UsageError(f"model '{lm.name}' ({kind}) needs --from: it cannot tell the source language.")
     return source
 
 
-def make_plan(lm: Any, source: Language | None, target: Language) -> Plan:
+def make_plan(lm: LoadedModel, source: Language | None, target: Language) -> Plan:
     """Check that the model can translate source -> target and say how; a UsageError otherwise."""
     kind = detect_kind(lm)
     builder = {
@@ -132,7 +136,11 @@ def make_plan(lm: Any, source: Language | None, target: Language) -> Plan:
 
 
 def _check_declared(
-    lm: Any, declared_src: Language | None, declared_tgt: Language | None, source: Language | None, target: Language
+    lm: LoadedModel,
+    declared_src: Language | None,
+    declared_tgt: Language | None,
+    source: Language | None,
+    target: Language,
 ) -> Language | None:
     requested = _pair_text(source, target)
     if declared_tgt is not None and declared_tgt != target:
@@ -146,7 +154,7 @@ def _check_declared(
 _OPUS_NAME = re.compile(r"opus-mt-([a-z]{2,3})-([a-z]{2,3})(?:$|[^a-z])", re.IGNORECASE)
 
 
-def _marian(lm, kind, source, target):
+def _marian(lm: LoadedModel, kind: str, source: Language | None, target: Language) -> Plan:
     tok = lm.tokenizer
     vocab = _vocab(tok)
     tokens = sorted(t for t in vocab if t.startswith(">>") and t.endswith("<<"))
@@ -172,7 +180,7 @@ def _marian(lm, kind, source, target):
     return Plan(kind, target, source)
 
 
-def _t5(lm, kind, source, target):
+def _t5(lm: LoadedModel, kind: str, source: Language | None, target: Language) -> Plan:
     params = getattr(lm.model.config, "task_specific_params", None) or {}
     pairs = {}
     for key, value in params.items():
@@ -192,7 +200,9 @@ def _t5(lm, kind, source, target):
     return Plan(kind, target, source, prefix=f"translate {source.name} to {target.name}: ")
 
 
-def _language_token_plan(lm, kind, source, target, code_of) -> Plan:
+def _language_token_plan(
+    lm: LoadedModel, kind: str, source: Language | None, target: Language, code_of: Callable[[Language], str | None]
+) -> Plan:
     tok = lm.tokenizer
     vocab = _vocab(tok)
     source = _need_source(lm, kind, source)
@@ -202,30 +212,31 @@ def _language_token_plan(lm, kind, source, target, code_of) -> Plan:
         ids[lang.code] = _token_id(tok, vocab, token)
         if ids[lang.code] is None:
             raise _cannot(lm, f"has no language token for {lang.name}", _pair_text(source, target))
+    assert src_token is not None  # a missing token has no id: raised above
     src_code = src_token.strip("_") if kind == "m2m100" else src_token
     return Plan(kind, target, source, src_lang_code=src_code, forced_bos_token_id=ids[target.code])
 
 
-def _m2m100(lm, kind, source, target):
+def _m2m100(lm: LoadedModel, kind: str, source: Language | None, target: Language) -> Plan:
     return _language_token_plan(lm, kind, source, target, lambda lang: f"__{lang.code}__")
 
 
-def _nllb(lm, kind, source, target):
+def _nllb(lm: LoadedModel, kind: str, source: Language | None, target: Language) -> Plan:
     return _language_token_plan(lm, kind, source, target, lambda lang: lang.nllb)
 
 
-def _mbart(lm, kind, source, target):
+def _mbart(lm: LoadedModel, kind: str, source: Language | None, target: Language) -> Plan:
     return _language_token_plan(lm, kind, source, target, lambda lang: lang.mbart)
 
 
-def _fsmt(lm, kind, source, target):
+def _fsmt(lm: LoadedModel, kind: str, source: Language | None, target: Language) -> Plan:
     langs = getattr(lm.model.config, "langs", None) or []
     declared = [find(x) for x in langs] if len(langs) == 2 else [None, None]
     source = _check_declared(lm, declared[0], declared[1], source, target)
     return Plan(kind, target, source)
 
 
-def _generic(lm, kind, source, target):
+def _generic(lm: LoadedModel, kind: str, source: Language | None, target: Language) -> Plan:
     card = model_card(lm).get("translation") or {}
     declared_src = find(card["from"]) if card.get("from") else None
     declared_tgt = find(card["to"]) if card.get("to") else None
@@ -240,7 +251,7 @@ def _generic(lm, kind, source, target):
     return plan
 
 
-def apply_plan(lm: Any, plan: Plan) -> None:
+def apply_plan(lm: LoadedModel, plan: Plan) -> None:
     """Set the tokenizer's source language and the decoder's first token for language-token models."""
     if plan.src_lang_code is not None:
         lm.tokenizer.src_lang = plan.src_lang_code

@@ -47,7 +47,7 @@ class Translation:
     completion_tokens: int = 0
     finish_reasons: list[str] = field(default_factory=list)
 
-    def record(self, model: str, plan: Plan) -> dict:
+    def to_record(self, model: str, plan: Plan) -> dict:
         """The --json object: the input record (or line number and text) plus "translation"."""
         if self.line.record is not None:
             out = dict(self.line.record)

@@ -11,9 +11,12 @@ and generation stops at the end of that line.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gptcli.translation.families import Plan
+
+if TYPE_CHECKING:
+    from gptcli.loading import LoadedModel
 
 
 def instruction(text: str, plan: Plan) -> str:
@@ -25,10 +28,11 @@ def instruction(text: str, plan: Plan) -> str:
 
 
 def plain_prompt(text: str, plan: Plan) -> str:
+    assert plan.source is not None  # the plain format is chosen only when the source language is known
     return f"{plan.source.name}: {text}\n{plan.target.name}:"
 
 
-def prompt_ids(lm: Any, plan: Plan, text: str) -> list[int]:
+def prompt_ids(lm: LoadedModel, plan: Plan, text: str) -> list[int]:
     tok = lm.tokenizer
     if plan.kind == "chat":
         messages = [{"role": "user", "content": instruction(text, plan)}]

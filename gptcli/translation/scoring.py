@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gptcli.errors import InputError, UsageError
 from gptcli.fileio import split_lines
 from gptcli.inputs import read_text_file
 from gptcli.translation.sources import Line
+
+if TYPE_CHECKING:
+    from gptcli.translation.families import Plan
 
 
 @dataclass
@@ -59,7 +63,7 @@ def score(hypotheses: list[str], references: list[list[str]]) -> dict:
         )
     width = max((len(r) for r in references), default=1)
     # sacrebleu takes one stream per reference slot; None marks a missing one.
-    streams = [[r[k] if k < len(r) else None for r in references] for k in range(width)]
+    streams: list[list[Any]] = [[r[k] if k < len(r) else None for r in references] for k in range(width)]
     bleu, chrf = BLEU(), CHRF()
     b = bleu.corpus_score(hypotheses, streams)
     c = chrf.corpus_score(hypotheses, streams)
@@ -71,3 +75,14 @@ def score(hypotheses: list[str], references: list[list[str]]) -> dict:
         "bleu_signature": str(bleu.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
     }
+
+
+def score_record(refs: References, hypotheses: list[str], model: str, plan: Plan, lines_per_s: float) -> dict:
+    """The `translate --references` result: BLEU and chrF of the run, with what produced them."""
+    # Pairs whose source line was empty carry nothing to score.
+    pairs = [(h, r) for h, r in zip(hypotheses, refs.refs) if any(r)]
+    result = score([h for h, _ in pairs], [r for _, r in pairs])
+    result.update(model=model, to=plan.target.code, lines_per_s=round(lines_per_s, 2))
+    if plan.source is not None:
+        result["from"] = plan.source.code
+    return result

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gptcli import console
 from gptcli.chat.history import read_conversation, save_conversation
 from gptcli.chat.session import SETTABLE, ChatSession, TrimmedStream
+from gptcli.cli.output import Output, stats_line
 from gptcli.errors import GptcliError
 from gptcli.interrupts import Terminated
-
-if TYPE_CHECKING:
-    from gptcli.generation import RunStats
 
 BLOCK = '"""'
 
@@ -46,10 +43,6 @@ Typing:
 _CONTROLS = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F]}
 
 
-def _show(text: str) -> None:
-    console.write(text.translate(_CONTROLS))
-
-
 def _prompt_output() -> Any:
     """Where the line editor draws: the terminal. With stdout piped (`gptcli chat | tee log`) that
     is stderr, so stdout gets only the replies, never the editor's prompts and redraw codes."""
@@ -64,12 +57,15 @@ def _prompt_output() -> Any:
 
 
 class Repl:
-    def __init__(self, session: ChatSession, *, stats: Callable[[RunStats], str] | None = None):
+    def __init__(self, session: ChatSession, out: Output | None = None):
         self.session = session
-        self.stats = stats  # how to render a turn's statistics; None shows none
+        self.out = out or Output()
         self.color = console.color_enabled(sys.stdout) and console.color_enabled(sys.stderr)
 
     # ------------------------------------------------------------------ output
+
+    def show(self, text: str) -> None:
+        self.out.text(text.translate(_CONTROLS))
 
     def notice(self, text: str, style: str = "dim") -> None:
         console.err_console().print(text, style=style if self.color else None, markup=False, highlight=False)
@@ -106,7 +102,7 @@ class Repl:
         line = prompts.prompt([("class:you", "you> ")])
         if line.strip() != BLOCK:
             return line
-        lines = []
+        lines: list[str] = []
         while True:
             line = prompts.prompt([("class:more", "...  ")])
             if line.strip() == BLOCK:
@@ -141,7 +137,7 @@ class Repl:
 
     def reply(self, text: str) -> None:
         try:
-            turn = self.session.send(text, on_text=TrimmedStream(_show))
+            turn = self.session.send(text, on_text=TrimmedStream(self.show))
         except GptcliError as exc:
             self.error(exc)
             return
@@ -150,13 +146,13 @@ class Repl:
         except KeyboardInterrupt:  # before generation began: nothing to keep
             self.notice("[interrupted]", style="yellow")
             return
-        console.write("\n")
+        self.out.text("\n")
         if turn.interrupted:
             self.notice("[interrupted: the partial reply is kept]", style="yellow")
         if turn.terminated:
             raise Terminated()
-        if self.stats:
-            self.notice(self.stats(turn.stats))
+        if self.out.show_stats:  # dim like the other notices, not a plain stats line
+            self.notice(stats_line(turn.stats))
 
     # ------------------------------------------------------------------ slash commands
 
