@@ -103,10 +103,9 @@ def chat(
     conversation = history_file.load() if history_file else None
 
     from gptcli.chat.session import ChatSession
-    from gptcli.loading import open_model
 
     out = Output(as_json=as_json, stats=stats)
-    lm, load_s = open_model(
+    lm = out.open_model(
         model,
         device=device,
         dtype=dtype,
@@ -114,7 +113,6 @@ def chat(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    out.loaded(lm, load_s)
     session = ChatSession(lm, params, conversation, history_file, notice=out.note)
     if system is not None:
         session.conv.system = system or None  # written to --history with the first exchange

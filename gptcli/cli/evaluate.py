@@ -150,7 +150,6 @@ def evaluate(
         raise UsageError(f"no text to evaluate in {where}.")
 
     from gptcli.evaluation import evaluate_model, prepare_documents
-    from gptcli.loading import open_model
     from gptcli.runtime import seed_everything
 
     out = Output(as_json=as_json)
@@ -159,7 +158,7 @@ def evaluate(
     scores = []
     specs: list[str | None] = list(models) if models else [None]  # None: the default model
     for spec in specs:
-        lm, load_s = open_model(
+        lm = out.open_model(
             spec,
             device=device,
             dtype=dtype,
@@ -167,7 +166,6 @@ def evaluate(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-        out.loaded(lm, load_s)
         with out.progress(f"eval {lm.name}") as bar:
             score = evaluate_model(
                 lm,

@@ -94,10 +94,9 @@ def generate(
     requests = _requests(records, base, "stdin" if str(file) == "-" else str(file or "stdin"))
 
     from gptcli.generation import Completion, RunStats, stream_generate
-    from gptcli.loading import open_model
 
     out = Output(as_json=as_json, stats=stats)
-    lm, load_s = open_model(
+    lm = out.open_model(
         model,
         device=device,
         dtype=dtype,
@@ -105,7 +104,6 @@ def generate(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    out.loaded(lm, load_s)
     run_stats = RunStats()
     events = stream_generate(
         lm,

@@ -78,11 +78,16 @@ class Output:
         if self.show_stats:
             console.info(stats_line(stats))
 
-    def loaded(self, lm: LoadedModel, seconds: float) -> None:
-        """After a model loads: the runtime's advice (always), then the load line (--stats)."""
+    def open_model(self, spec: str | None, **options: Any) -> LoadedModel:
+        """`loading.open_model(spec, **options)`, then the runtime's advice (always) and the load
+        line (--stats): every inference command opens its model here."""
+        from gptcli.loading import open_model
+
+        lm, seconds = open_model(spec, **options)
         if lm.runtime.warning:
             self.warn(lm.runtime.warning)
         self.stats(describe_load(lm, seconds))
+        return lm
 
     @contextmanager
     def progress(self, label: str, unit: str = "tokens") -> Iterator[Any]:

@@ -129,7 +129,6 @@ def translate(
     import warnings
 
     from gptcli.cli.output import LineSink
-    from gptcli.loading import open_model
     from gptcli.translation.defaults import default_model
     from gptcli.translation.families import apply_plan, make_plan
     from gptcli.translation.pipeline import Translator
@@ -140,7 +139,7 @@ def translate(
         src = src or bundled_src
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library advice (e.g. "install sacremoses") is not the user's business
-        lm, load_s = open_model(
+        lm = out.open_model(
             spec,
             device=device,
             dtype=dtype,
@@ -148,7 +147,6 @@ def translate(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    out.loaded(lm, load_s)
     plan = make_plan(lm, src, tgt)
     apply_plan(lm, plan)
     for note in plan.notes:
