@@ -446,21 +446,23 @@ def _write_gguf(path: Path, model: Any, vocab: Vocab, outtype: str, name: str) -
     tensors = _gguf_tensors(model, config.model_type)
     n_vocab = model.get_input_embeddings().weight.shape[0]
     writer = gguf.GGUFWriter(path=None, arch=ARCHITECTURES[config.model_type])
-    _write_metadata(writer, config, vocab, outtype, name, n_vocab)
-    parameters = 0
-    for tname, data in tensors:
-        qtype = _quant_type(tname, data, outtype)
-        try:
-            packed = gguf.quants.quantize(data, qtype)
-        except gguf.QuantError:  # rows not a multiple of the block size: as llama.cpp's converter, f16
-            qtype = gguf.GGMLQuantizationType.F16
-            packed = gguf.quants.quantize(data, qtype)
-        writer.add_tensor(tname, packed, raw_dtype=qtype)
-        parameters += int(data.size)
-    writer.write_header_to_file(path=path)
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        _write_metadata(writer, config, vocab, outtype, name, n_vocab)
+        parameters = 0
+        for tname, data in tensors:
+            qtype = _quant_type(tname, data, outtype)
+            try:
+                packed = gguf.quants.quantize(data, qtype)
+            except gguf.QuantError:  # rows not a multiple of the block size: as llama.cpp's converter, f16
+                qtype = gguf.GGMLQuantizationType.F16
+                packed = gguf.quants.quantize(data, qtype)
+            writer.add_tensor(tname, packed, raw_dtype=qtype)
+            parameters += int(data.size)
+        writer.write_header_to_file(path=path)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()  # also when a write fails: the caller removes the file
     return len(tensors), parameters
 
 
@@ -503,15 +505,18 @@ def export_gguf(
     warnings = check_config(model.config)
     n_vocab = int(model.get_input_embeddings().weight.shape[0])
     vocab = read_vocab(tokenizer, n_vocab)
-    with AtomicFile(out) as atomic:
-        # The writer opens the temporary file by name; AtomicFile flushes it to disk and renames
-        # it over `out` when the block ends, or deletes it if anything here raises.
-        if outtype == "q4_0":
-            with _scratch_file(out) as source:
-                tensors, parameters = _write_gguf(source, model, vocab, "f32", name)
-                quantize_q4_0(source, atomic.tmp, threads)
-        else:
-            tensors, parameters = _write_gguf(atomic.tmp, model, vocab, outtype, name)
+    try:
+        with AtomicFile(out) as atomic:
+            # The writer opens the temporary file by name; AtomicFile flushes it to disk and renames
+            # it over `out` when the block ends, or deletes it if anything here raises.
+            if outtype == "q4_0":
+                with _scratch_file(out) as source:
+                    tensors, parameters = _write_gguf(source, model, vocab, "f32", name)
+                    quantize_q4_0(source, atomic.tmp, threads)
+            else:
+                tensors, parameters = _write_gguf(atomic.tmp, model, vocab, outtype, name)
+    except OSError as exc:  # a full disk, a file system that refuses the write
+        raise GptcliError(f"cannot write '{out}': {exc.strerror or exc}.") from exc
     return ExportResult(
         path=out,
         architecture=ARCHITECTURES[model.config.model_type],
@@ -545,6 +550,8 @@ class _scratch_file:
 
 def quantize_q4_0(source: Path, target: Path, threads: int | None = None) -> None:
     """Quantize a GGUF file to Q4_0 with llama.cpp's own quantizer (llama-cpp-python)."""
+    import ctypes
+
     try:
         import llama_cpp
     except ImportError as exc:  # checked up front by check_outtype; a broken install lands here
@@ -553,7 +560,7 @@ def quantize_q4_0(source: Path, target: Path, threads: int | None = None) -> Non
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
     params.nthread = threads or 0
-    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if rc != 0:
         raise GptcliError(f"llama.cpp's quantizer failed (code {rc}) on {source}.")
 
