@@ -107,15 +107,32 @@ class Vocab:
 
 
 _SUPPORTED_TOKENIZERS = (
-    "gptcli exports byte-level BPE tokenizers (GPT-2 style: `gptcli train --tokenizer-type bpe` or `bytes`)"
+    "gptcli exports byte-level BPE tokenizers: GPT-2 style (`gptcli train --tokenizer-type bpe` or `bytes`), "
+    "Llama 3 and Qwen2"
 )
+
+
+# Split rules that llama.cpp implements, by the regex a tokenizer.json holds (llama.cpp's
+# src/llama-vocab.cpp quotes each original). Llama 3's vocabulary also skips merges for whole
+# words already in it (`ignore_merges`), as llama.cpp does for that pre-tokenizer.
+_SPLIT_RULES = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": (
+        "qwen2",
+        False,
+    ),
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": (
+        "llama-bpe",
+        True,
+    ),
+}
 
 
 def _pre_tokenizer_name(spec: dict[str, Any], merges: list[Any]) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer, read from its description."""
     pre = spec.get("pre_tokenizer") or {}
     kind = pre.get("type")
-    if kind == "ByteLevel":
+    ignore_merges = bool((spec.get("model") or {}).get("ignore_merges"))
+    if kind == "ByteLevel" and not ignore_merges:
         if pre.get("add_prefix_space"):
             raise UsageError(
                 "this tokenizer adds a space before the text (ByteLevel add_prefix_space), "
@@ -125,6 +142,20 @@ def _pre_tokenizer_name(spec: dict[str, Any], merges: list[Any]) -> str:
         if pre.get("use_regex", True) or not merges:
             # Without merges every byte is its own token, so how the text is split first cannot matter.
             return "gpt-2"
+    if kind == "Sequence":
+        parts = pre.get("pretokenizers") or []
+        if (
+            len(parts) == 2
+            and parts[0].get("type") == "Split"
+            and parts[0].get("behavior") == "Isolated"
+            and not parts[0].get("invert")
+            and parts[1].get("type") == "ByteLevel"
+            and not parts[1].get("use_regex", True)
+            and not parts[1].get("add_prefix_space")
+        ):
+            rule = _SPLIT_RULES.get((parts[0].get("pattern") or {}).get("Regex", ""))
+            if rule is not None and rule[1] == ignore_merges:
+                return rule[0]
     raise UsageError(
         f"cannot export this tokenizer's pre-tokenizer ({kind or 'none'}) to GGUF.",
         hint=_SUPPORTED_TOKENIZERS + "; for other tokenizers use llama.cpp's convert_hf_to_gguf.py.",
@@ -149,7 +180,8 @@ def read_vocab(tokenizer: Any, n_vocab: int) -> Vocab:
         )
     if kind != "BPE" or model.get("byte_fallback"):
         raise UsageError(f"cannot export a {kind or 'unknown'} tokenizer to GGUF.", hint=_SUPPORTED_TOKENIZERS + ".")
-    if spec.get("normalizer"):
+    normalizer = spec.get("normalizer")
+    if normalizer and normalizer.get("type") != "NFC":  # NFC changes only text that is not NFC already
         raise UsageError(
             f"cannot export a tokenizer with a normalizer ({spec['normalizer'].get('type')}) to GGUF.",
             hint=_SUPPORTED_TOKENIZERS + ".",

@@ -135,6 +135,42 @@ def test_llama_f32_round_trips_rotary_permuted_q_and_k(cli, llama_dir, tmp_path)
     np.testing.assert_array_equal(_as_hf(tensors["output_norm.weight"]), sd["model.norm.weight"])
 
 
+def test_qwen2_keeps_rotary_order_and_biases_untied_head_is_written(cli, gpt2_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    folder = tmp_path / "qwen2"
+    config = Qwen2Config(
+        vocab_size=320,  # more rows than the tokenizer: the rest are written as unused tokens
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    _tokenizer(gpt2_dir).save_pretrained(folder)
+    out = tmp_path / "qwen2.gguf"
+    r = _export(cli, folder, out, "--outtype", "f32")
+    assert r.exit_code == 0, r.stderr
+    reader = gguf.GGUFReader(out)
+    assert _field(reader, "general.architecture") == "qwen2"
+    # transformers loads a Qwen2 folder's tokenizer with Qwen2's split rule, and so does llama.cpp
+    assert _field(reader, "tokenizer.ggml.pre") == "qwen2"
+    tensors = _tensors(reader)
+    sd = {k: v.numpy() for k, v in _hf_model(folder).state_dict().items()}
+    # Qwen2 rotates halves in llama.cpp too (NeoX style): q and k are stored as they are
+    np.testing.assert_array_equal(_as_hf(tensors["blk.0.attn_q.weight"]), sd["model.layers.0.self_attn.q_proj.weight"])
+    np.testing.assert_array_equal(_as_hf(tensors["blk.0.attn_k.bias"]), sd["model.layers.0.self_attn.k_proj.bias"])
+    np.testing.assert_array_equal(_as_hf(tensors["output.weight"]), sd["lm_head.weight"])
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    n_tok = len(_tokenizer(gpt2_dir))
+    assert len(tokens) == 320 and tokens[-1] == "[PAD319]"
+    assert set(types[n_tok:]) == {gguf.TokenType.UNUSED} and gguf.TokenType.UNUSED not in types[:n_tok]
+
+
 @pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
 def test_outtypes_store_matrices_in_that_type_and_vectors_in_f32(cli, llama_dir, tmp_path, outtype):
     out = tmp_path / f"m-{outtype}.gguf"
