@@ -23,6 +23,7 @@ from typing import Any
 
 from gptcli.errors import GptcliError, ModelLoadError, UsageError
 
+EXPORT_FORMATS = ("gguf",)  # `gptcli export --to`
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 ARCHITECTURES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 # GELU variants that are llama.cpp's (the tanh approximation); others differ in the last digits.

@@ -357,3 +357,12 @@ def test_q4_0_through_llama_cpp_quantizer(cli, llama_dir, tmp_path):
     assert tensors["blk.0.ffn_up.weight"].tensor_type.name == "Q4_0"
     assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q4.gguf"]
+
+
+def test_shell_completion_offers_export_values_and_keeps_translate_languages(cli):
+    r = cli("completion", "bash")
+    assert r.exit_code == 0
+    to_lines = [line.strip() for line in r.stdout.split("\n") if line.strip().startswith("--to)")]
+    assert any('-W "gguf"' in line for line in to_lines)  # export --to
+    assert any(" fr " in line for line in to_lines)  # translate --to
+    assert any(line.strip().startswith("--outtype)") and "q8_0 q4_0" in line for line in r.stdout.split("\n"))

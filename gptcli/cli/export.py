@@ -9,8 +9,6 @@ import typer
 
 from gptcli.cli import options as opt
 
-FORMATS = ("gguf",)
-
 
 def export(
     model: Annotated[
@@ -49,12 +47,12 @@ def export(
     """
     from gptcli.cli.output import Output, format_bytes
     from gptcli.errors import UsageError
-    from gptcli.export_gguf import check_outtype, check_target, export_gguf
+    from gptcli.export_gguf import EXPORT_FORMATS, check_outtype, check_target, export_gguf
 
     if to is None:
         raise UsageError("--to is required.", hint="Pass --to gguf.")
-    if to.strip().lower() not in FORMATS:
-        raise UsageError(f"--to must be one of {', '.join(FORMATS)} (got '{to}').")
+    if to.strip().lower() not in EXPORT_FORMATS:
+        raise UsageError(f"--to must be one of {', '.join(EXPORT_FORMATS)} (got '{to}').")
     if out is None:
         raise UsageError("--out is required.", hint="Pass --out FILE.gguf.")
     if threads is not None and threads < 1:
