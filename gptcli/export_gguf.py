@@ -8,7 +8,8 @@ instead of being recognised by hashing the token ids of a test string, which a n
 trained vocabulary never matches ("BPE pre-tokenizer was not recognized").
 
 Architectures: GPT-2, and the Llama family (Llama, Mistral, Qwen2). Tokenizers: byte-level
-BPE (what `gptcli train` makes with --tokenizer-type bpe or bytes, and GPT-2's own).
+BPE (what `gptcli train` makes with --tokenizer-type bpe or bytes, GPT-2's own, and the Qwen2
+and Llama 3 split rules).
 """
 
 from __future__ import annotations
