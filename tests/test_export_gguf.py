@@ -135,6 +135,53 @@ def test_llama_f32_round_trips_rotary_permuted_q_and_k(cli, llama_dir, tmp_path)
     np.testing.assert_array_equal(_as_hf(tensors["output_norm.weight"]), sd["model.norm.weight"])
 
 
+def _rope_pairs(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
+    """llama.cpp's rotary embedding for the "llama" architecture: neighbouring values (2i, 2i+1) of
+    each head rotate together by position * base^(-2i/d). x: (positions, heads, d)."""
+    d = x.shape[-1]
+    angle = positions[:, None] * base ** (-np.arange(0, d, 2) / d)[None, :]  # (positions, d/2)
+    cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = even * cos - odd * sin
+    out[..., 1::2] = even * sin + odd * cos
+    return out
+
+
+def test_llama_attention_scores_in_llama_cpp_rotary_layout_equal_transformers(cli, llama_dir, tmp_path):
+    """The exported q/k weights, rotated as llama.cpp rotates them, give transformers' attention scores."""
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    out = tmp_path / "llama.gguf"
+    assert _export(cli, llama_dir, out, "--outtype", "f32").exit_code == 0
+    tensors = _tensors(gguf.GGUFReader(out))
+    model = _hf_model(llama_dir)
+    cfg = model.config
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    d = cfg.hidden_size // heads
+    attn = model.model.layers[1].self_attn
+    x = torch.randn(7, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(7) + 3
+
+    # transformers: q, k per head, rotated half with half, one kv head shared by all query heads
+    with torch.no_grad():
+        q = attn.q_proj(x).view(7, heads, d).transpose(0, 1)[None]
+        k = attn.k_proj(x).view(7, kv_heads, d).transpose(0, 1)[None]
+        cos, sin = LlamaRotaryEmbedding(cfg)(x[None], positions[None])
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        ours = torch.einsum("hqd,hkd->hqk", q[0], k[0].repeat_interleave(heads // kv_heads, 0)).numpy()
+
+    # llama.cpp: the exported weights, neighbouring pairs rotated
+    xs = x.numpy()
+    q2 = (xs @ _as_hf(tensors["blk.1.attn_q.weight"]).T).reshape(7, heads, d)
+    k2 = (xs @ _as_hf(tensors["blk.1.attn_k.weight"]).T).reshape(7, kv_heads, d)
+    base = float(_field(gguf.GGUFReader(out), "llama.rope.freq_base"))
+    q2, k2 = _rope_pairs(q2, positions.numpy(), base), _rope_pairs(k2, positions.numpy(), base)
+    theirs = np.einsum("qhd,khd->hqk", q2, np.repeat(k2, heads // kv_heads, axis=1))
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-3)
+
+
 def test_qwen2_keeps_rotary_order_and_biases_untied_head_is_written(cli, gpt2_dir, tmp_path):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
