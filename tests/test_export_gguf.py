@@ -218,6 +218,25 @@ def test_qwen2_keeps_rotary_order_and_biases_untied_head_is_written(cli, gpt2_di
     assert set(types[n_tok:]) == {gguf.TokenType.UNUSED} and gguf.TokenType.UNUSED not in types[:n_tok]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # peft's own deprecation notices while building the adapter
+def test_lora_adapter_folder_exports_merged_weights(cli, llama_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = _hf_model(llama_dir)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["v_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)  # records llama_dir as its base
+    with torch.no_grad():
+        merged = lora.merge_and_unload().state_dict()["model.layers.0.self_attn.v_proj.weight"].numpy()
+    out = tmp_path / "lora.gguf"
+    r = _export(cli, adapter, out, "--outtype", "f32")
+    assert r.exit_code == 0 and r.stderr == "", r.stderr
+    exported = _as_hf(_tensors(gguf.GGUFReader(out))["blk.0.attn_v.weight"])
+    np.testing.assert_allclose(exported, merged, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(exported, _hf_model(llama_dir).state_dict()["model.layers.0.self_attn.v_proj.weight"])
+
+
 @pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
 def test_outtypes_store_matrices_in_that_type_and_vectors_in_f32(cli, llama_dir, tmp_path, outtype):
     out = tmp_path / f"m-{outtype}.gguf"
