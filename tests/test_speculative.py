@@ -290,7 +290,8 @@ def test_sampling_probs_match_choose_tokens():
 def test_sampled_tokens_follow_the_model_distribution(drafter):
     """Two tokens after a context, on a 3-token vocabulary: the model is a Markov chain T, the
     draft model another chain Q (or a fixed lookup draft). Whatever is accepted or resampled,
-    the two tokens must be distributed as T says: checked by total variation over 20,000 seeds."""
+    the two tokens must be distributed as T says: checked by total variation over 6,000 seeds
+    (a wrong rejection rule is off by 0.2 or more; sampling noise here is about 0.01)."""
     import torch
 
     from gptcli.sampling import SamplingParams
@@ -299,7 +300,7 @@ def test_sampled_tokens_follow_the_model_distribution(drafter):
     T = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1]])
     Q = torch.tensor([[0.2, 0.5, 0.3], [0.5, 0.4, 0.1], [0.3, 0.3, 0.4]])
     params = SamplingParams(temperature=1.0, top_k=0)
-    start, n = 0, 20000
+    start, n = 0, 6000
     counts: dict[tuple[int, int], int] = {}
     g = torch.Generator()
     for seed in range(n):
@@ -317,7 +318,7 @@ def test_sampled_tokens_follow_the_model_distribution(drafter):
         key = (out[0], out[1])
         counts[key] = counts.get(key, 0) + 1
     want = {(a, b): float(T[start, a] * T[a, b]) for a in range(3) for b in range(3)}
-    assert _tv(counts, want) < 0.02
+    assert _tv(counts, want) < 0.035
 
 
 def test_prompt_lookup_rejection_never_repeats_the_rejected_token():
