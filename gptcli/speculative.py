@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -118,8 +118,16 @@ def check_target(lm: LoadedModel) -> None:
 
 def check_draft(target: LoadedModel, draft: LoadedModel) -> None:
     """The draft must be decoder-only and speak the target's tokenizer, token for token."""
+    from gptcli.generation import supports_fast_decode
+
     if draft.is_encoder_decoder:
         raise UsageError(f"--draft-model '{draft.name}' is an encoder-decoder model; it must be decoder-only.")
+    # The draft is driven by our decode loop, and its rejected tokens are cut from its cache.
+    if not supports_fast_decode(draft) or not can_rollback(new_cache(draft.model)):
+        raise UsageError(
+            f"--draft-model '{draft.name}' cannot draft: its architecture is not one gptcli's decode loop can "
+            "drive with a cache that can be cut back (sliding-window attention cannot)."
+        )
     mine, theirs = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
     if mine != theirs:
         differ = sum(1 for tok, i in mine.items() if theirs.get(tok) != i) + len(set(theirs) - set(mine))
@@ -230,7 +238,7 @@ class _Runner:
         self.positions = "position_ids" in inspect.signature(model.forward).parameters
         self.device = next(model.parameters()).device
 
-    def forward(self, ids: list[int], extra: list[int] = (), keep: int = 1) -> tuple[Any, int]:  # type: ignore[assignment]
+    def forward(self, ids: list[int], extra: Sequence[int] = (), keep: int = 1) -> tuple[Any, int]:
         """Logits (keep, V) after feeding `ids` + `extra`; also how many tokens came from the cache."""
         import torch
 
@@ -268,11 +276,9 @@ def _processed(logits: Any, params: SamplingParams, ids: list[int], drafts: list
 
 
 def _draft_model_tokens(
-    spec: Speculation, ids: list[int], k: int, params: SamplingParams, generator: Any
+    runner: _Runner, ids: list[int], k: int, params: SamplingParams, generator: Any
 ) -> tuple[list[int], list[Any]]:
     """k tokens decoded by the draft model, and (sampling) the distribution each was drawn from."""
-    assert spec.draft is not None
-    runner = _Runner(spec.draft.model, spec.draft_cache)
     drafts: list[int] = []
     dists: list[Any] = []
     for _ in range(k):
@@ -355,6 +361,7 @@ def decode(
     runner = _Runner(model, prompt_cache if prompt_cache is not None else PromptCache())
     generator = row_generators([seq.seed], lm.device)[0]
     lookup = PromptLookup() if spec.draft is None else None
+    drafter = _Runner(spec.draft.model, spec.draft_cache) if spec.draft is not None else None
     ids = list(seq.prompt_ids)  # the whole sequence: prompt, then every token kept
     limit = min(params.max_new_tokens, lm.context_length - len(ids))  # new tokens, as ordinary decoding allows
     generated = 0
@@ -367,10 +374,10 @@ def decode(
             dists: list[Any] = []
             if k > 0 and lookup is not None:
                 drafts = lookup.propose(ids, k)
-            elif k > 0 and spec.draft is not None:
+            elif k > 0 and spec.draft is not None and drafter is not None:
                 k = min(k, spec.draft.context_length - len(ids))
                 if k > 0:
-                    drafts, dists = _draft_model_tokens(spec, ids, k, params, generator)
+                    drafts, dists = _draft_model_tokens(drafter, ids, k, params, generator)
             logits, cached = runner.forward(ids, drafts, keep=len(drafts) + 1)
             if first:
                 seq.cached_tokens, first = cached, False

@@ -457,3 +457,36 @@ def test_translate_encoder_decoder_and_beams_are_usage_errors(cli, marian_dir):
     assert r.exit_code == 2 and "decoder-only" in r.stderr and r.stdout == ""
     r = cli("translate", "Hello", "--to", "fr", "--num-beams", "2", "--prompt-lookup", "3")
     assert r.exit_code == 2 and "--num-beams" in r.stderr
+
+
+def test_sliding_window_cache_decodes_normally_with_a_note(tmp_path):
+    """Sliding-window layers cannot drop rejected drafts: the sequence is decoded the ordinary way."""
+    import torch
+    from tiny import build_tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = build_tokenizer(tmp_path)
+    eot = tok.eos_token_id
+    config = AutoConfig.for_model(
+        "mistral",
+        vocab_size=len(tok),
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_position_embeddings=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_key_value_heads=1,
+        sliding_window=8,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    lm = _open(tmp_path)
+    notes: list[str] = []
+    spec = _lookup()
+    spec.on_fallback = notes.append
+    got = _run(lm, PROMPTS[1], spec)
+    _same(_run(lm, PROMPTS[1]), got)
+    assert not got[2].speculative and len(notes) == 1 and "sliding-window" in notes[0]
