@@ -95,8 +95,8 @@ def test_prompt_lookup_greedy_text_equals_ordinary(model, request):
     lm = request.getfixturevalue(model)
     accepted = 0
     for prompt in PROMPTS:
-        plain = _run(lm, prompt)
-        spec = _run(lm, prompt, _lookup())
+        plain = _run(lm, prompt, max_new_tokens=40)
+        spec = _run(lm, prompt, _lookup(), max_new_tokens=40)
         _same(plain, spec)
         assert spec[2].speculative and spec[2].drafted_tokens >= spec[2].accepted_tokens
         assert spec[1].completion_tokens == plain[1].completion_tokens
@@ -105,14 +105,14 @@ def test_prompt_lookup_greedy_text_equals_ordinary(model, request):
 
 
 def test_draft_model_greedy_text_equals_ordinary(llama, other_llama):
-    for prompt in PROMPTS:
-        plain = _run(llama, prompt)
+    for prompt in PROMPTS[:2]:
+        plain = _run(llama, prompt, max_new_tokens=25)
         # The model as its own draft: every draft is kept (the bonus-token path) ...
-        same = _run(llama, prompt, _draft(llama, 3))
+        same = _run(llama, prompt, _draft(llama, 3), max_new_tokens=25)
         _same(plain, same)
         assert same[2].accepted_tokens == same[2].drafted_tokens > 0
         # ... and a different model: some drafts are rejected and cut from both caches.
-        other = _run(llama, prompt, _draft(other_llama, 4))
+        other = _run(llama, prompt, _draft(other_llama, 4), max_new_tokens=25)
         _same(plain, other)
         assert other[2].accepted_tokens < other[2].drafted_tokens
 
@@ -279,10 +279,10 @@ def test_sampling_probs_match_choose_tokens():
         SamplingParams(temperature=1.0, top_k=0, min_p=0.2),
     ):
         probs = sampling_probs(logits, params)[0]
-        n = 20000
+        n = 8000
         picks = choose_tokens(logits.expand(n, -1), params, row_generators(list(range(n)), "cpu")).tolist()
         counts = {t: picks.count(t) for t in set(picks)}
-        assert _tv(counts, dict(enumerate(probs.tolist()))) < 0.02
+        assert _tv(counts, dict(enumerate(probs.tolist()))) < 0.03
         assert float(probs.sum()) == pytest.approx(1.0)
 
 
@@ -341,11 +341,11 @@ def test_prompt_lookup_rejection_never_repeats_the_rejected_token():
 @pytest.mark.parametrize("how", ["lookup", "draft"])
 def test_a_seed_gives_the_same_sampled_text(how, llama, other_llama):
     make = (lambda: _lookup(4)) if how == "lookup" else (lambda: _draft(other_llama, 3))
-    a = _run(llama, PROMPTS[0], make(), temperature=0.9, seed=7)
-    b = _run(llama, PROMPTS[0], make(), temperature=0.9, seed=7)
-    c = _run(llama, PROMPTS[0], make(), temperature=0.9, seed=8)
+    a = _run(llama, PROMPTS[0], make(), temperature=0.9, seed=7, max_new_tokens=25)
+    b = _run(llama, PROMPTS[0], make(), temperature=0.9, seed=7, max_new_tokens=25)
+    c = _run(llama, PROMPTS[0], make(), temperature=0.9, seed=8, max_new_tokens=25)
     assert a[1].token_ids == b[1].token_ids and a[0] == b[0]
-    assert a[1].seed == 7 and a[1].completion_tokens == 60
+    assert a[1].seed == 7 and a[1].completion_tokens == 25
     assert c[1].token_ids != a[1].token_ids
 
 
