@@ -2,7 +2,7 @@
 same model, same prompts, one process, interleaved rounds.
 
     python benchmarks/speculative_speed.py [--prompts 6] [--new-tokens 120] [--rounds 3]
-                                           [--draft-dir DIR] [--draft-steps 400] [--skip-draft]
+                                           [--draft-dir DIR] [--draft-steps 400] [--only lookup|draft]
 
 Target: the bundled story model (gptcli/bundled/tinystories, 6 layers, 256 wide, 4,096-token
 vocabulary, float32 on one thread as gptcli picks for a model this small).
@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--draft-dir", default=str(Path(tempfile.gettempdir()) / "gptcli-bench-draft"))
     ap.add_argument("--draft-steps", type=int, default=400)
-    ap.add_argument("--skip-draft", action="store_true")
+    ap.add_argument("--only", choices=("lookup", "draft"), help="run one part only")
     args = ap.parse_args()
 
     import torch
@@ -167,25 +167,26 @@ def main() -> None:
         f"greedy, median of {args.rounds} rounds"
     )
     repeat = repeat_prompts(lm.tokenizer, args.prompts)
-    lookups = [(f"prompt lookup, N={n}", Speculation(prompt_lookup=n)) for n in (3, 5, 8)]
-    compare(
-        lm,
-        f'"Repeat and continue" ({len(repeat)} TinyStories passages of ~90 tokens)',
-        repeat,
-        [("ordinary (baseline)", None), *lookups],
-        args.new_tokens,
-        args.rounds,
-    )
     free = free_prompts(args.prompts)
-    compare(
-        lm,
-        f"Free story continuation ({len(free)} short prompts): nothing to copy",
-        free,
-        [("ordinary (baseline)", None), ("prompt lookup, N=3", Speculation(prompt_lookup=3))],
-        args.new_tokens,
-        args.rounds,
-    )
-    if args.skip_draft:
+    if args.only != "draft":
+        lookups = [(f"prompt lookup, N={n}", Speculation(prompt_lookup=n)) for n in (3, 5, 8)]
+        compare(
+            lm,
+            f'"Repeat and continue" ({len(repeat)} TinyStories passages of ~90 tokens)',
+            repeat,
+            [("ordinary (baseline)", None), *lookups],
+            args.new_tokens,
+            args.rounds,
+        )
+        compare(
+            lm,
+            f"Free story continuation ({len(free)} short prompts): little to copy",
+            free,
+            [("ordinary (baseline)", None), ("prompt lookup, N=3", Speculation(prompt_lookup=3))],
+            args.new_tokens,
+            args.rounds,
+        )
+    if args.only == "lookup":
         return
     threads = torch.get_num_threads()
     draft, _ = open_model(str(train_draft(Path(args.draft_dir), args.draft_steps)))
