@@ -11,7 +11,7 @@ from typing import Any
 
 SHELLS = ("bash", "zsh", "fish")
 # Options whose value may also be a folder (a local model, a checkpoint): complete both.
-VALUES_OR_FOLDERS = {"--model", "--resume"}
+VALUES_OR_FOLDERS = {"--model", "--draft-model", "--resume"}
 
 
 def known_values() -> dict[str, tuple[str, ...]]:
@@ -27,6 +27,7 @@ def known_values() -> dict[str, tuple[str, ...]]:
     languages = tuple(LANGUAGES)
     return {
         "--model": tuple(bundled.names()),
+        "--draft-model": tuple(bundled.names()),
         "--device": tuple(c for c in DEVICE_CHOICES if not c.endswith(":N")),  # a pattern, not a value
         "--dtype": tuple(DTYPE_CHOICES),
         "--precision": PRECISIONS,
