@@ -392,6 +392,20 @@ def _problem(folder: Path, tok_print: str, sources: list[dict[str, Any]]) -> tup
     return None, man
 
 
+def lookup(paths: list[Path], tok: Any, text_field: str, root: Path | None = None) -> Entry | None:
+    """The valid entry of these files under this tokenizer if one exists; never builds (no lock:
+    entries appear by an atomic rename, complete)."""
+    if any(str(p) == "-" for p in paths) or getattr(tok, "eos_token_id", None) is None:
+        return None
+    root = (root or default_root()).expanduser()
+    tok_print = tokenizer_fingerprint(tok)
+    folder = root / dataset_key(paths, text_field) / ("tok-" + tok_print[:16])
+    if not (folder / MANIFEST).exists():
+        return None
+    _, man = _problem(folder, tok_print, [source_print(p) for p in paths])
+    return Entry(folder, man) if man is not None else None
+
+
 def token_dtype(tok: Any) -> str:
     backend = getattr(tok, "backend_tokenizer", None)
     n = backend.get_vocab_size(with_added_tokens=True) if backend is not None else len(tok)
