@@ -17,9 +17,13 @@ committed) this measures, each in a fresh process:
     python benchmarks/data_scale.py --sizes-mb 20,100          # what a shared 2-core machine allows
     python benchmarks/data_scale.py --sizes-mb 100,1000 --full-eval --nanogpt   # the issue's targets
 
-A 1 GB prepare takes a quarter of an hour on two cores: `--phase prepare` (corpora, raw, prepare,
-nanogpt) and `--phase use` (train and eval on those caches) split the run over two calls with the
-same --workdir.
+A 1 GB prepare takes a quarter of an hour on two quiet cores: `--phase prepare` (corpora, raw,
+prepare, nanogpt) and `--phase use` (train and eval on those caches) split the run over two calls
+with the same --workdir. Where even that is too slow (a shared, loaded machine), `--tile` makes each
+larger corpus an exact repetition of the first (smallest) one and assembles its token cache from the
+first one's cache repeated (the same tokens a prepare would write, since every copy ends with a
+document separator): train and eval are then measured at the full size, and the preparation
+throughput only at the first, where it is measured (streaming, it does not depend on the size).
 
 The BPE tokenizer is trained once on a 5 MB sample (outside the measurements) and passed
 with --tokenizer, so every step tokenizes with the same one.
@@ -73,7 +77,7 @@ for line in p.stderr:
         first = time.perf_counter() - t0
 reader.join()
 code = p.wait()
-stopped = bool(stop_after) and code == -signal.SIGTERM
+stopped = bool(stop_after) and code in (-signal.SIGTERM, 130)  # gptcli stops on SIGTERM like Ctrl-C
 print(json.dumps({"code": 0 if stopped else code, "wall_s": time.perf_counter() - t0, "first_step_s": first,
                   "first_stdout_s": first_out, "stdout_lines": lines, "stopped": stopped,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -163,6 +167,47 @@ def synthesize(path: Path, size_mb: float, seed: int = 0) -> Path:
     return path
 
 
+def repeat(src: Path, dst: Path, times: int) -> Path:
+    """dst: `times` copies of src back to back (src ends with a document separator line)."""
+    if dst.exists() and dst.stat().st_size == src.stat().st_size * times:
+        return dst
+    with open(dst, "wb") as out:
+        for _ in range(times):
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 16 << 20)
+    return dst
+
+
+def tile_cache(first_cache: Path, corpus: Path, cache: Path, times: int) -> None:
+    """The token cache entry of `corpus` (`times` copies of the first corpus) from the first corpus's
+    entry repeated: its documents `times` over, offsets shifted, a manifest fingerprinting `corpus`."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from gptcli import tokcache
+
+    (man_path,) = first_cache.rglob(tokcache.MANIFEST)
+    man = json.loads(man_path.read_text())
+    src = man_path.parent
+    dst = cache / tokcache.dataset_key([corpus], man["text_field"]) / src.name
+    if (dst / tokcache.MANIFEST).exists():
+        return
+    shutil.rmtree(dst.parent, ignore_errors=True)
+    tmp = dst.with_name(dst.name + ".tmp-tile")
+    tmp.mkdir(parents=True)
+    tokens = np.fromfile(src / tokcache.TOKENS, dtype=man["dtype"])
+    ends = np.fromfile(src / tokcache.DOCS, dtype=np.uint64)
+    with open(tmp / tokcache.TOKENS, "wb") as ft, open(tmp / tokcache.DOCS, "wb") as fd:
+        for i in range(times):
+            tokens.tofile(ft)
+            (ends + np.uint64(i * len(tokens))).tofile(fd)
+    source = tokcache.source_print(corpus)
+    source["content_sha256"] = tokcache.file_sha256(corpus)
+    man.update(tokens=len(tokens) * times, documents=len(ends) * times, sources=[source], tiled_from=str(src))
+    (tmp / tokcache.MANIFEST).write_text(json.dumps(man, indent=1) + "\n")
+    tmp.rename(dst)
+
+
 def measure(*cmd: str, env: dict | None = None, stop_after: float = 0.0) -> dict:
     """Run cmd in a fresh process: its peak RSS, wall time, first training step and stdout lines.
     With `stop_after`, it is stopped (SIGTERM) after that many seconds if still running."""
@@ -188,6 +233,9 @@ def main() -> None:
     ap.add_argument("--eval-seconds", type=float, default=120.0, help="how long the eval without --max-tokens runs")
     ap.add_argument("--nanogpt", action="store_true", help="also time nanoGPT's prepare.py design on the same text")
     ap.add_argument("--phase", choices=["all", "prepare", "use"], default="all")
+    ap.add_argument(
+        "--tile", action="store_true", help="larger corpora and caches as repetitions of the first size's (see above)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
     if args.phase != "all" and args.workdir is None:
@@ -206,11 +254,19 @@ def main() -> None:
 
             toks.train_bpe(sample.read_text(encoding="utf-8").split("<|endoftext|>"), 8192).save_pretrained(tok_dir)
         rows = []
-        for size in [float(s) for s in args.sizes_mb.split(",")]:
-            corpus = synthesize(work / f"corpus-{size:g}MB.txt", size)
+        sizes = [float(s) for s in args.sizes_mb.split(",")]
+        for size in sizes:
             cache = work / f"cache-{size:g}"
             saved = work / f"prepare-{size:g}.json"
-            if args.phase == "use":
+            if args.tile and size != sizes[0]:
+                first = work / f"corpus-{sizes[0]:g}MB.txt"
+                corpus = repeat(first, work / f"corpus-{size:g}MB-tiled.txt", round(size / sizes[0]))
+            else:
+                corpus = synthesize(work / f"corpus-{size:g}MB.txt", size)
+            if args.tile and size != sizes[0]:
+                tile_cache(work / f"cache-{sizes[0]:g}", corpus, cache, round(size / sizes[0]))
+                row = {"size_mb": round(corpus.stat().st_size / 1e6, 1), "tiled": True}
+            elif args.phase == "use":
                 row = json.loads(saved.read_text())
             else:
                 row = prepare_phase(corpus, tok_dir, cache, work, gptcli, env, args.nanogpt)

@@ -141,3 +141,22 @@ def test_streamed_totals_add_up_exactly_like_fsum():
     assert score.nll_sum == math.fsum(values) and score.nll_sum != sum(values)
     assert (score.documents, score.skipped, score.tokens, score.bytes) == (5000, 1, 15000, 25000)
     assert score.docs == []
+
+
+def test_cache_reader_gives_each_documents_tokens_across_blocks(gpt2_dir, tmp_path, monkeypatch):
+    """The reader behind `eval --cache` reads tokens.bin in blocks: documents that straddle two blocks,
+    and documents longer than a block (read through the memmap), come back exactly as tokenized."""
+    from gptcli.data import DocumentStream
+    from gptcli.errors import GptcliError
+    from gptcli.loading import load_tokenizer
+
+    tok = load_tokenizer(gpt2_dir)
+    data = corpus_file(tmp_path, 20)
+    entry = tokcache.ensure([data], tok, "text", root=tmp_path / "c")
+    monkeypatch.setattr(perplexity._CacheReader, "BLOCK", 40)
+    reader = perplexity._CacheReader(entry)
+    want = [tok(d.text, add_special_tokens=False)["input_ids"] for d in DocumentStream([data])]
+    assert min(map(len, want)) < 40 < max(map(len, want))
+    assert [[int(t) for t in reader.next()] for _ in want] == want
+    with pytest.raises(GptcliError, match="fewer documents"):
+        reader.next()

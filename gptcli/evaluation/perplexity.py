@@ -431,12 +431,26 @@ def _encode(tokenizer, texts: list[str]) -> list[tuple[list[int], Any]]:
 
 class _CacheReader:
     """The documents of a token cache entry in order: each one's tokens (without the end-of-text id
-    the cache puts after it), a read-only slice of the memmap."""
+    the cache puts after it). Read from tokens.bin a block at a time into memory rather than paged in
+    through the memmap: pages of a memmap read end to end stay mapped (and count in the process's
+    resident memory) until the process ends; a block is freed once its documents are scored. Only a
+    document longer than a block is a slice of the memmap."""
+
+    BLOCK = 1 << 22  # tokens
 
     def __init__(self, entry: Entry):
-        self.tokens, self.ends, self.n, self.i = entry.tokens(), entry.doc_ends(), entry.n_documents, 0
+        import numpy as np
+
+        self.entry, self.ends, self.n, self.i = entry, entry.doc_ends(), entry.n_documents, 0
+        self.dtype = np.dtype(entry.manifest["dtype"])
+        self.block: Any = None
+        self.block_start = 0
 
     def next(self) -> Any:
+        import numpy as np
+
+        from gptcli.tokcache import TOKENS
+
         if self.i >= self.n:
             raise GptcliError(
                 "the token cache holds fewer documents than the files: it does not match them.",
@@ -445,7 +459,15 @@ class _CacheReader:
         begin = int(self.ends[self.i - 1]) if self.i else 0
         end = int(self.ends[self.i]) - 1  # the eot the cache adds after each document is not text
         self.i += 1
-        return self.tokens[begin:end]
+        if end - begin > self.BLOCK:
+            return self.entry.tokens()[begin:end]
+        if self.block is None or end > self.block_start + len(self.block):
+            count = min(self.BLOCK, self.entry.n_tokens - begin)
+            with open(self.entry.folder / TOKENS, "rb") as f:
+                f.seek(begin * self.dtype.itemsize)
+                self.block = np.fromfile(f, dtype=self.dtype, count=count)
+            self.block_start = begin
+        return self.block[begin - self.block_start : end - self.block_start]
 
 
 class _Prefixed:
