@@ -266,8 +266,8 @@ def main() -> None:
             if args.tile and size != sizes[0]:
                 tile_cache(work / f"cache-{sizes[0]:g}", corpus, cache, round(size / sizes[0]))
                 row = {"size_mb": round(corpus.stat().st_size / 1e6, 1), "tiled": True}
-            elif args.phase == "use":
-                row = json.loads(saved.read_text())
+            elif args.phase == "use":  # the prepare phase's figures, if it has finished
+                row = json.loads(saved.read_text()) if saved.exists() else {"size_mb": round(size, 1)}
             else:
                 row = prepare_phase(corpus, tok_dir, cache, work, gptcli, env, args.nanogpt)
                 saved.write_text(json.dumps(row))

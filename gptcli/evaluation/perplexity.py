@@ -10,9 +10,10 @@ after it, so padding on the right changes nothing for the real tokens and needs 
 attention mask.
 
 Streaming: documents are read, tokenized and scored a chunk at a time (whole
-documents, about CHUNK_TOKENS tokens; a corpus smaller than that is one chunk, as
-it always was), and each document's score is handed to `on_doc` as its chunk
-finishes, so memory does not grow with the corpus. The tokens can come from the
+documents; the first chunk about CHUNK_FIRST tokens, each next one twice the last
+up to CHUNK_TOKENS), and each document's score is handed to `on_doc` as its chunk
+finishes, so memory does not grow with the corpus and the first records come
+within seconds. A corpus that fits in the first chunk is batched as it always was. The tokens can come from the
 token cache (`cache`, a gptcli.tokcache entry read through numpy.memmap) instead
 of the tokenizer: the same ids, without tokenizing again.
 
@@ -214,9 +215,13 @@ class _Tokenized:
     windows: list[Window]
 
 
-# Tokens (about) scored per chunk: a corpus up to this size is tokenized, planned and sorted into
-# batches whole, as before streaming; a larger one a chunk at a time, memory bounded by the chunk.
-CHUNK_TOKENS = 1 << 20
+# Tokens (about) scored per chunk. A corpus up to CHUNK_FIRST tokens is tokenized, planned and sorted
+# into batches whole, as before streaming; a larger one a chunk at a time, chunks doubling up to
+# CHUNK_TOKENS: small first chunks bring the first --per-doc records soon (a GPT-2-sized model scores a
+# few hundred tokens a second on a laptop CPU), large later ones keep windows of similar length
+# together, and memory is bounded by the largest chunk.
+CHUNK_FIRST = 1 << 13
+CHUNK_TOKENS = 1 << 18
 
 
 def evaluate_model(
@@ -295,13 +300,14 @@ class _Chunk:
 
 
 def _chunks(items: Iterable[_Tokenized], context: int, stride: int) -> Iterator[_Chunk]:
-    """Whole documents, windows planned, in chunks of about CHUNK_TOKENS scored tokens."""
+    """Whole documents, windows planned, in chunks of CHUNK_FIRST scored tokens or so, doubling up to CHUNK_TOKENS."""
     buffer: list[_Tokenized] = []
     targets = 0
+    limit = min(CHUNK_FIRST, CHUNK_TOKENS)
     for item in items:
-        if targets >= CHUNK_TOKENS:
+        if targets >= limit:
             yield _Chunk(buffer, targets, False)
-            buffer, targets = [], 0
+            buffer, targets, limit = [], 0, min(2 * limit, CHUNK_TOKENS)
         item.windows = plan_windows(len(item.ids), context, stride)
         if not item.windows:
             item.doc.skipped = "no token to score"
