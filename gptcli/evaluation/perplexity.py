@@ -273,7 +273,7 @@ def evaluate_model(
         stride=stride,
     )
     if cache is not None and on_plan is not None:
-        on_plan(_cached_total(lm.tokenizer, cache, max_tokens))
+        on_plan(_cached_total(cache, max_tokens))
         on_plan = None
     for chunk in _chunks(_tokenize(lm.tokenizer, documents, max_tokens, cache), context, stride):
         if on_plan is not None:
@@ -443,18 +443,37 @@ class _CacheReader:
     document longer than a block is a slice of the memmap."""
 
     BLOCK = 1 << 22  # tokens
+    END_BLOCK = 1 << 16  # document ends
 
     def __init__(self, entry: Entry):
         import numpy as np
 
-        self.entry, self.ends, self.n, self.i = entry, entry.doc_ends(), entry.n_documents, 0
+        self.entry, self.n, self.i = entry, entry.n_documents, 0
         self.dtype = np.dtype(entry.manifest["dtype"])
         self.block: Any = None
         self.block_start = 0
+        self.ends: Any = None
+        self.ends_start = 0
 
-    def next(self) -> Any:
+    def _read(self, name: str, dtype: Any, start: int, count: int) -> Any:
         import numpy as np
 
+        with open(self.entry.folder / name, "rb") as f:
+            f.seek(start * dtype.itemsize)
+            return np.fromfile(f, dtype=dtype, count=count)
+
+    def _end(self, i: int) -> int:
+        """End offset (after its eot) of document i, from docs.bin a block at a time."""
+        import numpy as np
+
+        from gptcli.tokcache import DOCS
+
+        if self.ends is None or not self.ends_start <= i < self.ends_start + len(self.ends):
+            self.ends = self._read(DOCS, np.dtype(np.uint64), i, min(self.END_BLOCK, self.n - i))
+            self.ends_start = i
+        return int(self.ends[i - self.ends_start])
+
+    def next(self) -> Any:
         from gptcli.tokcache import TOKENS
 
         if self.i >= self.n:
@@ -462,16 +481,14 @@ class _CacheReader:
                 "the token cache holds fewer documents than the files: it does not match them.",
                 hint="Delete the cache folder, or evaluate without --cache.",
             )
-        begin = int(self.ends[self.i - 1]) if self.i else 0
-        end = int(self.ends[self.i]) - 1  # the eot the cache adds after each document is not text
+        begin = self._end(self.i - 1) if self.i else 0
+        end = self._end(self.i) - 1  # the eot the cache adds after each document is not text
         self.i += 1
         if end - begin > self.BLOCK:
             return self.entry.tokens()[begin:end]
         if self.block is None or end > self.block_start + len(self.block):
             count = min(self.BLOCK, self.entry.n_tokens - begin)
-            with open(self.entry.folder / TOKENS, "rb") as f:
-                f.seek(begin * self.dtype.itemsize)
-                self.block = np.fromfile(f, dtype=self.dtype, count=count)
+            self.block = self._read(TOKENS, self.dtype, begin, count)
             self.block_start = begin
         return self.block[begin - self.block_start : end - self.block_start]
 
@@ -497,22 +514,12 @@ class _Prefixed:
         return np.asarray(self.ids[begin - self.shift : end - self.shift], dtype=np.int64)
 
 
-def _cached_total(tokenizer, entry: Entry, max_tokens: int | None) -> int:
-    """Tokens that will be scored, from the cache's counts (blank documents, which the cache does
-    not hold, aside): each document's text tokens, less one each without a prefix token."""
-    import numpy as np
-
-    ends = entry.doc_ends().astype(np.int64)
-    lengths = np.diff(ends, prepend=0) - 1
-    if max_tokens is not None:
-        upto = np.cumsum(lengths)
-        keep = int(np.searchsorted(upto, max_tokens)) + 1
-        lengths = lengths[:keep].copy()
-        if len(lengths):
-            lengths[-1] -= max(0, int(upto[len(lengths) - 1]) - max_tokens)
-    if prefix_token(tokenizer) is None:
-        lengths = np.maximum(lengths - 1, 0)
-    return int(lengths.sum())
+def _cached_total(entry: Entry, max_tokens: int | None) -> int:
+    """Tokens that will be scored, from the cache's counts (blank documents, which the cache does not
+    hold, aside): every text token, i.e. the cache's tokens less the end-of-text id after each
+    document (the cache serves only tokenizers with an EOS token, so there is always a prefix)."""
+    total = entry.n_tokens - entry.n_documents
+    return total if max_tokens is None else min(total, max_tokens)
 
 
 def _first_token_bytes(tokenizer, text: str, first_id: int, offsets) -> int:
