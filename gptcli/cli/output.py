@@ -188,8 +188,11 @@ class _LogProgress:
 
     def advance(self, n: int) -> None:
         self.done += n
-        if self.clock() - self.last >= LOG_EVERY_S and self.done < self.total:
+        if self.clock() - self.last >= LOG_EVERY_S and (not self.total or self.done < self.total):
             self.last = self.clock()
+            if not self.total:  # never planned: a stream of unknown length
+                console.info(f"{self.label}: {self.done:,} {self.unit}")
+                return
             console.info(
                 f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({100 * self.done / max(self.total, 1):.0f}%)"
             )
