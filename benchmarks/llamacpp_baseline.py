@@ -249,5 +249,16 @@ def main() -> None:
             )
 
 
+def close_models() -> None:
+    """Free llama.cpp's models before the interpreter tears down (freeing them during teardown,
+    beside torch's, can crash the process after the table is printed)."""
+    for llm in _models.values():
+        llm.close()
+    _models.clear()
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        close_models()
