@@ -65,14 +65,49 @@ def gguf_file(hf_dir: Path, precision: str) -> Path:
     return _gguf_files[key]
 
 
+_extra_bufts_ok: dict[str, bool] = {}
+
+
+def extra_buffer_types_work(path: Path) -> bool:
+    """Whether llama.cpp's extra weight buffer types (AMX tiles, repacked Q4_0/Q8_0) decode `path`
+    without crashing. A build with -march=native on a CPU that reports AMX compiles the AMX
+    kernels, but a virtual machine may not let a process use the tiles: the first AMX
+    instruction then kills the process (SIGILL). Probed once, in a child process."""
+    import subprocess
+
+    key = str(path)
+    if key not in _extra_bufts_ok:
+        probe = (
+            "import llama_cpp, sys\n"
+            "llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)\n"
+            "llm.eval(llm.tokenize(b'Once upon a time', add_bos=True))\n"
+        )
+        p = subprocess.run([sys.executable, "-c", probe, key], capture_output=True)
+        _extra_bufts_ok[key] = p.returncode == 0
+    return _extra_bufts_ok[key]
+
+
 def _llama(path: Path, threads: int, n_ctx: int) -> Any:
     import llama_cpp
+    import llama_cpp.llama_cpp as api
 
     key = (str(path), threads)
     if key not in _models:
-        _models[key] = llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
-        )
+        defaults = api.llama_model_default_params
+        if not extra_buffer_types_work(path):
+            # llama-cpp-python has no argument for it: Llama() reads these defaults
+            def plain_buffers() -> Any:
+                params = defaults()
+                params.use_extra_bufts = False
+                return params
+
+            api.llama_model_default_params = plain_buffers
+        try:
+            _models[key] = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+            )
+        finally:
+            api.llama_model_default_params = defaults
     return _models[key]
 
 
@@ -201,12 +236,29 @@ def main() -> None:
             for name, run in runners.items():
                 runs[name].append(run())
         speed = {name: statistics.median(values) for name, values in runs.items()}
+        plain = [p.upper() for p in PRECISIONS if not extra_buffer_types_work(gguf_file(folder, p))]
         ours = speed["gptcli, bfloat16"]
         print(f"\n{label}")
         print(f"{'engine, precision':30} {'tokens/s':>9} {'gptcli bf16 / this':>19}")
         for name, value in speed.items():
             print(f"{name:30} {value:9.1f} {ours / value:18.2f}x")
+        if plain:
+            print(
+                f"llama.cpp {', '.join(plain)}: without extra buffer types (AMX, repacked weights), "
+                "which crash this build here (SIGILL)"
+            )
+
+
+def close_models() -> None:
+    """Free llama.cpp's models before the interpreter tears down (freeing them during teardown,
+    beside torch's, can crash the process after the table is printed)."""
+    for llm in _models.values():
+        llm.close()
+    _models.clear()
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        close_models()
