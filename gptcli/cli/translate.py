@@ -159,8 +159,8 @@ def translate(
     hypotheses: list[str] = []
     try:
         for result in translator.run(feed):
-            if result.warning:
-                out.warn(result.warning)
+            for warning in result.warnings:
+                out.warn(warning)
             if refs is not None:
                 hypotheses.append(result.text.strip())
             if sink is not None:
