@@ -316,6 +316,7 @@ def test_scores_match_sacrebleu_with_several_references(tmp_path):
     assert refs.sources == ["Hi.", "I run."] and refs.refs == [["Salut !", "Salut."], ["Je cours."]]
     hyps = ["Salut .", "Je cours ."]
     got = score(hyps, refs.refs)
+    assert score(["Salut.", "Je cours. "], refs.refs)["exact"] == 2 and got["exact"] == 0
     streams = [["Salut !", "Je cours."], ["Salut.", None]]
     assert got["bleu"] == round(BLEU().corpus_score(hyps, streams).score, 2)
     assert got["chrf"] == round(CHRF().corpus_score(hyps, streams).score, 2)

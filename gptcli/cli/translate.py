@@ -229,6 +229,7 @@ def _report_scores(out, refs, hypotheses, model_name, plan, run_stats) -> None:
     out.text(
         f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})\n"
         f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})\n"
+        f"{result['exact']} of {result['sentences']} sentences exactly as a reference\n"
         f"{result['sentences']} sentences, {result['references']} references, model {model_name}, {pair}\n"
     )
 
