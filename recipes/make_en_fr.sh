@@ -14,7 +14,7 @@
 #      and the self-written everyday set (BLEU, chrF, exact matches), and the dev split
 #      at every checkpoint (the learning curve).
 #
-# Usage: [STEPS1=1500] [STEPS2=1500] [MODEL=folder] recipes/make_en_fr.sh [WORKDIR]
+# Usage: [STEPS1=1500] [STEPS2=1400] [MODEL=folder] recipes/make_en_fr.sh [WORKDIR]
 #        (default WORKDIR /tmp/gptcli-en-fr; about 75 minutes of one CPU core)
 # Deterministic: fixed split and training seeds (same machine and versions give the same weights).
 set -euo pipefail
@@ -27,7 +27,7 @@ WORK="${1:-/tmp/gptcli-en-fr}"
 MODEL="${MODEL:-$ROOT/gptcli/bundled/tiny-en-fr}"  # MODEL=/tmp/x for a trial run
 BENCH="$ROOT/benchmarks/data"
 STEPS1="${STEPS1:-1500}"
-STEPS2="${STEPS2:-1500}"
+STEPS2="${STEPS2:-1400}"
 export HF_HUB_OFFLINE=1 GPTCLI_CACHE_DIR="$WORK/cache"
 mkdir -p "$WORK"
 
