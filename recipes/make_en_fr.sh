@@ -14,7 +14,7 @@
 #      and the self-written everyday set (BLEU, chrF, exact matches), and the dev split
 #      at every checkpoint (the learning curve).
 #
-# Usage: [STEPS1=1500] [STEPS2=1400] [BUNDLE_STEP=1000] [MODEL=folder] recipes/make_en_fr.sh [WORKDIR]
+# Usage: [STEPS1=1500] [STEPS2=1400] [MODEL=folder] recipes/make_en_fr.sh [WORKDIR]
 #        (default WORKDIR /tmp/gptcli-en-fr; about 80 minutes on the shared 2-core machine)
 # Deterministic: fixed split and training seeds (same machine and versions give the same weights).
 set -euo pipefail
@@ -28,10 +28,7 @@ MODEL="${MODEL:-$ROOT/gptcli/bundled/tiny-en-fr}"  # MODEL=/tmp/x for a trial ru
 BENCH="$ROOT/benchmarks/data"
 STEPS1="${STEPS1:-1500}"
 STEPS2="${STEPS2:-1400}"
-# The shipped weights are stage 2's checkpoint at this step: the 1,400-step schedule did not fit the
-# time the model was made in, so its step-1,000 checkpoint (learning rate 2.4e-4 of 1e-3) was bundled.
-BUNDLE_STEP="${BUNDLE_STEP:-1000}"
-BUNDLE_FROM="$WORK/run2/checkpoints/step-$(printf %08d "$BUNDLE_STEP")"
+BUNDLE_FROM="$WORK/run2"  # the final model of stage 2
 export HF_HUB_OFFLINE=1 GPTCLI_CACHE_DIR="$WORK/cache"
 mkdir -p "$WORK"
 
