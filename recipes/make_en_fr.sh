@@ -1,61 +1,78 @@
 #!/usr/bin/env bash
 # Rebuild the bundled English→French model (gptcli/bundled/tiny-en-fr) from scratch:
 #
-#   1. split ../shared/data/eng-fra.txt (Tatoeba, CC-BY 2.0 FR) by English sentence:
-#      10% of the English sentences, with all their French translations, are held out
-#      (benchmarks/data/eng-fra-heldout.tsv, kept in the repository for scoring);
-#   2. write the other pairs as `English: …\nFrench: …` documents (the attribution column dropped);
-#   3. train a small GPT on them with `gptcli train`;
-#   4. copy the final model into the package with its card and licence;
-#   5. score it on the held-out pairs with `gptcli translate --references`.
+#   1. split ../shared/data/eng-fra-76k.txt (Tatoeba, CC-BY 2.0 FR) by distinct English sentence
+#      (recipes/split_en_fr.py, seed 0): 2,000 English sentences with all their French references
+#      are the test split (benchmarks/data/eng-fra-test.tsv), 300 more the dev split; every English
+#      sentence of benchmarks/data/eng-fra-heldout.tsv and benchmarks/data/en-fr-everyday.tsv is
+#      kept out too; the rest become `English: …\nFrench: …` training documents;
+#   2. `gptcli train` a small GPT-2 and its 4,096-token BPE on them (stage 1), then
+#      `gptcli finetune` it for more passes at a lower learning rate (stage 2);
+#   3. bundle it (float16 safetensors, card, data licence; the card records the longest
+#      training source so `translate` can warn about sentences far beyond it);
+#   4. score it with `gptcli translate --references` on the test split, eng-fra-heldout.tsv
+#      and the self-written everyday set (BLEU, chrF, exact matches), and the dev split
+#      at every checkpoint (the learning curve).
 #
-# Usage: [STEPS=800] [MODEL=folder] recipes/make_en_fr.sh [WORKDIR]   (default /tmp/gptcli-en-fr; about 12 minutes of one CPU core)
-# Deterministic: fixed split seed and training seed (same machine and versions give the same weights).
+# Usage: [STEPS1=1500] [STEPS2=1400] [MODEL=folder] recipes/make_en_fr.sh [WORKDIR]
+#        (default WORKDIR /tmp/gptcli-en-fr; about 80 minutes on the shared 2-core machine)
+# Deterministic: fixed split and training seeds (same machine and versions give the same weights).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DATA="${DATA:-$ROOT/../shared/data/eng-fra.txt}"
+PYTHON="${PYTHON:-python}"
+GPTCLI="${GPTCLI:-gptcli}"
+DATA="${DATA:-$ROOT/../shared/data/eng-fra-76k.txt}"
 WORK="${1:-/tmp/gptcli-en-fr}"
 MODEL="${MODEL:-$ROOT/gptcli/bundled/tiny-en-fr}"  # MODEL=/tmp/x for a trial run
-HELDOUT="$ROOT/benchmarks/data/eng-fra-heldout.tsv"
-STEPS="${STEPS:-800}"
-mkdir -p "$WORK" "$(dirname "$HELDOUT")"
+BENCH="$ROOT/benchmarks/data"
+STEPS1="${STEPS1:-1500}"
+STEPS2="${STEPS2:-1400}"
+BUNDLE_FROM="$WORK/run2"  # the final model of stage 2
+export HF_HUB_OFFLINE=1 GPTCLI_CACHE_DIR="$WORK/cache"
+mkdir -p "$WORK"
 
-python - "$DATA" "$WORK/train.txt" "$HELDOUT" <<'PY'
-import random, sys
-data, train_path, heldout_path = sys.argv[1:]
-pairs = []
-with open(data, encoding="utf-8") as f:
-    for line in f:
-        cols = line.rstrip("\n").split("\t")
-        if len(cols) >= 2 and cols[0].strip() and cols[1].strip():
-            pairs.append((cols[0].strip(), cols[1].strip()))  # column 3 (attribution) dropped
-english = sorted({en for en, _ in pairs})
-held = set(random.Random(0).sample(english, k=round(len(english) * 0.10)))
-train = [p for p in pairs if p[0] not in held]
-test = [p for p in pairs if p[0] in held]
-assert not {en for en, _ in train} & {en for en, _ in test}
-random.Random(1).shuffle(train)  # `gptcli train` validates on the end of the data: make it a random sample
-with open(train_path, "w", encoding="utf-8") as f:
-    f.write("\n<|endoftext|>\n".join(f"English: {en}\nFrench: {fr}" for en, fr in train) + "\n")
-with open(heldout_path, "w", encoding="utf-8") as f:
-    f.writelines(f"{en}\t{fr}\n" for en, fr in test)
-print(f"{len(train)} training pairs ({len(english) - len(held)} English sentences), "
-      f"{len(test)} held-out pairs ({len(held)} English sentences)", file=sys.stderr)
+# 1. split
+"$PYTHON" "$ROOT/recipes/split_en_fr.py" "$DATA" "$WORK" --test "$BENCH/eng-fra-test.tsv" \
+    --exclude "$BENCH/eng-fra-heldout.tsv" --exclude "$BENCH/en-fr-everyday.tsv" --test-size 2000 --dev-size 300
+
+# 2. train: a 4-layer, 192-wide GPT-2 (2.6 M parameters with the 4,096-token vocabulary). Sentences are
+# short (at most 30 characters of English), so 64-token blocks hold two or three pairs each.
+# One thread: on a shared machine a second one mostly waits.
+"$GPTCLI" train "$WORK/train.txt" --val-data "$WORK/dev.txt" --out "$WORK/run1" --overwrite \
+    --arch gpt2 --n-layer 4 --n-embd 192 --n-head 4 --block-size 64 --dropout 0.0 --vocab-size 4096 \
+    --steps "$STEPS1" --batch-size 32 --lr 2e-3 --warmup 100 --eval-every 250 --eval-batches 8 \
+    --save-every 250 --keep-checkpoints 20 --seed 1337 --device cpu --threads 1
+"$GPTCLI" finetune "$WORK/train.txt" --val-data "$WORK/dev.txt" -m "$WORK/run1" --out "$WORK/run2" --overwrite \
+    --format text --block-size 64 --steps "$STEPS2" --batch-size 32 --lr 1e-3 --min-lr 5e-5 --warmup 50 \
+    --eval-every 250 --eval-batches 8 --save-every 250 --keep-checkpoints 20 --seed 1338 --device cpu --threads 1
+
+# 3. bundle: the card template plus the longest English training sentence, in tokens and characters.
+"$PYTHON" - "$ROOT/recipes/cards/tiny-en-fr.json" "$BUNDLE_FROM" "$WORK/train.txt" "$WORK/card.json" <<'PY'
+import json, sys
+from tokenizers import Tokenizer
+template, run, train, out = sys.argv[1:]
+tok = Tokenizer.from_file(f"{run}/tokenizer.json")
+english = {line[len("English: "):] for line in open(train, encoding="utf-8").read().splitlines()
+           if line.startswith("English: ")}
+by_tokens = max(english, key=lambda s: (len(tok.encode(s, add_special_tokens=False).ids), s))
+card = json.load(open(template, encoding="utf-8"))
+card["longest_training_source"] = {
+    "tokens": len(tok.encode(by_tokens, add_special_tokens=False).ids),
+    "characters": max(len(s) for s in english),
+    "sentence": by_tokens,
+}
+json.dump(card, open(out, "w", encoding="utf-8"), indent=2, ensure_ascii=False)
 PY
+"$PYTHON" "$ROOT/recipes/bundle_model.py" "$BUNDLE_FROM" "$MODEL" --card "$WORK/card.json" \
+    --license-file "$ROOT/recipes/cards/tiny-en-fr-LICENSE.txt"
 
-# A 4-layer, 192-wide GPT-2 with a 2,048-token byte-level BPE: about 2.2 M parameters (~9 MB in float32).
-# 800 steps of 32 x 128 tokens is about 40 passes over the ~80k training tokens. One thread: on a
-# shared machine a second one mostly waits.
-gptcli train "$WORK/train.txt" --out "$WORK/run" --overwrite \
-    --arch gpt2 --preset mini --n-embd 192 --n-head 4 --block-size 128 --dropout 0.1 \
-    --vocab-size 2048 --steps "$STEPS" --batch-size 32 --lr 2e-3 --warmup 100 \
-    --eval-every 200 --save-every 0 --seed 1337 --device cpu --threads 1
-
-rm -rf "$MODEL.new" && mkdir -p "$MODEL.new"
-cp "$WORK/run"/{config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json} "$MODEL.new"/
-cp "$ROOT/recipes/cards/tiny-en-fr.json" "$MODEL.new/gptcli-model.json"
-cp "$ROOT/recipes/cards/tiny-en-fr-LICENSE.txt" "$MODEL.new/LICENSE.txt"
-rm -rf "$MODEL" && mv "$MODEL.new" "$MODEL"
-
-gptcli translate --references "$HELDOUT" -m "$MODEL" --from en --to fr --json -o "$WORK/heldout.fr.txt" | tee "$WORK/score.json"
+# 4. score (greedy, the runtime's default dtype), then the dev split at every checkpoint.
+for set in eng-fra-test eng-fra-heldout en-fr-everyday; do
+    "$GPTCLI" translate --references "$BENCH/$set.tsv" -m "$MODEL" --from en --to fr --threads 1 \
+        --json -o "$WORK/$set.fr.txt" | tee "$WORK/$set.score.json"
+done
+for ckpt in "$WORK"/run1/checkpoints/step-* "$WORK"/run2/checkpoints/step-*; do
+    printf '%s ' "$ckpt"
+    "$GPTCLI" translate --references "$WORK/dev.tsv" -m "$ckpt" --from en --to fr --threads 1 --json
+done | tee "$WORK/curve.txt"

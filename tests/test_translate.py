@@ -167,6 +167,29 @@ def test_sentence_longer_than_the_context_is_cut_with_one_warning(translate, mar
     assert len(lines_of(res.stdout)) == 3 and all(lines_of(res.stdout))
 
 
+def test_sentence_far_longer_than_the_training_data_is_warned_once(translate, causal_dir, tmp_path):
+    """A card's longest_training_source: one warning on stderr for the first line far past it, output intact."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = shutil.copytree(causal_dir, tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(model)
+    limit = max(len(tok(s)["input_ids"]) for s in ("Hello world.", "The cat is black."))
+    long = "The cat is black and the station is where I like tea"
+    assert 2 * limit < len(tok(long + ".")["input_ids"]) < 40  # far outside, but fits the context uncut
+    card = {"translation": {"from": "en", "to": "fr"}, "longest_training_source": {"tokens": limit}}
+    (model / "gptcli-model.json").write_text(json.dumps(card))
+    res = translate("--to", "fr", "-m", model, "-t", "3", stdin=f"Hello world.\n\n{long}.\nOk. {long}!\n")
+    assert res.exit_code == 0, res.stderr
+    assert len(lines_of(res.stdout)) == 4 and lines_of(res.stdout)[1] == ""
+    err = res.stderr.splitlines()
+    assert len(err) == 1 and err[0].startswith("Warning: line 3: a sentence of ")
+    assert f"was trained on (at most {limit}); its translation is likely to be wrong" in err[0]
+    short = translate("--to", "fr", "-m", model, "-t", "3", stdin="Hello world.\nThe cat is black.\n")
+    assert short.exit_code == 0 and short.stderr == ""
+
+
 def test_bundled_model_is_the_default_for_english_to_french(translate):
     from gptcli import bundled
 

@@ -249,8 +249,8 @@ def test_sentence_longer_than_the_context_is_cut_at_clauses_then_words(marian):
     assert all(p.endswith((",", ";", ".")) for p in pieces)  # cut after clauses, not inside them
     out = list(tr.run(LineFeed([Line(1, "Hello world."), Line(2, words + ". " + clauses), Line(3, "I like tea.")])))
     assert [r.line.number for r in out] == [1, 2, 3] and all(r.text for r in out)
-    assert out[0].warning is None and out[2].warning is None
-    assert "line 2: 2 sentences too long for the model's context" in out[1].warning
+    assert out[0].warnings == [] and out[2].warnings == []
+    assert "line 2: 2 sentences too long for the model's context" in out[1].warnings[0]
 
 
 def test_streaming_writes_a_line_before_the_next_one_arrives(marian):
@@ -316,6 +316,7 @@ def test_scores_match_sacrebleu_with_several_references(tmp_path):
     assert refs.sources == ["Hi.", "I run."] and refs.refs == [["Salut !", "Salut."], ["Je cours."]]
     hyps = ["Salut .", "Je cours ."]
     got = score(hyps, refs.refs)
+    assert score(["Salut.", "Je cours. "], refs.refs)["exact"] == 2 and got["exact"] == 0
     streams = [["Salut !", "Je cours."], ["Salut.", None]]
     assert got["bleu"] == round(BLEU().corpus_score(hyps, streams).score, 2)
     assert got["chrf"] == round(CHRF().corpus_score(hyps, streams).score, 2)

@@ -184,8 +184,8 @@ def translate(
     hypotheses: list[str] = []
     try:
         for result in translator.run(feed):
-            if result.warning:
-                out.warn(result.warning)
+            for warning in result.warnings:
+                out.warn(warning)
             if refs is not None:
                 hypotheses.append(result.text.strip())
             if sink is not None:
@@ -254,6 +254,7 @@ def _report_scores(out, refs, hypotheses, model_name, plan, run_stats) -> None:
     out.text(
         f"BLEU {result['bleu']:.2f}  ({result['bleu_signature']})\n"
         f"chrF {result['chrf']:.2f}  ({result['chrf_signature']})\n"
+        f"{result['exact']} of {result['sentences']} sentences exactly as a reference\n"
         f"{result['sentences']} sentences, {result['references']} references, model {model_name}, {pair}\n"
     )
 

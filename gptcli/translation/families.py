@@ -36,6 +36,9 @@ class Plan:
     src_lang_code: str | None = None  # tokenizer.src_lang for M2M100, NLLB and mBART
     forced_bos_token_id: int | None = None  # the target-language token the decoder starts with
     notes: list[str] = field(default_factory=list)
+    # From the model card: tokens in the longest source sentence the model was trained on
+    # (a line far beyond it gets a warning: a small model's output there is mostly nonsense).
+    trained_source_tokens: int | None = None
 
     @property
     def seq2seq(self) -> bool:
@@ -236,8 +239,15 @@ def _fsmt(lm: LoadedModel, kind: str, source: Language | None, target: Language)
     return Plan(kind, target, source)
 
 
+def _trained_source_tokens(card: dict) -> int | None:
+    longest = card.get("longest_training_source")
+    tokens = longest.get("tokens") if isinstance(longest, dict) else None
+    return tokens if isinstance(tokens, int) and tokens > 0 else None
+
+
 def _generic(lm: LoadedModel, kind: str, source: Language | None, target: Language) -> Plan:
-    card = model_card(lm).get("translation") or {}
+    full_card = model_card(lm)
+    card = full_card.get("translation") or {}
     declared_src = find(card["from"]) if card.get("from") else None
     declared_tgt = find(card["to"]) if card.get("to") else None
     source = _check_declared(lm, declared_src, declared_tgt, source, target)
@@ -245,7 +255,7 @@ def _generic(lm: LoadedModel, kind: str, source: Language | None, target: Langua
         raise UsageError(
             f"model '{lm.name}' is a plain language model; pass --from so the prompt can name the source language.",
         )
-    plan = Plan(kind, target, source)
+    plan = Plan(kind, target, source, trained_source_tokens=_trained_source_tokens(full_card))
     if kind == "seq2seq":
         plan.notes.append(f"model '{lm.name}' does not say which languages it translates; its output is used as is.")
     return plan

@@ -37,6 +37,9 @@ _WORD_GAP = re.compile(r"\s+")
 _BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
 # Output room for a causal model: the translation may be this many times the source's tokens.
 _OUTPUT_RATIO = 1.5
+# A sentence this many times longer (in tokens) than the longest source the model was trained on
+# (its card's longest_training_source) is far outside what it learnt: warn once per run.
+FAR_OUTSIDE = 2.0
 
 
 @dataclass
@@ -44,7 +47,9 @@ class Translation:
     line: Line
     text: str  # the translation, one line
     pieces: int = 0  # how many generation requests it took (0 for an empty line)
-    warning: str | None = None  # said once on stderr: a sentence had to be cut to fit the context
+    # Said on stderr with the line: a sentence had to be cut to fit the context, or (once per
+    # run) a sentence is far longer than anything the model was trained on.
+    warnings: list[str] = field(default_factory=list)
     completion_tokens: int = 0
     finish_reasons: list[str] = field(default_factory=list)
 
@@ -140,7 +145,8 @@ class Translator:
         self.batch_size = batch_size
         self.joiner = "" if plan.target.code in NO_SPACE else " "
         self.stats = TranslateStats()
-        self._warnings: dict[int, str] = {}  # line number -> its warning, until the line is translated
+        self._warnings: dict[int, list[str]] = {}  # line number -> its warnings, until the line is translated
+        self._warned_outside = False
         context = lm.context_length
         if plan.seq2seq:
             # Room for the prefix, a language token and end-of-sequence on the encoder side.
@@ -207,6 +213,21 @@ class Translator:
             f"source pieces of at most {self.budget}) cut at clauses or words and translated in parts."
         )
 
+    def outside_warning(self, line: Line) -> str | None:
+        """A warning, the first time only, for a line with a sentence far longer than the model's training sources."""
+        limit = self.plan.trained_source_tokens
+        if limit is None or self._warned_outside or not line.text.strip():
+            return None
+        longest = max(self.count(s.strip()) for s in split_sentences(line.text.strip()))
+        if longest <= FAR_OUTSIDE * limit:
+            return None
+        self._warned_outside = True
+        return (
+            f"line {line.number}: a sentence of {longest} tokens, far longer than any model '{self.lm.name}' "
+            f"was trained on (at most {limit}); its translation is likely to be wrong. "
+            "Shorter sentences work better (said once)."
+        )
+
     def request(self, text: str) -> Request:
         wanted = self.max_new_tokens or 2 * self.count(text) + 10
         context = self.lm.context_length
@@ -254,8 +275,9 @@ class Translator:
             line = feed.get(timeout=None)
             while line is not None:
                 chunks, cut = self.split(line)
-                if cut:
-                    self._warnings[line.number] = self._warning(line, cut)
+                said = [w for w in (self._warning(line, cut) if cut else None, self.outside_warning(line)) if w]
+                if said:
+                    self._warnings[line.number] = said
                 batch.append((line, chunks))
                 pieces += len(chunks)
                 if pieces >= self.batch_size:
@@ -272,7 +294,7 @@ class Translator:
         owners: list[int] = []  # request index -> batch index
         results = []
         for i, (line, chunks) in enumerate(batch):
-            results.append(Translation(line, "", pieces=len(chunks), warning=self._warnings.pop(line.number, None)))
+            results.append(Translation(line, "", pieces=len(chunks), warnings=self._warnings.pop(line.number, [])))
             for chunk in chunks:
                 requests.append(self.request(chunk))
                 owners.append(i)

@@ -54,7 +54,7 @@ def read_references(path: Path | str) -> References:
 
 
 def score(hypotheses: list[str], references: list[list[str]]) -> dict:
-    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenizer, chrF2), with their signatures."""
+    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenizer, chrF2), with their signatures, and exact matches."""
     from sacrebleu.metrics import BLEU, CHRF
 
     if len(hypotheses) != len(references):
@@ -70,6 +70,8 @@ def score(hypotheses: list[str], references: list[list[str]]) -> dict:
     return {
         "bleu": round(b.score, 2),
         "chrf": round(c.score, 2),
+        # Translations equal to one of their references (surrounding spaces aside).
+        "exact": sum(h.strip() in {x.strip() for x in r} for h, r in zip(hypotheses, references)),
         "sentences": len(hypotheses),
         "references": sum(len(r) for r in references),
         "bleu_signature": str(bleu.get_signature()),
