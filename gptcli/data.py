@@ -29,6 +29,37 @@ class Document:
     text: str
     source: str
 
+    def has_text(self) -> bool:
+        """Whether the text is not blank."""
+        return bool(self.text.strip())
+
+    def utf8_bytes(self) -> int:
+        return len(self.text.encode("utf-8"))
+
+
+class WholeFile(Document):
+    """A text file without `<|endoftext|>` separators: one (non-blank) document whose text is read
+    from the file only when asked for, so holding the document costs nothing: eval with the token
+    cache needs only its byte count. Each access of `text` reads the file again."""
+
+    def __init__(self, path: Path, bom: bool):
+        self.id = self.source = str(path)
+        self.path = path
+        self.bom = bom  # the file starts with a UTF-8 byte-order mark, which is not part of the text
+
+    @property
+    def text(self) -> str:  # type: ignore[override]
+        return read_text_file(self.path)
+
+    def has_text(self) -> bool:
+        return True  # blank files yield no document
+
+    def utf8_bytes(self) -> int:
+        return self.path.stat().st_size - (3 if self.bom else 0)
+
+    def __repr__(self) -> str:
+        return f"WholeFile({str(self.path)!r})"
+
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given; folders expand to their supported files, sorted."""
@@ -57,23 +88,39 @@ def split_text(text: str, source: str) -> list[Document]:
     return [Document(source, text, source)] if text.strip() else []
 
 
-def iter_documents(paths: Iterable[str | Path], text_field: str = "text") -> Iterator[Document]:
+def iter_documents(paths: Iterable[str | Path], text_field: str = "text", lazy: bool = False) -> Iterator[Document]:
     """The documents of load_documents, one file at a time; a text file with `<|endoftext|>`
-    separators is read in pieces, so taking the first few documents of a huge file reads only them."""
+    separators is read in pieces, so taking the first few documents of a huge file reads only them.
+    `lazy`: a text file without separators is a WholeFile (its text read only when asked for)."""
     for path in expand_paths(paths):
-        if (
-            str(path) != "-"
-            and path.suffix.lower() not in JSONL_SUFFIXES + TABLE_SUFFIXES
-            and file_contains(path, DOC_SEPARATOR.encode())
-        ):
+        text_file = str(path) != "-" and path.suffix.lower() not in JSONL_SUFFIXES + TABLE_SUFFIXES
+        if text_file and file_contains(path, DOC_SEPARATOR.encode()):
             yield from iter_separated(path)
+        elif text_file and lazy:
+            doc = whole_file(path)
+            if doc is not None:
+                yield doc
         else:
             yield from _load_file(path, text_field)
 
 
+def whole_file(path: Path) -> WholeFile | None:
+    """The WholeFile document of a text file without separators, or None when its text is blank
+    (read up to its first non-blank chunk to find out)."""
+    bom = None
+    for text in read_chunks(path):
+        if bom is None:
+            bom = text.startswith("\ufeff")
+            text = text[1:] if bom else text
+        if text.strip():
+            return WholeFile(path, bom)
+    return None
+
+
 class DocumentStream:
     """The documents of files, read lazily each time it is iterated (once per model in eval): a
-    consumer that stops early (--max-tokens) reads only what it used. Not for stdin (read once)."""
+    consumer that stops early (--max-tokens) reads only what it used; a text file without separators is
+    a WholeFile, read only when its text is asked for. Not for stdin (read once)."""
 
     def __init__(self, paths: Iterable[str | Path], text_field: str = "text", max_docs: int | None = None):
         self.paths, self.text_field, self.max_docs = list(paths), text_field, max_docs
@@ -82,7 +129,7 @@ class DocumentStream:
     def __iter__(self) -> Iterator[Document]:
         from itertools import islice
 
-        return islice(iter_documents(self.paths, self.text_field), self.max_docs)
+        return islice(iter_documents(self.paths, self.text_field, lazy=True), self.max_docs)
 
 
 def iter_separated(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[Document]:

@@ -161,3 +161,36 @@ def test_cache_reader_gives_each_documents_tokens_across_blocks(gpt2_dir, tmp_pa
     assert [[int(t) for t in reader.next()] for _ in want] == want
     with pytest.raises(GptcliError, match="fewer documents"):
         reader.next()
+
+
+def test_single_document_text_from_the_cache_is_never_read_whole(cli, gpt2_dir, tmp_path, monkeypatch):
+    """A .txt file without separators is one document: with its tokens in the cache, eval takes its
+    bytes from the cache manifest and never reads its whole text (the whole-file reader fails here),
+    with the same records and summary as tokenizing the text."""
+    from gptcli import data as data_module
+
+    rng = random.Random(7)
+    path = tmp_path / "book.txt"
+    text = "\n".join(" ".join(rng.choice(CORPUS) for _ in range(rng.randint(1, 6))) for _ in range(40))
+    path.write_bytes(b"\xef\xbb\xbf" + (text + "\n").encode("utf-8"))  # a byte-order mark: not text bytes
+    base = ["eval", path, "-m", gpt2_dir, "--dtype", "float32", "--per-doc"]
+    raw = cli(*base)
+    assert raw.exit_code == 0, raw.stderr
+    assert [r["bytes"] for r in raw.json_lines()] == [len((text + "\n").encode("utf-8"))]
+    r = cli("prepare", path, "--tokenizer", gpt2_dir, "--cache", tmp_path / "c", "--json")
+    assert r.exit_code == 0, r.stderr
+
+    def no_whole_text(p):
+        raise AssertionError(f"the whole text of {p} was read")
+
+    monkeypatch.setattr(data_module, "read_text_file", no_whole_text)
+    monkeypatch.setattr(perplexity, "CHECK_MAX_CHARS", 100)  # as for a big file: no first-document check
+    cached = cli(*base, "--cache", tmp_path / "c")
+    assert cached.exit_code == 0, cached.stderr
+    assert cached.stdout == raw.stdout
+    summary = [json.loads(cli(*base[:-1], "--json", *c).stdout) for c in (["--cache", tmp_path / "c"],)]
+    monkeypatch.undo()
+    summary.append(json.loads(cli(*base[:-1], "--json").stdout))
+    for s in summary:
+        s.pop("tokens_per_s"), s.pop("elapsed_s")
+    assert summary[0] == summary[1]

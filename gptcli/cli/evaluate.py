@@ -157,7 +157,7 @@ def evaluate(
         from gptcli.data import DocumentStream
 
         documents = DocumentStream(sources, text_field, max_docs)
-    if not any(d.text.strip() for d in documents):
+    if not any(d.has_text() for d in documents):
         where = "stdin" if sources == ["-"] else ", ".join(sources)
         raise UsageError(f"no text to evaluate in {where}.")
 

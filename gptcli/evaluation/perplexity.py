@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptcli.data import Document
+from gptcli.data import Document, WholeFile
 from gptcli.errors import GptcliError, UsageError
 from gptcli.evaluation.windows import Window, plan_windows
 
@@ -353,14 +353,25 @@ def token_cache_for(
         if not (build or (build is None and big)):
             return None
         entry = tokcache.ensure(paths, tokenizer, text_field, root=root, what="eval data", note=note, progress=progress)
-    first = next((d for d in documents if d.text.strip()), None)
-    if first is not None and len(first.text) <= 1 << 20:
+    first = next((d for d in documents if d.has_text()), None)
+    if first is not None and _short(first):
         cached = _CacheReader(entry).next()
         if _encode(tokenizer, [first.text])[0][0] != [int(t) for t in cached]:
             if note is not None:
                 note(f"token cache {entry.folder} does not match this tokenizer's output; tokenizing instead.")
             return None
     return entry
+
+
+# Documents up to this many characters (a WholeFile: UTF-8 bytes, not read to find out) are tokenized to
+# check that the cache matches the tokenizer; the first document of the corpus is checked only if it is short.
+CHECK_MAX_CHARS = 1 << 20
+
+
+def _short(doc: Document) -> bool:
+    if isinstance(doc, WholeFile):
+        return doc.utf8_bytes() <= CHECK_MAX_CHARS
+    return len(doc.text) <= CHECK_MAX_CHARS
 
 
 # --- tokenizing and byte accounting -------------------------------------------
@@ -390,9 +401,12 @@ def _tokenize(
     unscored = 0 if head else 1  # without a prefix the first text token is only context
     budget = max_tokens  # text tokens (the prefix is not part of the text)
     cached = _CacheReader(cache) if cache is not None else None
+    # a WholeFile's text is never read when its tokens come from the cache: its bytes are its source's
+    # size in the manifest (the entry is valid only while the file has that size), less a byte-order mark
+    sizes = {s["path"]: int(s["size"]) for s in cache.manifest.get("sources", [])} if cache is not None else {}
     stream = iter(documents)
     while group := list(islice(stream, TOKENIZE_GROUP)):
-        ids_of: list[Any] = [cached.next() if cached is not None and d.text.strip() else None for d in group]
+        ids_of: list[Any] = [cached.next() if cached is not None and d.has_text() else None for d in group]
         todo = [i for i, ids in enumerate(ids_of) if ids is None]
         encoded = _encode(tokenizer, [group[i].text for i in todo])
         for i, enc in zip(todo, encoded):
@@ -413,11 +427,23 @@ def _tokenize(
             if n > unscored:
                 if cut and offsets is None and cached is not None:
                     offsets = _encode(tokenizer, [doc.text])[0][1]  # the one cut document: where its kept text ends
-                score.bytes = _kept_bytes(tokenizer, doc.text, ids, offsets, cut)
+                if not cut:
+                    score.bytes = _doc_bytes(doc, sizes)
+                else:
+                    score.bytes = _kept_bytes(tokenizer, doc.text, ids, offsets, cut)
                 if unscored:
                     score.bytes -= _first_token_bytes(tokenizer, doc.text, int(ids[0]), offsets)
             seq = _Prefixed(prefix, ids) if cached is not None and not isinstance(ids, list) else head + list(ids)
             yield _Tokenized(score, seq, [])
+
+
+def _doc_bytes(doc: Document, sizes: dict[str, int]) -> int:
+    """UTF-8 bytes of the document's whole text; a WholeFile's from the cache manifest's `sizes` when
+    it lists the file (else from the file's size), without reading the text."""
+    if isinstance(doc, WholeFile):
+        size = sizes.get(str(doc.path.resolve()))
+        return size - (3 if doc.bom else 0) if size is not None else doc.utf8_bytes()
+    return len(doc.text.encode("utf-8"))
 
 
 def _encode(tokenizer, texts: list[str]) -> list[tuple[list[int], Any]]:
