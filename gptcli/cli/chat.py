@@ -52,6 +52,7 @@ def chat(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
+    quantize: opt.Quantize = None,
     allow_pickle: opt.AllowPickle = False,
     trust_remote_code: opt.TrustRemoteCode = False,
 ) -> None:
@@ -65,6 +66,7 @@ def chat(
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_stdin, stdin_is_tty
+    from gptcli.quantize import parse_scheme
     from gptcli.runtime import check_options
     from gptcli.sampling import SamplingParams
 
@@ -81,6 +83,7 @@ def chat(
         seed=seed,
     )
     check_options(device, dtype, threads)
+    quant = parse_scheme(quantize)
     interactive = message is None and stdin_is_tty()
     if interactive and (jsonl or as_json):
         raise UsageError(
@@ -110,6 +113,7 @@ def chat(
         device=device,
         dtype=dtype,
         threads=threads,
+        quantize=quant,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )

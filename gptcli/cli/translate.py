@@ -86,6 +86,7 @@ def translate(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
+    quantize: opt.Quantize = None,
     allow_pickle: opt.AllowPickle = False,
     trust_remote_code: opt.TrustRemoteCode = False,
 ) -> None:
@@ -96,6 +97,7 @@ def translate(
     """
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
+    from gptcli.quantize import parse_scheme
     from gptcli.runtime import check_options
     from gptcli.translation import languages
 
@@ -122,6 +124,7 @@ def translate(
         max_new_tokens=max_new_tokens,
     )
     check_options(device, dtype, threads)
+    quant = parse_scheme(quantize)
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
     refs, feed = _inputs(text, file, references)
@@ -144,6 +147,7 @@ def translate(
             device=device,
             dtype=dtype,
             threads=threads,
+            quantize=quant,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
