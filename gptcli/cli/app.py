@@ -99,7 +99,7 @@ def _quiet_unraisable(hook):
 
 # Commands where SIGTERM stops like Ctrl-C (exit 130, partial output kept). Training installs
 # its own handlers (finish the step, save a checkpoint: gptcli.training.signals).
-_SIGTERM_AS_INTERRUPT = {"generate", "chat", "eval", "translate"}
+_SIGTERM_AS_INTERRUPT = {"generate", "chat", "eval", "translate", "quantize"}
 
 
 def _command(args: list[str]) -> str | None:
@@ -192,7 +192,7 @@ def _flush_quietly() -> None:
 
 # Commands whose process may end without interpreter teardown (see main). Training is not
 # among them: accelerate and torch.distributed clean up in exit handlers.
-_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "models", "completion"}
+_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "quantize", "models", "completion"}
 
 
 def main(argv: list[str] | None = None) -> None:
