@@ -234,8 +234,9 @@ def quality_table(work: Path, args) -> None:
             cwd=ROOT,
         )
     rows = [("tinystories (bundled)", "tinystories", stories)]
-    shk, shk_text = shakespeare_model(work, args.shakespeare_model)
-    rows.append(("gpt2-arch micro, tinyshakespeare", shk, shk_text))
+    if not args.skip_shakespeare:
+        shk, shk_text = shakespeare_model(work, args.shakespeare_model)
+        rows.append(("gpt2-arch micro, tinyshakespeare", shk, shk_text))
     print("\nQuality: nll/token on held-out text (gptcli eval --dtype bfloat16), change against bf16")
     print(f"{'model':34} {'bf16':>8} {'int8':>8} {'change':>8} {'int4':>8} {'change':>8}")
     for label, model, text in rows:
@@ -256,7 +257,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "gptcli-bench-quantize"))
     ap.add_argument("--shakespeare-model")
-    ap.add_argument("--only", default="speed,rss,quality")
+    ap.add_argument("--only", default="speed,rss,quality", help="parts to run, in this order")
+    ap.add_argument("--models", default="all", choices=("all", "gpt2", "llama"), help="for speed and rss")
+    ap.add_argument("--skip-shakespeare", action="store_true", help="quality: the bundled model only")
     args = ap.parse_args()
     if args.worker:
         kind, *rest = args.worker
@@ -272,16 +275,17 @@ def main() -> None:
     gpt2 = build_gpt2_124m(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m", vocab_text=vocab)
     llama = build_llama_91m(work / "llama-91m")
     models = [("GPT-2-124M shape", gpt2), ("Llama ~91M shape", llama)]
-    only = set(args.only.split(","))
+    models = [m for m in models if args.models in ("all", "gpt2" if m[1] == gpt2 else "llama")]
     started = time.time()
-    if "speed" in only:
-        for name, folder in models:
-            speed_table(name, folder, args)
-    if "rss" in only:
-        for name, folder in models:
-            rss_table(name, folder, work, args)
-    if "quality" in only:
-        quality_table(work, args)
+    for part in args.only.split(","):  # in the order given
+        if part == "speed":
+            for name, folder in models:
+                speed_table(name, folder, args)
+        elif part == "rss":
+            for name, folder in models:
+                rss_table(name, folder, work, args)
+        elif part == "quality":
+            quality_table(work, args)
     print(f"\n(total {time.time() - started:.0f} s)")
 
 
