@@ -243,8 +243,8 @@ def quality_table(work: Path, args) -> None:
         nll = {s: _eval_nll(model, text, s) for s in SETTINGS}
         b = nll["bf16"]
         print(
-            f"{label:34} {b:8.4f} {nll['int8']:8.4f} {100 * (nll['int8'] / b - 1):+7.2f}% "
-            f"{nll['int4']:8.4f} {100 * (nll['int4'] / b - 1):+7.2f}%"
+            f"{label:34} {b:8.4f} {nll['int8']:8.4f} {100 * (nll['int8'] / b - 1):+7.3f}% "
+            f"{nll['int4']:8.4f} {100 * (nll['int4'] / b - 1):+7.3f}%"
         )
     print("  targets: int8 <= +0.5%, int4 <= +3%")
 

@@ -33,8 +33,8 @@ from gptcli.errors import UsageError
 
 SCHEMES = ("int8", "int4")
 QUANT_METHOD = "gptcli"
-# Inputs per int4 group. 64 was the fastest of 32/64/128/256 for the GPT-2 and Llama shapes
-# on the reference machine with the lowest nll cost after 32 (docs/quantize.md).
+# Inputs per int4 group: the middle of what the kernel takes. Smaller groups follow the weights
+# more closely and store more scale bytes (64: 12.5% on top of the 4-bit values; docs/quantize.md).
 INT4_GROUP_SIZE = 64
 _INT4_GROUPS = (256, 128, 64, 32)  # the kernel's group sizes; a layer uses the largest <= the chosen one
 _INT4_N_MULTIPLE = 16  # the int4 packing wants output rows in multiples of 16: the head is padded
