@@ -83,16 +83,24 @@ def source_print(path: Path) -> dict[str, Any]:
     Size and mtime alone miss a same-size rewrite within the file system's time granularity
     (tests do that); hashing a large file whole would cost seconds on every cache hit."""
     st = path.stat()
+    if st.st_size <= HASH_WHOLE:
+        digest = file_sha256(path)
+    else:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(st.st_size - (1 << 20), 0))
+            h.update(f.read(1 << 20))
+        digest = h.hexdigest()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+
+
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        if st.st_size <= HASH_WHOLE:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(f.read(1 << 20))
-            f.seek(st.st_size - (1 << 20))
-            h.update(f.read(1 << 20))
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def dataset_key(paths: list[Path], text_field: str) -> str:
@@ -348,6 +356,11 @@ class Entry:
             return np.zeros(0, dtype=dtype)
         return np.memmap(self.folder / TOKENS, dtype=dtype, mode="r", shape=(self.n_tokens,))
 
+    def content_hashes(self) -> dict[str, str]:
+        """SHA-256 of each source file's whole content when the entry was built ({resolved path: hash}),
+        valid now since the entry was checked against the files' size, mtime and hash."""
+        return {s["path"]: s["content_sha256"] for s in self.manifest.get("sources", []) if "content_sha256" in s}
+
     def doc_ends(self) -> Any:
         import numpy as np
 
@@ -392,6 +405,20 @@ def _problem(folder: Path, tok_print: str, sources: list[dict[str, Any]]) -> tup
     return None, man
 
 
+def lookup(paths: list[Path], tok: Any, text_field: str, root: Path | None = None) -> Entry | None:
+    """The valid entry of these files under this tokenizer if one exists; never builds (no lock:
+    entries appear by an atomic rename, complete)."""
+    if any(str(p) == "-" for p in paths) or getattr(tok, "eos_token_id", None) is None:
+        return None
+    root = (root or default_root()).expanduser()
+    tok_print = tokenizer_fingerprint(tok)
+    folder = root / dataset_key(paths, text_field) / ("tok-" + tok_print[:16])
+    if not (folder / MANIFEST).exists():
+        return None
+    _, man = _problem(folder, tok_print, [source_print(p) for p in paths])
+    return Entry(folder, man) if man is not None else None
+
+
 def token_dtype(tok: Any) -> str:
     backend = getattr(tok, "backend_tokenizer", None)
     n = backend.get_vocab_size(with_added_tokens=True) if backend is not None else len(tok)
@@ -434,12 +461,27 @@ def ensure(
         if reusable:
             why, man = _problem(folder, tok_print, sources)
             if man is not None:
-                return Entry(folder, man)
+                return Entry(folder, _with_content_hashes(folder, man))
             if why != "missing":
                 note(f"token cache for the {what}: rebuilding it ({why}).")
         _remove_stale(folder)
         man = _build(folder, paths, tok, text_field, tok_print, sources, what, progress)
         return Entry(folder, man)
+
+
+def _with_content_hashes(folder: Path, man: dict[str, Any]) -> dict[str, Any]:
+    """An entry built before manifests recorded each source's whole-content hash gets them once
+    (one read of the corpus), so later runs never read it for run.json again."""
+    missing = [s for s in man.get("sources", []) if "content_sha256" not in s]
+    if not missing:
+        return man
+    for s in missing:
+        s["content_sha256"] = s["sha256"] if s["size"] <= HASH_WHOLE else file_sha256(Path(s["path"]))
+    try:
+        write_atomic(folder / MANIFEST, json.dumps(man, indent=1) + "\n")
+    except OSError:
+        pass  # a read-only shared cache: the hashes serve this run only
+    return man
 
 
 class _locked:
@@ -518,6 +560,8 @@ def _build(
                 os.fsync(f.fileno())
         if done[2] == 0:
             raise InputError(f"the {what} ({', '.join(map(str, paths))}) holds no text.")
+        for s in sources:  # run.json's provenance reads these on a cache hit instead of re-reading the corpus
+            s["content_sha256"] = s["sha256"] if s["size"] <= HASH_WHOLE else file_sha256(Path(s["path"]))
         man = {
             "format": FORMAT,
             "tokenizer": tok_print,

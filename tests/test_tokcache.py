@@ -423,3 +423,44 @@ def test_a_read_only_shared_cache_is_read_without_a_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "mkdir", no_new_folders)
     with pytest.raises(GptcliError, match="cannot write the token cache .*Permission denied"):
         tokcache.ensure([src], toks.build_char(["shared text\n"]), "text", root=tmp_path / "c")
+
+
+def test_a_cache_hit_does_not_read_the_corpus_again_for_run_json(tmp_path, monkeypatch):
+    """run.json's data hash on a cache hit comes from the hash recorded when the cache was built (for
+    a large file, whose cache fingerprint covers only its ends): the real SHA-256, without reading the
+    file again. An entry from before those hashes gets them once, on its first hit."""
+    import hashlib
+
+    from test_train_support import TINY, cli, corpus
+
+    from gptcli.training import manifest
+
+    monkeypatch.setattr(tokcache, "HASH_WHOLE", 4096)  # the corpus counts as large
+    data, cache = corpus(tmp_path, lines=2000), tmp_path / "cache"
+    args = ["train", data, *TINY, "--steps", "1", "--cache", cache]
+    assert cli(*args, "--out", tmp_path / "a")[0] == 0
+    opened = []
+    real_open = open
+    monkeypatch.setattr(
+        manifest, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k), raising=False
+    )
+    code, _, err = cli(*args, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert opened == []  # the hash came from the cache manifest
+    record = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert record["data"][0]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+
+    (man_path,) = map(Path, _manifests(cache))
+    man = json.loads(man_path.read_text())
+    for s in man["sources"]:
+        del s["content_sha256"]  # as an older gptcli wrote it
+    man_path.write_text(json.dumps(man))
+    hashed = []
+    real_hash = tokcache.file_sha256
+    monkeypatch.setattr(tokcache, "file_sha256", lambda p: hashed.append(Path(p)) or real_hash(p))
+    assert cli(*args, "--out", tmp_path / "c")[0] == 0
+    assert hashed == [data.resolve()]  # this once
+    assert json.loads(man_path.read_text())["sources"][0]["content_sha256"] == record["data"][0]["sha256"]
+    assert cli(*args, "--out", tmp_path / "d")[0] == 0
+    assert hashed == [data.resolve()] and opened == []
+    assert json.loads((tmp_path / "d" / "run.json").read_text())["data"] == record["data"]

@@ -79,11 +79,23 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    cache: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cache",
+            help="Token cache folder: the files are tokenized once into it (or read back from it, e.g. after "
+            "`gptcli prepare`/`gptcli train` with the same tokenizer). Without it, a valid entry in the default "
+            "cache is used, and inputs of 64 MB or more are cached there. (default: $GPTCLI_CACHE_DIR or "
+            "~/.cache/gptcli/tokens)",
+            rich_help_panel=EVAL_PANEL,
+            show_default=False,
+        ),
+    ] = None,
     per_doc: Annotated[
         bool,
         typer.Option(
             "--per-doc",
-            help="JSON Lines on stdout, one record per document (the summary table goes to stderr).",
+            help="JSON Lines on stdout, one record per document as it is scored (the summary table goes to stderr).",
             rich_help_panel=opt.OUTPUT_PANEL,
         ),
     ] = False,
@@ -170,6 +182,10 @@ def evaluate(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
+        entry = None
+        if "-" not in sources and not concat:
+            entry = _token_cache(lm.tokenizer, sources, documents, text_field, cache, max_tokens or max_docs)
+        sink = _PerDoc(out, lm.name) if per_doc else None
         with out.progress(f"eval {lm.name}") as bar:
             score = evaluate_model(
                 lm,
@@ -180,23 +196,79 @@ def evaluate(
                 max_tokens=max_tokens,
                 progress=bar.advance,
                 on_plan=bar.plan,
+                on_doc=sink.add if sink is not None else None,
+                cache=entry,
             )
         del lm  # free the weights before the next model loads
         if not score.tokens:
             raise UsageError(
-                f"nothing to score: none of the {len(score.docs)} documents has a token to score for {score.model}."
+                f"nothing to score: none of the {score.skipped} documents has a token to score for {score.model}."
             )
+        if sink is not None:
+            sink.flush()
         if score.skipped:
             out.warn(
                 f"{score.model}: skipped {score.skipped} document{'s' if score.skipped != 1 else ''} with no token to score."
             )
-        if per_doc:  # stream per-document records as each model finishes
-            out.records(d.to_record(score.model) for d in score.docs)
         scores.append(score)
     if as_json:
         out.records(s.to_record() for s in scores)
     else:  # with --per-doc, stdout holds the records: the table goes to stderr
         out.table(COLUMNS, [_row(s) for s in scores], stderr=per_doc)
+
+
+class _PerDoc:
+    """`--per-doc` records on stdout as each document is scored. Records of skipped documents wait
+    until a document is scored, so a run that scores nothing (a usage error) prints no record."""
+
+    def __init__(self, out, model: str):
+        self.out, self.model, self.scored = out, model, False
+        self.held: list = []
+
+    def add(self, doc) -> None:
+        if not self.scored and doc.skipped:
+            self.held.append(doc)
+            return
+        self.scored = True
+        self.flush()
+        self.out.record(doc.to_record(self.model))
+
+    def flush(self) -> None:
+        if self.scored:
+            self.out.records(d.to_record(self.model) for d in self.held)
+            self.held = []
+
+
+def _token_cache(tokenizer, sources: list[str], documents, text_field: str, cache: Path | None, partial):
+    """The token cache entry to read this model's tokens from (see evaluation.token_cache_for), built
+    with a progress line when needed; None when the files are tokenized as read."""
+    import sys
+
+    from gptcli import console, tokcache
+    from gptcli.data import expand_paths
+    from gptcli.evaluation.perplexity import token_cache_for
+
+    show = tokcache.stderr_progress("tokenizing the eval data")
+    shown = []
+
+    def progress(done: int, total: int, tokens: int) -> None:
+        shown.append(True)
+        show(done, total, tokens)
+
+    try:
+        return token_cache_for(
+            tokenizer,
+            expand_paths(sources),
+            documents,
+            text_field,
+            root=cache,
+            build=True if cache is not None else (False if partial else None),
+            note=console.info,
+            progress=progress,
+        )
+    finally:
+        if shown:
+            sys.stderr.write("\n")
 
 
 COLUMNS = ("model", "docs", "tokens", "nll/token", "perplexity", "bits/byte", "tokens/s")
@@ -207,7 +279,7 @@ def _row(s: ModelScore) -> list[str]:
 
     return [
         s.model,
-        str(len(s.scored)),
+        str(s.documents),
         f"{s.tokens:,}",
         number(s.nll, 4),
         number(s.ppl, 3),

@@ -37,21 +37,24 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     say(f"model: {lm.name} ({model.config.model_type}) loaded in {time.perf_counter() - t0:.1f} s")
 
     val_fmt = sft.detect_format(s.val_data, fmt) if s.val_data else None
+    entries = []  # token cache entries read: run.json takes their files' hashes from them
     if fmt == "text":  # plain text: through the token cache (memmap), as train reads it
         data = runner.DataFiles.open(s)
         entry = data.tokens(tok, ctx)
+        entries.append(entry)
         n_examples, ids, mask = entry.n_documents, entry.tokens(), None
     else:  # prompt/completion and chat examples carry a loss mask per token: built in memory
         examples, masks = sft.build(tok, s.data, fmt, s.text_field)
         n_examples, (ids, mask) = len(examples), packing.stream(examples, tok.eos_token_id, masks)
     val_stream = None
     if s.val_data and val_fmt == "text" and fmt == "text":
-        val_stream = (data.val_tokens(tok, ctx).tokens(), None)
+        entries.append(data.val_tokens(tok, ctx))
+        val_stream = (entries[-1].tokens(), None)
     elif s.val_data:
         assert val_fmt is not None  # detected above whenever there is validation data
         v_examples, v_masks = sft.build(tok, s.val_data, val_fmt, s.text_field)
         val_stream = packing.stream(v_examples, tok.eos_token_id, v_masks)
-    provenance = runner.provenance(ctx)
+    provenance = runner.provenance(ctx, entries)
     if val_stream is not None:
         frac = 0.0
         block = _block_size(s, lm.context_length, len(ids), frac)

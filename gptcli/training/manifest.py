@@ -25,24 +25,33 @@ NAME = "run.json"
 SIGNATURE = "gptcli-run/1"  # not "format": finetune records its data format under that key
 
 
-def hash_files(paths: list[str]) -> list[dict[str, Any]]:
+def hash_files(paths: list[str], known: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Each file's size and SHA-256. `known`: hashes already established for this content
+    ({resolved path: sha256}, from a token cache entry checked against the files in this run),
+    so a cache hit does not read the whole corpus again."""
     from gptcli.data import expand_paths
 
+    known = known or {}
     out: list[dict[str, Any]] = []
     for path in expand_paths(paths):
         if str(path) == "-":
             out.append({"path": "-", "sha256": None})
             continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        out.append({"path": str(path), "bytes": path.stat().st_size, "sha256": h.hexdigest()})
+        digest = known.get(str(path.resolve()))
+        if digest is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            digest = h.hexdigest()
+        out.append({"path": str(path), "bytes": path.stat().st_size, "sha256": digest})
     return out
 
 
-def fingerprints(data: list[str], val_data: list[str]) -> dict[str, list[dict[str, Any]]]:
-    return {"data": hash_files(data or []), "val_data": hash_files(val_data or [])}
+def fingerprints(
+    data: list[str], val_data: list[str], known: dict[str, str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    return {"data": hash_files(data or [], known), "val_data": hash_files(val_data or [], known)}
 
 
 def read(path: Path) -> dict[str, Any] | None:

@@ -39,9 +39,18 @@ class Blocks:
         if isinstance(self.ids, torch.Tensor):
             window = self.ids[offsets]
         else:  # a numpy.memmap of the token cache (uint16/uint32): read just these windows
+            import mmap
+
             import numpy as np
 
             window = torch.from_numpy(self.ids[offsets.numpy()].astype(np.int64))
+            # Pages read through a mapping stay mapped, and count in the process's resident memory,
+            # until it ends: over a long run, the whole corpus (plus the kernel's readahead around
+            # each random window). Drop them once copied (nanoGPT re-creates its memmap per batch for
+            # the same reason); they stay in the page cache, so a later read costs no disk access.
+            mapped = getattr(self.ids, "_mmap", None)
+            if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mapped.madvise(mmap.MADV_DONTNEED)
         x, y = window[:, :-1], window[:, 1:]
         if self.mask is not None:
             y = y.masked_fill(~self.mask[offsets][:, 1:], IGNORE)

@@ -16,7 +16,6 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     ctx = runner.setup("train", s, progress)
     say = ctx.say
     data = runner.DataFiles.open(s)
-    provenance = runner.provenance(ctx)
 
     t0 = time.perf_counter()
     if ctx.resume_from is not None:  # the checkpoint's own tokenizer and config: the exact same model
@@ -46,7 +45,9 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     entry = data.tokens(tokenizer, ctx)
     ids = entry.tokens()  # a numpy.memmap of the token cache: memory stays flat whatever the corpus size
-    val_stream = (data.val_tokens(tokenizer, ctx).tokens(), None) if data.val_paths else None
+    val_entry = data.val_tokens(tokenizer, ctx) if data.val_paths else None
+    val_stream = (val_entry.tokens(), None) if val_entry is not None else None
+    provenance = runner.provenance(ctx, [entry] + ([val_entry] if val_entry is not None else []))
     frac = 0.0 if val_stream is not None else runner.val_fraction(s, len(ids), block, say)
     train, val = runner.blocks(ids, None, block, frac, val_stream)
     say(f"data: {entry.n_documents:,} documents, {len(ids):,} tokens ({time.perf_counter() - t0:.1f} s)")

@@ -309,14 +309,16 @@ class Provenance:
     earlier: list[dict[str, Any]] = field(default_factory=list)
 
 
-def provenance(ctx: Setup) -> Provenance:
-    """Fingerprint the data (before any work) and, when resuming, compare it with what the earlier
-    steps were trained on. Changed data is allowed (more data, fixed typos) but never silent: a
-    warning says so, and run.json keeps the earlier fingerprints as their own segments."""
+def provenance(ctx: Setup, entries: list[Any] | None = None) -> Provenance:
+    """Fingerprint the data and, when resuming, compare it with what the earlier steps were trained
+    on. Changed data is allowed (more data, fixed typos) but never silent: a warning says so, and
+    run.json keeps the earlier fingerprints as their own segments. `entries`: the token cache
+    entries the run reads, whose recorded content hashes spare reading their files again."""
     if not ctx.is_main:  # only rank 0 writes run.json
         return Provenance({"data": [], "val_data": []})
     s, resume_from, resume_state = ctx.settings, ctx.resume_from, ctx.resume_state
-    prints = manifest.fingerprints(s.data, s.val_data)
+    known = {path: digest for e in entries or [] for path, digest in e.content_hashes().items()}
+    prints = manifest.fingerprints(s.data, s.val_data, known)
     if resume_from is None or resume_state is None:
         return Provenance(prints)
     step = int(resume_state["step"])
