@@ -61,6 +61,7 @@ class LoadedModel:
     eos_token_ids: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
     is_adapter: bool = False
+    quantization: Any = None  # gptcli.quantize.QuantReport when the linear layers are quantized
 
     @property
     def device(self):
@@ -285,6 +286,14 @@ def _read_json(path: Path) -> dict:
     return value
 
 
+def folder_quantization(folder: Path) -> dict | None:
+    """The quantization_config of a folder `gptcli quantize` wrote; None for a float model."""
+    from gptcli.quantize import quantization_config
+
+    path = folder / "config.json"
+    return quantization_config(_read_json(path)) if path.is_file() else None
+
+
 def load_tokenizer(folder: Path, *, trust_remote_code: bool = False, padding_side: str = "left") -> Any:
     from transformers import AutoTokenizer
 
@@ -315,6 +324,12 @@ def load_model(
 
     config = load_config(folder, trust_remote_code=trust_remote_code)
     n_params = check_weights(folder, allow_pickle=allow_pickle)
+    qcfg = folder_quantization(folder)
+    if qcfg is not None and for_training:
+        raise ModelLoadError(
+            f"{source.spec} holds quantized weights (`gptcli quantize`); training needs float weights.",
+            hint="Train or finetune the float model, then quantize the result.",
+        )
     if not for_training:
         from gptcli.runtime import fit_to_model
 
@@ -324,16 +339,27 @@ def load_model(
     # since left padding shifts a short source's positions and changes its translation.
     side = "right" if getattr(config, "is_encoder_decoder", False) else "left"
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code, padding_side=side)
+    if qcfg is not None:
+        from gptcli.quantize import load_quantized
+
+        model, report = load_quantized(
+            folder, config, qcfg, runtime, auto_class=_auto_class(config), trust_remote_code=trust_remote_code
+        )
+        return _describe(model, tokenizer, source, runtime, config, quantization=report)
     model = _instantiate(folder, config, runtime, allow_pickle, trust_remote_code)
     if not for_training:
         model.eval()
     return _describe(model, tokenizer, source, runtime, config)
 
 
-def _instantiate(folder: Path, config: Any, runtime: Any, allow_pickle: bool, trust_remote_code: bool) -> Any:
+def _auto_class(config: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
+def _instantiate(folder: Path, config: Any, runtime: Any, allow_pickle: bool, trust_remote_code: bool) -> Any:
+    auto = _auto_class(config)
     try:
         model = auto.from_pretrained(
             folder,
@@ -390,6 +416,11 @@ def _load_adapter(
     tokenizer = base.tokenizer
     if (source.path / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(source.path, trust_remote_code=trust_remote_code)
+    if base.quantization is not None:
+        raise ModelLoadError(
+            f"the base model of adapter {source.spec} holds quantized weights; an adapter needs the float base.",
+            hint="Point the adapter at the float model and pass --quantize instead.",
+        )
     return _describe(model, tokenizer, source, base.runtime, base.model.config, is_adapter=True)
 
 
@@ -402,13 +433,23 @@ def open_model(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     fast: bool = True,
+    quantize: str | None = None,
 ) -> tuple[LoadedModel, float]:
-    """Load for inference. Returns the model and the seconds it took to load."""
+    """Load for inference. Returns the model and the seconds it took to load.
+
+    `quantize` ("int8", "int4"): quantize the linear layers after loading (see gptcli.quantize);
+    a folder written by `gptcli quantize` is quantized already and loads as it is."""
     from gptcli.runtime import resolve_runtime
 
     started = time.perf_counter()
     runtime = resolve_runtime(device, dtype, threads)
+    if quantize is not None:
+        from gptcli.quantize import check_device
+
+        check_device(runtime, quantize)
     lm = load_model(model, runtime, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if quantize is not None:
+        _quantize_loaded(lm, quantize)
     if fast:
         from gptcli.cpu_tuning import fuse_activations, optimize_for_inference, prefer_eager_attention
 
@@ -416,3 +457,19 @@ def open_model(
         fuse_activations(lm.model)
         prefer_eager_attention(lm)
     return lm, time.perf_counter() - started
+
+
+def _quantize_loaded(lm: LoadedModel, scheme: str) -> None:
+    from gptcli.quantize import quantize_model
+
+    if lm.quantization is not None:
+        if lm.quantization.scheme != scheme:
+            raise UsageError(
+                f"{lm.name} holds {lm.quantization.scheme} weights already; it cannot be run as {scheme}.",
+                hint=f"Drop --quantize, or quantize the float model to {scheme}.",
+            )
+        return
+    import torch
+
+    with torch.no_grad():
+        lm.quantization = quantize_model(lm.model, scheme, lm.runtime.dtype)

@@ -23,6 +23,7 @@ from gptcli.cli import generate as generate_cmd
 from gptcli.cli import help as help_cls
 from gptcli.cli import models as models_cmd
 from gptcli.cli import prepare as prepare_cmd
+from gptcli.cli import quantize as quantize_cmd
 from gptcli.cli import train as train_cmd
 from gptcli.cli import translate as translate_cmd
 from gptcli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GptcliError, Interrupted
@@ -64,6 +65,7 @@ app.command("finetune", cls=help_cls.Command)(train_cmd.finetune)
 app.command("prepare", cls=help_cls.Command)(prepare_cmd.prepare)
 app.command("eval", cls=help_cls.Command)(eval_cmd.evaluate)
 app.command("translate", cls=help_cls.Command)(translate_cmd.translate)
+app.command("quantize", cls=help_cls.Command)(quantize_cmd.quantize)
 app.command("models", cls=help_cls.Command)(models_cmd.models)
 app.command("export", cls=help_cls.Command)(export_cmd.export)
 app.command("completion", cls=help_cls.Command)(completion_cmd.command_for(app))
@@ -99,7 +101,7 @@ def _quiet_unraisable(hook):
 
 # Commands where SIGTERM stops like Ctrl-C (exit 130, partial output kept). Training installs
 # its own handlers (finish the step, save a checkpoint: gptcli.training.signals).
-_SIGTERM_AS_INTERRUPT = {"generate", "chat", "eval", "translate"}
+_SIGTERM_AS_INTERRUPT = {"generate", "chat", "eval", "translate", "quantize"}
 
 
 def _command(args: list[str]) -> str | None:
@@ -192,7 +194,7 @@ def _flush_quietly() -> None:
 
 # Commands whose process may end without interpreter teardown (see main). Training is not
 # among them: accelerate and torch.distributed clean up in exit handlers.
-_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "models", "completion", "export"}
+_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "quantize", "models", "completion", "export"}
 
 
 def main(argv: list[str] | None = None) -> None:

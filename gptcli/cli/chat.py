@@ -55,6 +55,7 @@ def chat(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
+    quantize: opt.Quantize = None,
     allow_pickle: opt.AllowPickle = False,
     trust_remote_code: opt.TrustRemoteCode = False,
 ) -> None:
@@ -69,6 +70,7 @@ def chat(
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_stdin, stdin_is_tty
+    from gptcli.quantize import parse_scheme
     from gptcli.runtime import check_options
     from gptcli.sampling import SamplingParams
 
@@ -85,6 +87,7 @@ def chat(
         seed=seed,
     )
     check_options(device, dtype, threads)
+    quant = parse_scheme(quantize)
     speculate.check(prompt_lookup, draft_model, draft_tokens)
     interactive = message is None and stdin_is_tty()
     if interactive and (jsonl or as_json):
@@ -115,6 +118,7 @@ def chat(
         device=device,
         dtype=dtype,
         threads=threads,
+        quantize=quant,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )

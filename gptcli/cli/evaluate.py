@@ -110,6 +110,7 @@ def evaluate(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
+    quantize: opt.Quantize = None,
     allow_pickle: opt.AllowPickle = False,
     trust_remote_code: opt.TrustRemoteCode = False,
 ) -> None:
@@ -122,10 +123,12 @@ def evaluate(
     from gptcli.data import load_documents
     from gptcli.errors import UsageError
     from gptcli.inputs import stdin_is_tty
+    from gptcli.quantize import parse_scheme
     from gptcli.runtime import check_options
 
     # Everything the user typed is checked before any model loads.
     check_options(device, dtype, threads)
+    quant = parse_scheme(quantize)
     for name, value in (
         ("--batch-size", batch_size),
         ("--stride", stride),
@@ -175,6 +178,7 @@ def evaluate(
             device=device,
             dtype=dtype,
             threads=threads,
+            quantize=quant,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )

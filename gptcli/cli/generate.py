@@ -52,6 +52,7 @@ def generate(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
+    quantize: opt.Quantize = None,
     allow_pickle: opt.AllowPickle = False,
     trust_remote_code: opt.TrustRemoteCode = False,
 ) -> None:
@@ -64,6 +65,7 @@ def generate(
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_prompt_file
+    from gptcli.quantize import parse_scheme
     from gptcli.runtime import check_options
     from gptcli.sampling import SamplingParams
 
@@ -85,6 +87,7 @@ def generate(
         seed=seed,
     )
     check_options(device, dtype, threads)
+    quant = parse_scheme(quantize)
     speculating = speculate.check(prompt_lookup, draft_model, draft_tokens)
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
@@ -106,6 +109,7 @@ def generate(
         device=device,
         dtype=dtype,
         threads=threads,
+        quantize=quant,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )

@@ -68,6 +68,17 @@ Threads = Annotated[
         show_default=False,
     ),
 ]
+Quantize = Annotated[
+    Optional[str],
+    typer.Option(
+        "--quantize",
+        envvar="GPTCLI_QUANTIZE",
+        help="int8 or int4: run the linear layers with quantized weights (CPU; faster, slightly less exact). "
+        "(default: off)",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
 AllowPickle = Annotated[
     bool,
     typer.Option(

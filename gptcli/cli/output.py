@@ -129,7 +129,8 @@ def number(x: float | None, digits: int) -> str:
 
 
 def describe_load(lm: LoadedModel, seconds: float) -> str:
-    return f"Loaded {lm.name} on {lm.runtime.describe()} in {seconds:.2f} s"
+    quant = f", {lm.quantization.describe()}" if lm.quantization is not None else ""
+    return f"Loaded {lm.name} on {lm.runtime.describe()}{quant} in {seconds:.2f} s"
 
 
 def format_bytes(n: int | float) -> str:

@@ -89,6 +89,7 @@ def translate(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
+    quantize: opt.Quantize = None,
     allow_pickle: opt.AllowPickle = False,
     trust_remote_code: opt.TrustRemoteCode = False,
 ) -> None:
@@ -100,6 +101,7 @@ def translate(
     from gptcli.cli import speculate
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
+    from gptcli.quantize import parse_scheme
     from gptcli.runtime import check_options
     from gptcli.translation import languages
 
@@ -126,6 +128,7 @@ def translate(
         max_new_tokens=max_new_tokens,
     )
     check_options(device, dtype, threads)
+    quant = parse_scheme(quantize)
     speculating = speculate.check(prompt_lookup, draft_model, draft_tokens)
     if speculating and params.num_beams > 1:
         raise UsageError("speculative decoding (--prompt-lookup, --draft-model) does not work with --num-beams.")
@@ -151,6 +154,7 @@ def translate(
             device=device,
             dtype=dtype,
             threads=threads,
+            quantize=quant,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )

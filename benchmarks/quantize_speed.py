@@ -1,0 +1,293 @@
+"""Quantized weights: decode speed, peak memory and quality of int8/int4 against bfloat16.
+
+    python benchmarks/quantize_speed.py [--new-tokens 128] [--threads 2] [--rounds 3]
+                                        [--shakespeare-model DIR] [--only speed,rss,quality]
+
+Speed: the GPT-2-124M shape and a ~91 M Llama shape (12 layers, 768 wide, 12 heads, SwiGLU
+2048, the bundled 4,096-token tokenizer, untied head), random weights, built locally. Batch 1,
+`--new-tokens` greedy tokens through gptcli's generation core, `--threads` threads. bfloat16,
+int8 and int4 are loaded into one process and run in interleaved rounds (the machine is shared
+and its speed drifts; side by side keeps the ratios honest); each setting's best round is its
+speed. Targets: int8 >= 1.7x bfloat16, int4 >= 2.5x. When `benchmarks/llamacpp_baseline.py`
+and llama-cpp-python are there, llama.cpp at F16/Q8_0/Q4_0 runs beside each (ratio gptcli /
+llama.cpp; target >= 1.0x); otherwise the column says "not installed".
+
+Memory: each setting in a fresh process (load, generate 16 tokens): peak RSS, against the
+"runtime" (the same process loading nothing) and the model's bfloat16 weight bytes. int4 is
+measured both quantized on the fly (`--quantize int4`: the bfloat16 weights load first) and from
+a `gptcli quantize` folder (never holds float weights). Target: int4 <= 0.4x bf16 weights + runtime.
+
+Quality: `gptcli eval --json` nll/token of each setting (all with --dtype bfloat16 activations)
+on held-out text: the bundled tinystories model on the last 3% of the TinyStories sample
+(recipes/tail_documents.py, as docs/bundled-models.md), and a GPT-2-architecture model trained
+with `gptcli train` on tinyshakespeare (`--shakespeare-model DIR`, else trained here: preset
+micro, 300 steps) on the last 5% of tinyshakespeare's lines (its held-out validation split).
+Random weights have no meaningful nll. Targets: int8 <= +0.5%, int4 <= +3%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's gptcli
+from common import SHARED, build_gpt2_124m, emit, parse_result, peak_rss_mb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
+SETTINGS = ("bf16", "int8", "int4")
+LLAMA_CPP_PRECISION = {"bf16": "f16", "int8": "q8_0", "int4": "q4_0"}
+
+
+def build_llama_91m(folder: Path, seed: int = 0) -> Path:
+    """12 layers, 768 wide, 12 heads, SwiGLU 2048, vocab 4,096 (the bundled tokenizer), untied head."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    bundled = ROOT / "gptcli" / "bundled" / "tinystories"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bundled / name, folder / name)
+    config = LlamaConfig(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        vocab_size=4096,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------- workers (fresh processes)
+
+
+def _open(model_dir: str, setting: str, threads: int):
+    from gptcli.loading import open_model
+
+    quantize = None if setting in ("bf16", "runtime") or setting.startswith("folder") else setting
+    lm = open_model(model_dir, dtype="bfloat16", threads=threads, quantize=quantize)[0]
+    lm.eos_token_ids = []  # random weights: never stop early, every run makes all its tokens
+    return lm
+
+
+def _decode(lm, new_tokens: int) -> float:
+    from gptcli.generation import Request, RunStats, stream_generate
+    from gptcli.sampling import SamplingParams
+
+    stats = RunStats()
+    req = Request(PROMPT, SamplingParams(greedy=True, max_new_tokens=new_tokens))
+    list(stream_generate(lm, [req], batch_size=1, stats=stats))
+    return stats.completion_tokens / stats.elapsed_s
+
+
+def worker_speed(model_dir: str, new_tokens: int, threads: int, rounds: int) -> None:
+    models = {s: _open(model_dir, s, threads) for s in SETTINGS}
+    for lm in models.values():
+        _decode(lm, 8)  # warm-up
+    runs: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    for _ in range(rounds):
+        for s in SETTINGS:
+            runs[s].append(_decode(models[s], new_tokens))
+    emit({"best": {s: max(v) for s, v in runs.items()}, "runs": runs})
+
+
+def worker_rss(model_dir: str, setting: str, threads: int) -> None:
+    if setting == "runtime":  # the libraries and gptcli, no model: what every setting pays anyway
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        from gptcli import generation, loading  # noqa: F401
+
+        emit({"rss_mb": peak_rss_mb()})
+        return
+    lm = _open(model_dir, setting, threads)
+    _decode(lm, 16)
+    emit({"rss_mb": peak_rss_mb()})
+
+
+def run_worker(*args: str) -> dict:
+    p = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr)
+    return parse_result(p.stdout)
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def llama_cpp_speeds(model_dir: Path, new_tokens: int, threads: int) -> dict[str, float | None] | str:
+    try:
+        from llamacpp_baseline import tokens_per_s
+    except ImportError:
+        return "not installed"
+    speeds = {s: tokens_per_s(model_dir, p, PROMPT, new_tokens, threads) for s, p in LLAMA_CPP_PRECISION.items()}
+    return "not installed" if all(v is None for v in speeds.values()) else speeds
+
+
+def weight_bytes_bf16(model_dir: Path) -> int:
+    from gptcli.loading import check_weights
+
+    return 2 * check_weights(model_dir, allow_pickle=False)
+
+
+def speed_table(name: str, model_dir: Path, args) -> None:
+    r = run_worker("speed", str(model_dir), str(args.new_tokens), str(args.threads), str(args.rounds))
+    best = r["best"]
+    cpp = llama_cpp_speeds(model_dir, args.new_tokens, args.threads)
+    print(f"\n{name}: batch 1, {args.new_tokens} greedy tokens, {args.threads} threads, best of {args.rounds} rounds")
+    print(f"{'setting':8} {'tokens/s':>9} {'vs bf16':>8} {'llama.cpp':>14} {'tokens/s':>9} {'gptcli/llama.cpp':>17}")
+    for s in SETTINGS:
+        if isinstance(cpp, str):
+            other, ratio = cpp, ""
+        else:
+            v = cpp[s]
+            other, ratio = (f"{v:9.1f}", f"{best[s] / v:16.2f}x") if v else ("n/a", "")
+        print(
+            f"{s:8} {best[s]:9.1f} {best[s] / best['bf16']:7.2f}x {LLAMA_CPP_PRECISION[s].upper():>14} "
+            f"{other:>9} {ratio:>17}"
+        )
+    print("  rounds: " + "; ".join(f"{s} " + ", ".join(f"{v:.1f}" for v in r["runs"][s]) for s in SETTINGS))
+
+
+def rss_table(name: str, model_dir: Path, work: Path, args) -> None:
+    folders = {}
+    for scheme in ("int8", "int4"):
+        out = work / f"{model_dir.name}-{scheme}"
+        if not out.exists():
+            subprocess.run(
+                [sys.executable, "-m", "gptcli", "quantize", str(model_dir), "--to", scheme, "--out", str(out)],
+                check=True,
+                capture_output=True,
+                cwd=ROOT,
+            )
+        folders[scheme] = out
+    runtime = run_worker("rss", str(model_dir), "runtime", str(args.threads))["rss_mb"]
+    weights = weight_bytes_bf16(model_dir) / 2**20
+    rows = [
+        ("bf16", model_dir, "bf16"),
+        ("int8 (--quantize)", model_dir, "int8"),
+        ("int4 (--quantize)", model_dir, "int4"),
+        ("int8 (quantized folder)", folders["int8"], "folder"),
+        ("int4 (quantized folder)", folders["int4"], "folder"),
+    ]
+    print(f"\n{name}: peak RSS in a fresh process (runtime alone {runtime:.0f} MB, bf16 weights {weights:.0f} MB)")
+    print(f"{'setting':24} {'peak RSS MB':>12} {'above runtime':>14} {'/ bf16 weights':>15}")
+    for label, folder, setting in rows:
+        rss = run_worker("rss", str(folder), setting, str(args.threads))["rss_mb"]
+        print(f"{label:24} {rss:12.0f} {rss - runtime:14.0f} {(rss - runtime) / weights:14.2f}x")
+    print(f"  target: int4 <= 0.4 x bf16 weights + runtime = {0.4 * weights + runtime:.0f} MB")
+
+
+def _eval_nll(model: str, text: Path, setting: str) -> float:
+    cmd = [sys.executable, "-m", "gptcli", "eval", str(text), "--model", model, "--dtype", "bfloat16", "--json"]
+    if setting != "bf16":
+        cmd += ["--quantize", setting]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr)
+    return float(json.loads(p.stdout.splitlines()[-1])["nll"])
+
+
+def shakespeare_model(work: Path, given: str | None) -> tuple[str, Path]:
+    """A GPT-2-architecture model trained on tinyshakespeare, and its held-out text (last 5% of lines:
+    `gptcli train` validates on the last 5% of tokens)."""
+    data = SHARED / "tinyshakespeare.txt"
+    lines = data.read_text(encoding="utf-8").split("\n")
+    held = work / "tinyshakespeare-heldout.txt"
+    held.write_text("\n".join(lines[len(lines) - len(lines) // 20 :]), encoding="utf-8")
+    if given:
+        return given, held
+    out = work / "shakespeare-micro"
+    if not (out / "model.safetensors").exists() and not (out / "config.json").exists():
+        subprocess.run(
+            [sys.executable, "-m", "gptcli", "train", str(data), "--preset", "micro", "--arch", "gpt2"]
+            + ["--steps", "300", "--vocab-size", "2048", "--seed", "0", "--out", str(out)],
+            check=True,
+            cwd=ROOT,
+        )
+    return str(out), held
+
+
+def quality_table(work: Path, args) -> None:
+    stories = work / "tinystories-heldout.txt"
+    with open(stories, "w", encoding="utf-8") as f:
+        subprocess.run(
+            [sys.executable, "recipes/tail_documents.py", str(SHARED / "tinystories-sample.txt"), "0.03"],
+            stdout=f,
+            check=True,
+            cwd=ROOT,
+        )
+    rows = [("tinystories (bundled)", "tinystories", stories)]
+    if not args.skip_shakespeare:
+        shk, shk_text = shakespeare_model(work, args.shakespeare_model)
+        rows.append(("gpt2-arch micro, tinyshakespeare", shk, shk_text))
+    print("\nQuality: nll/token on held-out text (gptcli eval --dtype bfloat16), change against bf16")
+    print(f"{'model':34} {'bf16':>8} {'int8':>8} {'change':>8} {'int4':>8} {'change':>8}")
+    for label, model, text in rows:
+        nll = {s: _eval_nll(model, text, s) for s in SETTINGS}
+        b = nll["bf16"]
+        print(
+            f"{label:34} {b:8.4f} {nll['int8']:8.4f} {100 * (nll['int8'] / b - 1):+7.3f}% "
+            f"{nll['int4']:8.4f} {100 * (nll['int4'] / b - 1):+7.3f}%"
+        )
+    print("  targets: int8 <= +0.5%, int4 <= +3%")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", nargs="*")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "gptcli-bench-quantize"))
+    ap.add_argument("--shakespeare-model")
+    ap.add_argument("--only", default="speed,rss,quality", help="parts to run, in this order")
+    ap.add_argument("--models", default="all", choices=("all", "gpt2", "llama"), help="for speed and rss")
+    ap.add_argument("--skip-shakespeare", action="store_true", help="quality: the bundled model only")
+    args = ap.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "speed":
+            worker_speed(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+        else:
+            worker_rss(rest[0], rest[1], int(rest[2]))
+        return
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    # The tokenizer only matters for the prompt's length; without the shared data, train it on the README.
+    vocab = None if (SHARED / "tinyshakespeare.txt").exists() else (ROOT / "README.md").read_text(encoding="utf-8")
+    gpt2 = build_gpt2_124m(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m", vocab_text=vocab)
+    llama = build_llama_91m(work / "llama-91m")
+    models = [("GPT-2-124M shape", gpt2), ("Llama ~91M shape", llama)]
+    models = [m for m in models if args.models in ("all", "gpt2" if m[1] == gpt2 else "llama")]
+    started = time.time()
+    for part in args.only.split(","):  # in the order given
+        if part == "speed":
+            for name, folder in models:
+                speed_table(name, folder, args)
+        elif part == "rss":
+            for name, folder in models:
+                rss_table(name, folder, work, args)
+        elif part == "quality":
+            quality_table(work, args)
+    print(f"\n(total {time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
