@@ -411,7 +411,9 @@ def open_model(
     lm = load_model(model, runtime, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if fast:
         from gptcli.cpu_tuning import fuse_activations, optimize_for_inference, prefer_eager_attention
+        from gptcli.llama_decode import fuse_projections
 
+        fuse_projections(lm.model, lm.runtime)  # before packing: it needs the plain q/k/v and gate/up weights
         optimize_for_inference(lm.model, lm.runtime)
         fuse_activations(lm.model)
         prefer_eager_attention(lm)
