@@ -177,29 +177,22 @@ class LlamaDecoder:
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv, gate_up = attn._gptcli_qkv, mlp._gptcli_gate_up
-            o, down = attn.o_proj, mlp.down_proj
-            if not (hasattr(o, "packed_weight") and hasattr(down, "packed_weight")):
-                raise ValueError("o_proj/down_proj are not packed")
+            o, down = _weight_of(attn.o_proj), _weight_of(mlp.down_proj)
             self.layers.append(
                 (
                     layer.input_layernorm.weight,
                     layer.input_layernorm.variance_epsilon,
                     qkv.packed_weight,
                     qkv.bias,
-                    o.packed_weight,
-                    o.bias,
+                    o,
                     layer.post_attention_layernorm.weight,
                     layer.post_attention_layernorm.variance_epsilon,
                     gate_up.packed_weight,
-                    down.packed_weight,
-                    down.bias,
+                    down,
                 )
             )
         self.norm_weight, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
-        head = model.lm_head
-        self.head_packed = getattr(head, "packed_weight", None)
-        self.head_weight = None if self.head_packed is not None else head.weight
-        self.head_bias = getattr(head, "bias", None)
+        self.head = _weight_of(model.lm_head)
         self.intermediate = gate_up.sizes[0]
         self.rotary = inner.rotary_emb
         self.cos = self.sin = torch.empty(0)
@@ -225,7 +218,7 @@ class LlamaDecoder:
     def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, use_cache=True, **kwargs):
         torch = self.torch
         lin = torch.ops.mkldnn._linear_pointwise
-        sdpa = torch.nn.functional.scaled_dot_product_attention
+        linear = torch.nn.functional.linear
         cache = kwargs[self.cache_name]
         b, t = input_ids.shape
         h, kvh, d = self.heads, self.kv_heads, self.head_dim
@@ -239,7 +232,7 @@ class LlamaDecoder:
         sin = self.sin[position_ids].unsqueeze(2)
         half = d // 2
         mask = None
-        for i, (n1, e1, wqkv, bqkv, wo, bo, n2, e2, wgu, wdown, bdown) in enumerate(self.layers):
+        for i, (n1, e1, wqkv, bqkv, o, n2, e2, wgu, down) in enumerate(self.layers):
             y = self._rms(x, n1, e1)
             qkv = lin(y, wqkv, bqkv, "none", [], "")
             # q and k rotate together: one set of elementwise ops over (b, t, h + kvh, d).
@@ -252,36 +245,30 @@ class LlamaDecoder:
             keys, values = cache.layers[i].update(k, v)
             if mask is None:
                 mask = self._mask(attention_mask, keys.shape[-2], t)
-            if t == 1:
-                # One query per row: PyTorch's fused attention reads the cache in place and takes the
-                # key/value heads of a group as they are (4x faster than matmul + softmax here).
-                out = sdpa(q.transpose(1, 2), keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=g > 1)
-                out = out.reshape(b, 1, q_size)
-            else:
-                # A prompt: transformers' eager arithmetic. Grouped-query attention without repeat_kv:
-                # a group's query heads share one key/value head, so they become rows of one product.
-                q = q.reshape(b, t, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
-                scores = torch.matmul(q, keys.transpose(2, 3)) * self.scaling
-                scores = (scores.view(b, kvh, g, t, -1) + mask.unsqueeze(2)).view(b, kvh, g * t, -1)
-                probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
-                out = torch.matmul(probs, values)  # (b, kvh, g * t, d)
-                out = out.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, q_size)
-            x = x + lin(out, wo, bo, "none", [], "")
+            # transformers' eager arithmetic, op for op (PyTorch's fused SDPA kernel is ~4x faster
+            # for one query but rounds differently: greedy text could differ from the model's own).
+            # Grouped-query attention without repeat_kv: a group's query heads share one key/value
+            # head, so they become rows of one product against it.
+            q = q.reshape(b, t, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+            scores = torch.matmul(q, keys.transpose(2, 3)) * self.scaling
+            scores = (scores.view(b, kvh, g, t, -1) + mask).view(b, kvh, g * t, -1)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
+            out = torch.matmul(probs, values)  # (b, kvh, g * t, d)
+            out = out.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, q_size)
+            x = x + (lin(out, o[0], o[1], "none", [], "") if o[2] else linear(out, o[0], o[1]))
             y = self._rms(x, n2, e2)
             gu = lin(y, wgu, None, "none", [], "")
             act = torch.nn.functional.silu(gu[..., : self.intermediate]) * gu[..., self.intermediate :]
-            x = x + lin(act, wdown, bdown, "none", [], "")
+            x = x + (lin(act, down[0], down[1], "none", [], "") if down[2] else linear(act, down[0], down[1]))
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         x = self._rms(x, self.norm_weight, self.norm_eps)
-        if self.head_packed is not None:
-            logits = lin(x.contiguous(), self.head_packed, self.head_bias, "none", [], "")
-        else:
-            logits = torch.nn.functional.linear(x, self.head_weight, self.head_bias)
+        w, bias, packed = self.head
+        logits = lin(x.contiguous(), w, bias, "none", [], "") if packed else linear(x, w, bias)
         return SimpleNamespace(logits=logits, **{self.cache_name: cache})
 
     def _mask(self, attention_mask, kv_len: int, t: int):
-        """Additive mask (b, 1, t, kv_len): padding, the future, and a whole buffer's spare room."""
+        """Additive mask (b, 1, 1, t, kv_len): padding, the future, and a whole buffer's spare room."""
         torch = self.torch
         b, filled = attention_mask.shape
         device = attention_mask.device
@@ -294,7 +281,17 @@ class LlamaDecoder:
             keep = keep & causal
         mask = torch.zeros(b, t, kv_len, dtype=self.dtype, device=device)
         mask.masked_fill_(~keep, self.min_value)
-        return mask.view(b, 1, t, kv_len)
+        return mask.view(b, 1, 1, t, kv_len)
+
+
+def _weight_of(module: Any) -> tuple[Any, Any, bool]:
+    """(weight, bias, packed) of a linear layer: cpu_tuning packs the large ones, small ones stay plain."""
+    packed = getattr(module, "packed_weight", None)
+    if packed is not None:
+        return packed, module.bias, True
+    if type(module).__name__ != "Linear":
+        raise TypeError(f"unexpected projection {type(module).__name__}")
+    return module.weight, module.bias, False
 
 
 def decode_forward(model: Any) -> Any:
