@@ -195,7 +195,7 @@ class LlamaDecoder:
         self.head = _weight_of(model.lm_head)
         self.intermediate = gate_up.sizes[0]
         self.rotary = inner.rotary_emb
-        self.cos = self.sin = torch.empty(0)
+        self.cos = self.signed_sin = torch.empty(0)
         self._rope_table(256)
         self.min_value = torch.finfo(self.dtype).min
 
@@ -207,7 +207,9 @@ class LlamaDecoder:
         with torch.inference_mode():
             probe = torch.zeros(1, dtype=self.dtype, device=self.embed.device)
             cos, sin = self.rotary(probe, position_ids=torch.arange(size, device=self.embed.device).unsqueeze(0))
-        self.cos, self.sin = cos[0], sin[0]
+        self.cos, sin = cos[0], sin[0]
+        half = sin.shape[-1] // 2
+        self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
     def _rms(self, x, weight, eps):
         torch = self.torch
@@ -229,15 +231,16 @@ class LlamaDecoder:
         if last >= self.cos.shape[0]:
             self._rope_table(last + 1)
         cos = self.cos[position_ids].unsqueeze(2)  # (b, t, 1, d): broadcast over heads
-        sin = self.sin[position_ids].unsqueeze(2)
+        sin = self.signed_sin[position_ids].unsqueeze(2)
         half = d // 2
         mask = None
         for i, (n1, e1, wqkv, bqkv, o, n2, e2, wgu, down) in enumerate(self.layers):
             y = self._rms(x, n1, e1)
             qkv = lin(y, wqkv, bqkv, "none", [], "")
-            # q and k rotate together: one set of elementwise ops over (b, t, h + kvh, d).
+            # q and k rotate together: one set of elementwise ops over (b, t, h + kvh, d). The halves
+            # swapped by one flip, times sin with its first half negated, is rotate_half(x) * sin.
             qk = qkv[..., : q_size + kv_size].view(b, t, h + kvh, d)
-            rot = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+            rot = qk.view(b, t, h + kvh, 2, half).flip(3).view(b, t, h + kvh, d)
             qk = (qk * cos) + (rot * sin)
             q = qk[:, :, :h]
             k = qk[:, :, h:].transpose(1, 2)
@@ -249,12 +252,18 @@ class LlamaDecoder:
             # for one query but rounds differently: greedy text could differ from the model's own).
             # Grouped-query attention without repeat_kv: a group's query heads share one key/value
             # head, so they become rows of one product against it.
-            q = q.reshape(b, t, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+            if t == 1:  # the common decode step: these are views
+                q = q.view(b, kvh, g, d)
+            else:
+                q = q.reshape(b, t, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
             scores = torch.matmul(q, keys.transpose(2, 3)) * self.scaling
             scores = (scores.view(b, kvh, g, t, -1) + mask).view(b, kvh, g * t, -1)
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
             out = torch.matmul(probs, values)  # (b, kvh, g * t, d)
-            out = out.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, q_size)
+            if t == 1:
+                out = out.view(b, 1, q_size)
+            else:
+                out = out.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, q_size)
             x = x + (lin(out, o[0], o[1], "none", [], "") if o[2] else linear(out, o[0], o[1]))
             y = self._rms(x, n2, e2)
             gu = lin(y, wgu, None, "none", [], "")
