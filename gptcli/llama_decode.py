@@ -62,9 +62,7 @@ def _fused_linear_class():
                     [b.detach() if b is not None else weight.new_zeros(n) for b, n in zip(biases, self.sizes)]
                 )
             self.register_buffer("bias", bias, persistent=False)
-            self._input: Any = None
-            self._output: Any = None
-            self._served: set[int] = set()
+            self._last: Any = None  # (input, its version, product, parts served) of the last call
 
         def forward(self, x):
             return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
@@ -72,15 +70,17 @@ def _fused_linear_class():
         def part(self, x, index: int):
             # The model's own forward calls q_proj(x), k_proj(x), v_proj(x) on the same tensor:
             # the first call computes all three, the others take their slice of that product.
-            # A different input (or one changed in place since) computes afresh.
+            # A different input (or one changed in place since) computes afresh. The entry is one
+            # tuple, read once: a caller only ever slices the product of its own input.
             version = None if x.is_inference() else x._version  # inference tensors keep no version
-            cached = self._input
-            if cached is None or cached[0] is not x or cached[1] != version or index in self._served:
-                self._input, self._output, self._served = (x, version), self.forward(x), set()
-            self._served.add(index)
-            out = self._output
-            if len(self._served) == len(self.sizes):
-                self._input = self._output = None  # every part taken: hold no activations
+            entry = self._last
+            if entry is None or entry[0] is not x or entry[1] != version or index in entry[3]:
+                entry = (x, version, self.forward(x), set())
+                self._last = entry
+            served, out = entry[3], entry[2]
+            served.add(index)
+            if len(served) == len(self.sizes) and self._last is entry:
+                self._last = None  # every part taken: hold no activations
             start = sum(self.sizes[:index])
             return out[..., start : start + self.sizes[index]]
 

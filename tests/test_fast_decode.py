@@ -247,7 +247,7 @@ def test_switch_off_and_fused_weights_give_the_same_logits(tokenizer_dir, tmp_pa
     ids = torch.tensor([lm.tokenizer(PROMPTS[0])["input_ids"]])
     with torch.inference_mode():
         assert torch.equal(lm.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
-    assert lm.model.model.layers[0].self_attn.q_proj.fused[0]._output is None  # no activations held
+    assert lm.model.model.layers[0].self_attn.q_proj.fused[0]._last is None  # no activations held
 
 
 def test_prompt_cache_reuse_through_the_lean_forward(tokenizer_dir, tmp_path):
