@@ -11,13 +11,14 @@ from typing import Any
 
 SHELLS = ("bash", "zsh", "fish")
 # Options whose value may also be a folder (a local model, a checkpoint): complete both.
-VALUES_OR_FOLDERS = {"--model", "--resume"}
+VALUES_OR_FOLDERS = {"--model", "--draft-model", "--resume"}
 
 
 def known_values() -> dict[str, tuple[str, ...]]:
     """Values worth completing for options and arguments declared as plain strings, read from the
     same tables the commands validate against (all torch-free), so the scripts cannot drift."""
     from gptcli import bundled
+    from gptcli.export_gguf import EXPORT_FORMATS, OUTTYPES
     from gptcli.runtime import DEVICE_CHOICES, DTYPE_CHOICES
     from gptcli.training.presets import PRESETS
     from gptcli.training.settings import ARCHS, FORMATS, PRECISIONS, SCHEDULES, TOKENIZER_TYPES
@@ -26,6 +27,7 @@ def known_values() -> dict[str, tuple[str, ...]]:
     languages = tuple(LANGUAGES)
     return {
         "--model": tuple(bundled.names()),
+        "--draft-model": tuple(bundled.names()),
         "--device": tuple(c for c in DEVICE_CHOICES if not c.endswith(":N")),  # a pattern, not a value
         "--dtype": tuple(DTYPE_CHOICES),
         "--precision": PRECISIONS,
@@ -37,6 +39,8 @@ def known_values() -> dict[str, tuple[str, ...]]:
         "--to": languages,
         "--from": languages,
         "--resume": ("auto",),
+        "--outtype": OUTTYPES,
+        "export --to": EXPORT_FORMATS,  # "COMMAND --option": values for that command only
         "shell": SHELLS,  # the argument of `gptcli completion`
     }
 
@@ -78,7 +82,9 @@ def _tree(app) -> tuple[list[Opt], list[Cmd]]:
     for info in sorted(app.registered_commands, key=lambda i: i.name or i.callback.__name__):
         if getattr(info, "hidden", False):
             continue
-        opts, args_are_paths, arg_values = _params(info.callback, known)
+        name = info.name or info.callback.__name__
+        mine = {k.split(" ", 1)[1]: v for k, v in known.items() if k.startswith(name + " ")}
+        opts, args_are_paths, arg_values = _params(info.callback, {**known, **mine})
         opts.append(Opt(["--help", "-h"], "Show help and exit.", False))
         cmds.append(
             Cmd(

@@ -49,6 +49,7 @@ from gptcli.sampling import (
 
 if TYPE_CHECKING:
     from gptcli.loading import LoadedModel
+    from gptcli.speculative import Speculation
 
 
 @dataclass
@@ -83,6 +84,10 @@ class Completion:
     elapsed_s: float
     token_ids: list[int] = field(default_factory=list)
     cached_tokens: int = 0  # prompt tokens whose keys/values came from a PromptCache, not computed
+    # Speculative decoding (gptcli.speculative): tokens drafted, and how many the model kept.
+    speculative: bool = False
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -111,6 +116,8 @@ class Completion:
             tokens_per_s=round(self.tokens_per_s, 2),
             elapsed_s=round(self.elapsed_s, 4),
         )
+        if self.speculative:
+            out.update(drafted_tokens=self.drafted_tokens, accepted_tokens=self.accepted_tokens)
         return out
 
 
@@ -125,10 +132,17 @@ class RunStats:
     # Sequences cut short when a run stops early (Ctrl-C, or the consumer closing the stream):
     # what they had generated, with finish_reason "interrupted"; their tokens count above.
     unfinished: list[Completion] = field(default_factory=list)
+    speculative: bool = False  # some sequence was decoded speculatively
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
 
 def peak_memory_bytes(device: Any) -> int:
@@ -261,6 +275,9 @@ class _Seq:
     first_token_at: float | None = None
     last_token_at: float | None = None
     cached_tokens: int = 0
+    speculative: bool = False
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass
@@ -284,6 +301,7 @@ def stream_generate(
     on_truncate: Any = None,
     on_capped: Any = None,
     prompt_cache: PromptCache | None = None,
+    speculation: Speculation | None = None,
 ) -> Generator[Piece | Completion, None, None]:
     """Generate for every request; yields Pieces as text appears and a Completion per sequence.
 
@@ -294,6 +312,9 @@ def stream_generate(
 
     `prompt_cache` (one request, one sequence, decoder-only, no beams) keeps the key-value cache
     after the call, so the next call whose prompt extends this one feeds only its new tokens.
+
+    `speculation` decodes each batch of one sequence speculatively (`gptcli.speculative`);
+    batches of several sequences decode the ordinary way.
     """
     stats = stats if stats is not None else RunStats()
     started = time.perf_counter()
@@ -328,7 +349,11 @@ def stream_generate(
         for batch in _batches(prepared, batch_size, lm.tokenizer):
             reported = set()
             batch_started = time.perf_counter()
-            if reuse:
+            if speculation is not None and speculation.takes(batch, fast):
+                from gptcli.speculative import decode as speculative_decode
+
+                events = speculative_decode(lm, batch[0], speculation, prompt_cache if reuse else None)
+            elif reuse:
                 events = _decode_batch(lm, batch, prompt_cache)
             elif fast and batch[0].params.num_beams == 1:
                 events = _decode_batch(lm, batch)
@@ -366,6 +391,9 @@ def _count(stats: RunStats, done: Completion) -> None:
     stats.prompt_tokens += done.prompt_tokens if done.sample == 0 else 0  # a prompt is read once for all its samples
     stats.completion_tokens += done.completion_tokens
     stats.decode_s += done.decode_s
+    stats.speculative = stats.speculative or done.speculative
+    stats.drafted_tokens += done.drafted_tokens
+    stats.accepted_tokens += done.accepted_tokens
 
 
 def _batches(prepared: list[_Prepared], batch_size: int, tokenizer: Any) -> Iterator[list[_Seq]]:
@@ -414,6 +442,9 @@ def _completion(seq: _Seq, started: float) -> Completion:
         elapsed_s=now - started,
         token_ids=list(seq.tracker.ids),
         cached_tokens=seq.cached_tokens,
+        speculative=seq.speculative,
+        drafted_tokens=seq.drafted,
+        accepted_tokens=seq.accepted,
     )
 
 

@@ -22,6 +22,7 @@ from gptcli.sampling import SamplingParams, coerce
 if TYPE_CHECKING:
     from gptcli.generation import Completion, RunStats
     from gptcli.loading import LoadedModel
+    from gptcli.speculative import Speculation
 
 # The sampling settings chat uses (`/set NAME VALUE`); the others make no sense for a single reply.
 SETTABLE = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "greedy", "stop", "seed")
@@ -57,6 +58,8 @@ class Turn:
             tokens_per_s=round(done.tokens_per_s, 2),
             elapsed_s=round(done.elapsed_s, 4),
         )
+        if done.speculative:
+            out.update(drafted_tokens=done.drafted_tokens, accepted_tokens=done.accepted_tokens)
         return out
 
 
@@ -107,6 +110,7 @@ class ChatSession:
         conversation: Conversation | None = None,
         history: HistoryFile | None = None,
         notice: Callable[[str], None] | None = None,
+        speculation: Speculation | None = None,
     ):
         from gptcli.kvcache import PromptCache
 
@@ -117,6 +121,7 @@ class ChatSession:
         self.notice = notice or (lambda text: None)
         self.format = ChatFormat(lm)
         self.cache = PromptCache()
+        self.speculation = speculation  # decode replies speculatively (gptcli.speculative)
         self.window_start = 0  # index of the first message the model still sees (older ones were dropped)
         self._counts: dict[int, tuple[Message, int]] = {}  # id(message) -> (message, its token count)
 
@@ -272,7 +277,9 @@ class ChatSession:
             request = Request(prompt_ids=ids, params=params)
         stats, parts, done = RunStats(), [], None
         try:
-            for event in stream_generate(self.lm, [request], stats=stats, prompt_cache=self.cache):
+            for event in stream_generate(
+                self.lm, [request], stats=stats, prompt_cache=self.cache, speculation=self.speculation
+            ):
                 if isinstance(event, Completion):
                     done = event
                 elif event.text:

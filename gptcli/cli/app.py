@@ -18,6 +18,7 @@ from gptcli import __version__
 from gptcli.cli import chat as chat_cmd
 from gptcli.cli import completion as completion_cmd
 from gptcli.cli import evaluate as eval_cmd
+from gptcli.cli import export as export_cmd
 from gptcli.cli import generate as generate_cmd
 from gptcli.cli import help as help_cls
 from gptcli.cli import models as models_cmd
@@ -64,6 +65,7 @@ app.command("prepare", cls=help_cls.Command)(prepare_cmd.prepare)
 app.command("eval", cls=help_cls.Command)(eval_cmd.evaluate)
 app.command("translate", cls=help_cls.Command)(translate_cmd.translate)
 app.command("models", cls=help_cls.Command)(models_cmd.models)
+app.command("export", cls=help_cls.Command)(export_cmd.export)
 app.command("completion", cls=help_cls.Command)(completion_cmd.command_for(app))
 
 
@@ -190,7 +192,7 @@ def _flush_quietly() -> None:
 
 # Commands whose process may end without interpreter teardown (see main). Training is not
 # among them: accelerate and torch.distributed clean up in exit handlers.
-_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "models", "completion"}
+_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "models", "completion", "export"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,6 +46,9 @@ def chat(
     greedy: opt.Greedy = False,
     stop: opt.Stop = None,
     seed: opt.Seed = None,
+    prompt_lookup: opt.PromptLookup = None,
+    draft_model: opt.DraftModel = None,
+    draft_tokens: opt.DraftTokens = None,
     as_json: opt.Json = False,
     stats: opt.Stats = False,
     model: opt.Model = None,
@@ -62,6 +65,7 @@ def chat(
     echo "and then?" | gptcli chat --history story.jsonl · gptcli chat --jsonl --json < messages.jsonl
     """
     from gptcli.chat.history import HistoryFile, Message, parse_messages
+    from gptcli.cli import speculate
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_stdin, stdin_is_tty
@@ -81,6 +85,7 @@ def chat(
         seed=seed,
     )
     check_options(device, dtype, threads)
+    speculate.check(prompt_lookup, draft_model, draft_tokens)
     interactive = message is None and stdin_is_tty()
     if interactive and (jsonl or as_json):
         raise UsageError(
@@ -113,7 +118,19 @@ def chat(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    session = ChatSession(lm, params, conversation, history_file, notice=out.note)
+    speculation = speculate.open_speculation(
+        out,
+        lm,
+        prompt_lookup,
+        draft_model,
+        draft_tokens,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    session = ChatSession(lm, params, conversation, history_file, notice=out.note, speculation=speculation)
     if system is not None:
         session.conv.system = system or None  # written to --history with the first exchange
     if interactive:

@@ -43,6 +43,9 @@ def generate(
     num_return_sequences: opt.NumReturnSequences = None,
     stop: opt.Stop = None,
     seed: opt.Seed = None,
+    prompt_lookup: opt.PromptLookup = None,
+    draft_model: opt.DraftModel = None,
+    draft_tokens: opt.DraftTokens = None,
     as_json: opt.Json = False,
     stats: opt.Stats = False,
     model: opt.Model = None,
@@ -57,6 +60,7 @@ def generate(
     Examples: gptcli generate "Once upon a time" · echo "The sea" | gptcli generate -t 50 ·
     gptcli generate --file prompts.jsonl --json
     """
+    from gptcli.cli import speculate
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_prompt_file
@@ -81,6 +85,7 @@ def generate(
         seed=seed,
     )
     check_options(device, dtype, threads)
+    speculating = speculate.check(prompt_lookup, draft_model, draft_tokens)
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
     if file is not None and prompt is not None:
@@ -104,11 +109,25 @@ def generate(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
+    speculation = speculate.open_speculation(
+        out,
+        lm,
+        prompt_lookup,
+        draft_model,
+        draft_tokens,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
     run_stats = RunStats()
     events = stream_generate(
         lm,
         requests,
-        batch_size=batch_size or opt.GENERATE_BATCH_SIZE,
+        # Speculative decoding works one sequence at a time: one per batch unless told otherwise.
+        batch_size=batch_size or (1 if speculating else opt.GENERATE_BATCH_SIZE),
+        speculation=speculation,
         truncate=truncate,
         stats=run_stats,
         on_truncate=lambda label, n: out.warn(f"{label} was cut to its last {n} tokens to fit the context."),

@@ -13,6 +13,7 @@ import typer
 
 from gptcli.runtime import DEVICE_CHOICES, DTYPE_CHOICES, SMALL_MODEL_PARAMS
 from gptcli.sampling import SamplingParams
+from gptcli.speculative import DEFAULT_DRAFT_TOKENS
 
 
 def _either(choices: tuple[str, ...]) -> str:
@@ -22,6 +23,7 @@ def _either(choices: tuple[str, ...]) -> str:
 MODEL_PANEL = "Model and device"
 SAMPLING_PANEL = "Sampling"
 OUTPUT_PANEL = "Output"
+SPECULATIVE_PANEL = "Speculative decoding"
 
 # --- model and runtime -------------------------------------------------------
 Model = Annotated[
@@ -186,6 +188,37 @@ Stop = Annotated[
         rich_help_panel=SAMPLING_PANEL,
         show_default=False,
         callback=_unescape_stop,
+    ),
+]
+
+# --- speculative decoding ----------------------------------------------------
+PromptLookup = Annotated[
+    Optional[int],
+    typer.Option(
+        "--prompt-lookup",
+        help="Draft up to N tokens by copying what followed the last matching words of the prompt or reply; "
+        "the model checks them in one pass. Faster when the output quotes its input; same greedy text.",
+        rich_help_panel=SPECULATIVE_PANEL,
+        show_default=False,
+    ),
+]
+DraftModel = Annotated[
+    Optional[str],
+    typer.Option(
+        "--draft-model",
+        help="A smaller model with the same tokenizer drafts tokens that the model checks in one pass "
+        "(bundled name, folder or Hub id). Same greedy text.",
+        rich_help_panel=SPECULATIVE_PANEL,
+        show_default=False,
+    ),
+]
+DraftTokens = Annotated[
+    Optional[int],
+    typer.Option(
+        "--draft-tokens",
+        help=f"Tokens the draft model proposes per pass. (default: {DEFAULT_DRAFT_TOKENS})",
+        rich_help_panel=SPECULATIVE_PANEL,
+        show_default=False,
     ),
 ]
 

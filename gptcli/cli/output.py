@@ -145,7 +145,16 @@ def stats_line(stats: RunStats) -> str:
     return (
         f"prompt {stats.prompt_tokens} tokens, generated {stats.completion_tokens} tokens in "
         f"{stats.elapsed_s:.2f} s ({stats.tokens_per_s:.1f} tokens/s), time to first token {ttft}, "
-        f"peak memory {format_bytes(stats.peak_memory_bytes)}"
+        f"peak memory {format_bytes(stats.peak_memory_bytes)}" + (speculation_stats(stats) if stats.speculative else "")
+    )
+
+
+def speculation_stats(stats: RunStats) -> str:
+    """The speculative-decoding part of a statistics line: drafted, accepted, acceptance rate."""
+    rate = stats.acceptance_rate
+    return (
+        f", drafted {stats.drafted_tokens} tokens, accepted {stats.accepted_tokens} "
+        f"({'n/a' if rate is None else f'{rate:.0%}'})"
     )
 
 

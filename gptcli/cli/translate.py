@@ -80,6 +80,9 @@ def translate(
     min_p: opt.MinP = None,
     repetition_penalty: opt.RepetitionPenalty = None,
     seed: opt.Seed = None,
+    prompt_lookup: opt.PromptLookup = None,
+    draft_model: opt.DraftModel = None,
+    draft_tokens: opt.DraftTokens = None,
     as_json: opt.Json = False,
     stats: opt.Stats = False,
     model: opt.Model = None,
@@ -94,6 +97,7 @@ def translate(
     Examples: gptcli translate "I like tea." --to fr · cat notes.txt | gptcli translate --to fr > notes.fr.txt ·
     gptcli translate --file items.jsonl --to de -m Helsinki-NLP/opus-mt-en-de · gptcli translate -r pairs.tsv --from en --to fr
     """
+    from gptcli.cli import speculate
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
     from gptcli.runtime import check_options
@@ -122,6 +126,9 @@ def translate(
         max_new_tokens=max_new_tokens,
     )
     check_options(device, dtype, threads)
+    speculating = speculate.check(prompt_lookup, draft_model, draft_tokens)
+    if speculating and params.num_beams > 1:
+        raise UsageError("speculative decoding (--prompt-lookup, --draft-model) does not work with --num-beams.")
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
     refs, feed = _inputs(text, file, references)
@@ -147,12 +154,30 @@ def translate(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
+    speculation = speculate.open_speculation(
+        out,
+        lm,
+        prompt_lookup,
+        draft_model,
+        draft_tokens,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
     plan = make_plan(lm, src, tgt)
     apply_plan(lm, plan)
     for note in plan.notes:
         out.warn(note)
     translator = Translator(
-        lm, plan, params, max_new_tokens=max_new_tokens, batch_size=batch_size or opt.TRANSLATE_BATCH_SIZE
+        lm,
+        plan,
+        params,
+        max_new_tokens=max_new_tokens,
+        # Speculative decoding works one piece at a time: one per batch unless told otherwise.
+        batch_size=batch_size or (1 if speculating else opt.TRANSLATE_BATCH_SIZE),
+        speculation=speculation,
     )
 
     sink = LineSink(out, output) if (output is not None or refs is None) else None

@@ -26,6 +26,7 @@ from gptcli.translation.sources import Line, LineFeed
 
 if TYPE_CHECKING:
     from gptcli.loading import LoadedModel
+    from gptcli.speculative import Speculation
 
 # After ., !, ?, … (then whitespace), or after CJK full stops (no space follows them).
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[。！？])")
@@ -67,16 +68,23 @@ class TranslateStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     elapsed_s: float = 0.0
+    speculative: bool = False  # speculative decoding: tokens drafted, and how many the model kept
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def lines_per_s(self) -> float:
         return self.lines / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def line(self) -> str:
-        return (
+        text = (
             f"translated {self.lines} lines ({self.pieces} pieces, {self.prompt_tokens} prompt tokens, "
             f"{self.completion_tokens} generated) in {self.elapsed_s:.2f} s: {self.lines_per_s:.1f} lines/s"
         )
+        if self.speculative:
+            rate = f"{self.accepted_tokens / self.drafted_tokens:.0%}" if self.drafted_tokens else "n/a"
+            text += f", drafted {self.drafted_tokens} tokens, accepted {self.accepted_tokens} ({rate})"
+        return text
 
 
 def split_sentences(text: str) -> list[str]:
@@ -124,8 +132,10 @@ class Translator:
         *,
         max_new_tokens: int | None = None,
         batch_size: int = 16,
+        speculation: Speculation | None = None,
     ):
         self.lm, self.plan, self.params = lm, plan, params
+        self.speculation = speculation  # decode each piece speculatively (gptcli.speculative)
         self.max_new_tokens = max_new_tokens  # None: sized from each source's length
         self.batch_size = batch_size
         self.joiner = "" if plan.target.code in NO_SPACE else " "
@@ -286,7 +296,10 @@ class Translator:
         yield from ready()
         if requests:
             run_stats = RunStats()
-            for event in stream_generate(self.lm, requests, batch_size=self.batch_size, stats=run_stats):
+            events = stream_generate(
+                self.lm, requests, batch_size=self.batch_size, stats=run_stats, speculation=self.speculation
+            )
+            for event in events:
                 if not isinstance(event, Completion):
                     continue
                 i = owners[event.request]
@@ -298,4 +311,7 @@ class Translator:
             self.stats.pieces += len(requests)
             self.stats.prompt_tokens += run_stats.prompt_tokens
             self.stats.completion_tokens += run_stats.completion_tokens
+            self.stats.speculative = self.stats.speculative or run_stats.speculative
+            self.stats.drafted_tokens += run_stats.drafted_tokens
+            self.stats.accepted_tokens += run_stats.accepted_tokens
         yield from ready()
