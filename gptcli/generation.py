@@ -466,6 +466,9 @@ def _decode_batch(
     cache_name = cache_kwarg(model)
     assert cache_name is not None  # supports_fast_decode() sends models without a cache to model.generate
     accepts_positions = "position_ids" in inspect.signature(model.forward).parameters
+    from gptcli.llama_decode import decode_forward
+
+    forward = decode_forward(model) or model  # the lean Llama-family forward, where it applies
     max_steps = min(max(s.params.max_new_tokens for s in batch), lm.context_length - width)
     active = list(range(len(batch)))  # batch rows still generating, in cache order
     step_input = input_ids
@@ -483,7 +486,7 @@ def _decode_batch(
                 kwargs["position_ids"] = positions[:, -step_input.shape[1] :]
             if prompt_cache is not None:
                 prompt_cache.writing()
-            out = model(input_ids=step_input, logits_to_keep=1, **kwargs)
+            out = forward(input_ids=step_input, logits_to_keep=1, **kwargs)
             cache = getattr(out, cache_name, None) or getattr(out, "past_key_values", None) or cache
             if prompt_cache is not None:
                 prompt_cache.wrote(cache, step_input[0].tolist())

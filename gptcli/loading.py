@@ -452,7 +452,9 @@ def open_model(
         _quantize_loaded(lm, quantize)
     if fast:
         from gptcli.cpu_tuning import fuse_activations, optimize_for_inference, prefer_eager_attention
+        from gptcli.llama_decode import fuse_projections
 
+        fuse_projections(lm.model, lm.runtime)  # before packing: it needs the plain q/k/v and gate/up weights
         optimize_for_inference(lm.model, lm.runtime)
         fuse_activations(lm.model)
         prefer_eager_attention(lm)

@@ -231,7 +231,10 @@ class _Runner:
     what it holds, then the rest is fed and the last `keep` positions' logits come back."""
 
     def __init__(self, model: Any, cache: PromptCache):
+        from gptcli.llama_decode import decode_forward
+
         self.model, self.cache = model, cache
+        self.call = decode_forward(model) or model  # the lean Llama-family forward, where it applies
         name = cache_kwarg(model)
         assert name is not None  # only models our decode loop drives get here (supports_fast_decode)
         self.name: str = name
@@ -253,7 +256,7 @@ class _Runner:
         if self.positions:
             kwargs["position_ids"] = torch.arange(cached, total, device=self.device)[None]
         self.cache.writing()
-        out = self.model(input_ids=torch.tensor([fed], device=self.device), logits_to_keep=keep, **kwargs)
+        out = self.call(input_ids=torch.tensor([fed], device=self.device), logits_to_keep=keep, **kwargs)
         cache = getattr(out, self.name, None) or getattr(out, "past_key_values", None) or self.cache.cache
         self.cache.wrote(cache, fed)
         return out.logits[0, -keep:], cached

@@ -31,7 +31,7 @@ def tokenizer_dir(tmp_path_factory):
     return folder
 
 
-def _build(family, folder, tokenizer_dir):
+def _build(family, folder, tokenizer_dir, **overrides):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -45,7 +45,7 @@ def _build(family, folder, tokenizer_dir):
         eos_token_id=eot,
         pad_token_id=eot,
         max_position_embeddings=64,
-        **FAMILIES[family],
+        **{**FAMILIES[family], **overrides},
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
@@ -89,19 +89,23 @@ def _reference(lm, prompt, n=10):
 
 
 PROMPTS = ["Once upon a time there was a little dog", "Max"]  # a batch of 2: the short one is left-padded
+LEAN = {"llama", "mistral", "qwen2"}  # the families gptcli.llama_decode serves
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fast_decode_matches_transformers_greedy(family, dtype, tokenizer_dir, tmp_path):
     from gptcli.generation import supports_fast_decode
+    from gptcli.llama_decode import decode_forward
     from gptcli.loading import open_model
 
     folder = _build(family, tmp_path / family, tokenizer_dir)
     lm, _ = open_model(str(folder), device="cpu", dtype=dtype)
     got = _greedy(lm, PROMPTS)
-    # Every family here is served by our decode loop (none silently falls back).
+    # Every family here is served by our decode loop (none silently falls back), and the
+    # Llama-family blocks by the lean forward.
     assert supports_fast_decode(lm)
+    assert (decode_forward(lm.model) is not None) == (family in LEAN)
     want = [_reference(lm, p) for p in PROMPTS]
     assert got == want
 
@@ -144,3 +148,144 @@ def test_model_the_loop_cannot_drive_falls_back_to_generate(tokenizer_dir, tmp_p
     assert not supports_fast_decode(lm2)
     lm2.model.forward = forward
     assert _greedy(lm2, PROMPTS) == want  # answered by model.generate, same tokens
+
+
+# --------------------------------------------------------------------------- the lean Llama-family forward
+
+ROPE_VARIANTS = {
+    "multi-head": dict(num_key_value_heads=2),
+    "4 heads in 2 groups": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "linear": dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}),
+    "llama3": dict(
+        rope_parameters={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+            "rope_theta": 10000.0,
+        }
+    ),
+    "yarn": dict(rope_parameters={"rope_type": "yarn", "factor": 2.0, "rope_theta": 10000.0}),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
+def test_lean_llama_forward_matches_transformers_greedy(variant, dtype, tokenizer_dir, tmp_path):
+    """Head layouts and the rope types whose cos/sin depend only on the position take the lean
+    forward, with transformers' greedy tokens (batch of 2, left padding, 30 tokens: past the
+    rotary table's first rows and the cache's first growth)."""
+    from gptcli.llama_decode import decode_forward
+    from gptcli.loading import open_model
+
+    lm, _ = open_model(
+        str(_build("llama", tmp_path / "m", tokenizer_dir, **ROPE_VARIANTS[variant])), device="cpu", dtype=dtype
+    )
+    assert decode_forward(lm.model) is not None
+    want = [_reference(lm, p, n=30) for p in PROMPTS]
+    assert _greedy(lm, PROMPTS, n=30) == want
+    assert _greedy(lm, PROMPTS[:1], n=30) == want[:1]  # batch 1, no padding: the common case
+
+
+def test_rope_that_changes_with_length_keeps_the_model_forward(tokenizer_dir, tmp_path):
+    from gptcli.llama_decode import decode_forward
+    from gptcli.loading import open_model
+
+    dynamic = dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    lm, _ = open_model(str(_build("llama", tmp_path / "m", tokenizer_dir, **dynamic)), device="cpu", dtype="float32")
+    assert decode_forward(lm.model) is None
+    assert _greedy(lm, PROMPTS) == [_reference(lm, p) for p in PROMPTS]
+
+
+def test_mistral_sliding_window_keeps_the_model_forward(tokenizer_dir, tmp_path):
+    from gptcli.llama_decode import decode_forward
+    from gptcli.loading import open_model
+
+    folder = _build("mistral", tmp_path / "m", tokenizer_dir, sliding_window=4)
+    lm, _ = open_model(str(folder), device="cpu", dtype="float32")
+    assert decode_forward(lm.model) is None
+    assert _greedy(lm, PROMPTS) == [_reference(lm, p) for p in PROMPTS]
+
+
+def test_lean_forward_that_disagrees_is_not_used(tokenizer_dir, tmp_path, monkeypatch):
+    """The check before first use catches a decoder that gets padding wrong; the model's own
+    forward answers instead, with the same tokens."""
+    import gptcli.llama_decode as ld
+    from gptcli.loading import open_model
+
+    folder = _build("llama", tmp_path / "m", tokenizer_dir)
+    lm, _ = open_model(str(folder), device="cpu", dtype="float32")
+    want = [_reference(lm, p) for p in PROMPTS]
+    real_mask = ld.LlamaDecoder._mask
+
+    def ignores_padding(self, attention_mask, kv_len, t):
+        return real_mask(self, attention_mask.new_ones(attention_mask.shape), kv_len, t)
+
+    monkeypatch.setattr(ld.LlamaDecoder, "_mask", ignores_padding)
+    assert ld.decode_forward(lm.model) is None
+    assert _greedy(lm, PROMPTS) == want
+
+
+def test_switch_off_and_fused_weights_give_the_same_logits(tokenizer_dir, tmp_path, monkeypatch):
+    """GPTCLI_LLAMA_DECODE=0 loads the model as before (separate projections, no lean forward)
+    with the same greedy tokens; with the fused projections, the model's own forward (prefill,
+    `eval`, `model.generate`) gives the logits of the unfused model."""
+    import torch
+
+    from gptcli.llama_decode import decode_forward
+    from gptcli.loading import open_model
+
+    folder = str(_build("qwen2", tmp_path / "m", tokenizer_dir))  # biases on q/k/v: fused too
+    lm, _ = open_model(folder, device="cpu", dtype="bfloat16")
+    got = _greedy(lm, PROMPTS, n=20)
+    monkeypatch.setenv("GPTCLI_LLAMA_DECODE", "0")
+    plain, _ = open_model(folder, device="cpu", dtype="bfloat16")
+    assert type(plain.model.model.layers[0].self_attn.q_proj).__name__ != "Part"
+    assert decode_forward(plain.model) is None
+    assert _greedy(plain, PROMPTS, n=20) == got
+    ids = torch.tensor([lm.tokenizer(PROMPTS[0])["input_ids"]])
+    with torch.inference_mode():
+        assert torch.equal(lm.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
+    assert lm.model.model.layers[0].self_attn.q_proj.fused[0]._last is None  # no activations held
+
+
+def test_prompt_cache_reuse_through_the_lean_forward(tokenizer_dir, tmp_path):
+    """Chat's KV-cache reuse: the second turn feeds only its new tokens to the lean forward and
+    gives the tokens of a fresh run over the whole prompt."""
+    from gptcli.generation import Completion, Request, stream_generate
+    from gptcli.kvcache import PromptCache
+    from gptcli.llama_decode import decode_forward
+    from gptcli.loading import open_model
+    from gptcli.sampling import SamplingParams
+
+    lm, _ = open_model(str(_build("llama", tmp_path / "m", tokenizer_dir)), device="cpu", dtype="bfloat16")
+    assert decode_forward(lm.model) is not None
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    first = lm.tokenizer(PROMPTS[0])["input_ids"]
+
+    def run(ids, cache=None):
+        events = stream_generate(lm, [Request(prompt_ids=ids, params=params)], prompt_cache=cache)
+        return next(e for e in events if isinstance(e, Completion))
+
+    kept = PromptCache()
+    one = run(first, kept)
+    second = first + one.token_ids + lm.tokenizer(" Max liked")["input_ids"]
+    reused = run(second, kept)
+    assert reused.cached_tokens == len(first) + len(one.token_ids) - 1  # all but the last reply token
+    assert reused.token_ids == run(second).token_ids == _reference_ids(lm, second, 8)
+
+
+def _reference_ids(lm, ids, n):
+    import torch
+
+    with torch.inference_mode():
+        t = torch.tensor([ids])
+        out = lm.model.generate(
+            input_ids=t,
+            attention_mask=torch.ones_like(t),
+            do_sample=False,
+            max_new_tokens=n,
+            pad_token_id=lm.pad_token_id,
+        )[0, len(ids) :].tolist()
+    return out[: next((i for i, x in enumerate(out) if x in lm.eos_token_ids), len(out))]

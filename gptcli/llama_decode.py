@@ -1,0 +1,370 @@
+"""A lean forward pass for Llama-family decoder blocks (Llama, Mistral, Qwen2) on CPU.
+
+Decoding one token streams every weight once; for a 91 M-parameter Llama shape in bfloat16
+that is 182 MB, ~5.5 ms at the reference machine's ~31 GB/s. transformers' LlamaModel forward
+spent about as long again around the matrix products, per step: building a 4-D causal mask,
+rotary cos/sin recomputed from the positions, module calls and hooks, seven separate
+projections per layer, the RMSNorm upcasts and repeat_kv copies (docs/performance.md,
+"Llama-family decode"). This module keeps the model's own weights and does the same
+arithmetic with fewer calls:
+
+- q/k/v and gate/up are fused into one oneDNN-packed product each (`fuse_projections`, applied
+  at load time). The model's own modules keep working on the fused weight: the q, k and v
+  parts of a layer share one product of the same input (see `_FusedLinear`), so prefill,
+  `eval` and `model.generate` read the weights once too;
+- rotary cos/sin come from a table built once with the model's own rotary module;
+- the attention mask is built once per step, not per layer; grouped-query attention folds the
+  query heads of a group into the query axis instead of repeating keys and values;
+- each step is a flat loop over per-layer tuples of tensors, with no module calls.
+
+The ops, their order and their dtypes are those of transformers' eager implementation, so
+the logits are the model's own (bit-identical in bfloat16 on the tested shapes). Before it is
+used on a model, `decode_forward` checks it against the model's own forward on a padded
+two-row batch (prefill and two cached steps); any difference beyond rounding, a model
+outside the supported set (sliding windows, rope types that change with the position,
+attention softcapping, biases where Llama has none) or GPTCLI_LLAMA_DECODE=0 leaves the
+model's own forward in charge.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any
+
+# Architectures whose decoder blocks are exactly: RMSNorm -> rotary attention (GQA) ->
+# residual -> RMSNorm -> SwiGLU -> residual, final RMSNorm, linear head.
+SUPPORTED = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+# Rope types whose cos/sin depend only on the position (not on the sequence length).
+_STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+
+
+def _enabled() -> bool:
+    return os.environ.get("GPTCLI_LLAMA_DECODE", "1") != "0" and os.environ.get("GPTCLI_FASTPATH", "1") != "0"
+
+
+def _fused_linear_class():
+    import torch
+
+    class FusedLinear(torch.nn.Module):
+        """One packed product for several projections of the same input (q/k/v, gate/up)."""
+
+        def __init__(self, weights: list[Any], biases: list[Any | None]):
+            super().__init__()
+            weight = torch.cat([w.detach() for w in weights]).contiguous()
+            self.sizes = [w.shape[0] for w in weights]
+            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+            self.register_buffer("packed_weight", packed, persistent=False)
+            bias = None
+            if any(b is not None for b in biases):
+                bias = torch.cat(
+                    [b.detach() if b is not None else weight.new_zeros(n) for b, n in zip(biases, self.sizes)]
+                )
+            self.register_buffer("bias", bias, persistent=False)
+            self._last: Any = None  # (input, its version, product, parts served) of the last call
+
+        def forward(self, x):
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+
+        def part(self, x, index: int):
+            # The model's own forward calls q_proj(x), k_proj(x), v_proj(x) on the same tensor:
+            # the first call computes all three, the others take their slice of that product.
+            # A different input (or one changed in place since) computes afresh. The entry is one
+            # tuple, read once: a caller only ever slices the product of its own input.
+            version = None if x.is_inference() else x._version  # inference tensors keep no version
+            entry = self._last
+            if entry is None or entry[0] is not x or entry[1] != version or index in entry[3]:
+                entry = (x, version, self.forward(x), set())
+                self._last = entry
+            served, out = entry[3], entry[2]
+            served.add(index)
+            if len(served) == len(self.sizes) and self._last is entry:
+                self._last = None  # every part taken: hold no activations
+            start = sum(self.sizes[:index])
+            return out[..., start : start + self.sizes[index]]
+
+    class Part(torch.nn.Module):
+        """Stands in for one of the fused projections inside the model's own modules."""
+
+        def __init__(self, fused: Any, index: int):
+            super().__init__()
+            self.fused = [fused]  # a list: not a submodule, so its buffers are counted once
+            self.index = index
+            self.out_features = fused.sizes[index]
+            self.in_features = fused.in_features
+
+        def forward(self, x):
+            return self.fused[0].part(x, self.index)
+
+    return FusedLinear, Part
+
+
+def _config_supported(model: Any) -> bool:
+    config = model.config
+    if type(model).__name__ not in SUPPORTED:
+        return False
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "mlp_bias", False):
+        return False
+    if getattr(config, "pretraining_tp", 1) not in (None, 1):
+        return False
+    # Sliding-window attention changes the mask and the cache; those models keep their own forward.
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        return False
+    if type(model).__name__ == "MistralForCausalLM" and getattr(config, "sliding_window", None) is not None:
+        return False
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return rope.get("rope_type", rope.get("type", "default")) in _STATIC_ROPE
+
+
+def fuse_projections(model: Any, runtime: Any) -> int:
+    """Fuse q/k/v and gate/up of each supported decoder block into one packed product each.
+
+    Runs before `cpu_tuning.optimize_for_inference` (which packs the remaining linear layers).
+    Returns how many layers were fused; 0 when the model, device or dtype is not supported.
+    """
+    import torch
+
+    from gptcli.cpu_tuning import _op_works
+
+    if not _enabled() or runtime.device.type != "cpu" or runtime.dtype not in (torch.float32, torch.bfloat16):
+        return 0
+    if not _config_supported(model) or not _op_works(str(runtime.dtype).replace("torch.", "")):
+        return 0
+    FusedLinear, Part = _fused_linear_class()
+    layers = model.model.layers
+    fused = 0
+    with torch.no_grad():
+        for layer in layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+            gate_up = [mlp.gate_proj, mlp.up_proj]
+            if not all(type(m) is torch.nn.Linear and m.weight.dtype == runtime.dtype for m in qkv + gate_up):
+                continue
+            f = FusedLinear([m.weight for m in qkv], [m.bias for m in qkv])
+            attn.q_proj, attn.k_proj, attn.v_proj = (Part(f, i) for i in range(3))
+            attn._gptcli_qkv = f
+            g = FusedLinear([m.weight for m in gate_up], [None, None])
+            mlp.gate_proj, mlp.up_proj = Part(g, 0), Part(g, 1)
+            mlp._gptcli_gate_up = g
+            fused += 1
+    return fused
+
+
+class LlamaDecoder:
+    """The lean forward: `decoder(input_ids=..., cache=..., attention_mask=..., position_ids=...)`.
+
+    Takes the keywords our decode loop passes to the model and returns an object with `logits`
+    (of the last `logits_to_keep` positions) and the cache, under the model's cache keyword.
+    """
+
+    def __init__(self, model: Any, cache_name: str):
+        import torch
+
+        self.torch = torch
+        self.cache_name = cache_name
+        config = model.config
+        inner = model.model
+        self.dtype = inner.embed_tokens.weight.dtype
+        self.embed = inner.embed_tokens.weight
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        first = inner.layers[0].self_attn
+        self.head_dim = first.head_dim
+        self.scaling = first.scaling
+        self.layers = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv, gate_up = attn._gptcli_qkv, mlp._gptcli_gate_up
+            o, down = _weight_of(attn.o_proj), _weight_of(mlp.down_proj)
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight,
+                    layer.input_layernorm.variance_epsilon,
+                    qkv.packed_weight,
+                    qkv.bias,
+                    o,
+                    layer.post_attention_layernorm.weight,
+                    layer.post_attention_layernorm.variance_epsilon,
+                    gate_up.packed_weight,
+                    down,
+                )
+            )
+        self.norm_weight, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
+        self.head = _weight_of(model.lm_head)
+        self.intermediate = gate_up.sizes[0]
+        self.rotary = inner.rotary_emb
+        self.cos = self.signed_sin = torch.empty(0)
+        self._rope_table(256)
+        self.min_value = torch.finfo(self.dtype).min
+
+    def _rope_table(self, positions: int) -> None:
+        """cos/sin of the first `positions` positions (rows), from the model's own rotary module:
+        the values it would compute for them step by step. Grown by doubling as positions come."""
+        torch = self.torch
+        size = max(positions, 2 * self.cos.shape[0])
+        with torch.inference_mode():
+            probe = torch.zeros(1, dtype=self.dtype, device=self.embed.device)
+            cos, sin = self.rotary(probe, position_ids=torch.arange(size, device=self.embed.device).unsqueeze(0))
+        self.cos, sin = cos[0], sin[0]
+        half = sin.shape[-1] // 2
+        self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+
+    def _rms(self, x, weight, eps):
+        torch = self.torch
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * h.to(self.dtype)
+
+    def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, use_cache=True, **kwargs):
+        torch = self.torch
+        lin = torch.ops.mkldnn._linear_pointwise
+        linear = torch.nn.functional.linear
+        cache = kwargs[self.cache_name]
+        b, t = input_ids.shape
+        h, kvh, d = self.heads, self.kv_heads, self.head_dim
+        g = h // kvh
+        q_size, kv_size = h * d, kvh * d
+        x = torch.nn.functional.embedding(input_ids, self.embed)
+        last = int(position_ids[:, -1].max())
+        if last >= self.cos.shape[0]:
+            self._rope_table(last + 1)
+        cos = self.cos[position_ids].unsqueeze(2)  # (b, t, 1, d): broadcast over heads
+        sin = self.signed_sin[position_ids].unsqueeze(2)
+        half = d // 2
+        mask = None
+        for i, (n1, e1, wqkv, bqkv, o, n2, e2, wgu, down) in enumerate(self.layers):
+            y = self._rms(x, n1, e1)
+            qkv = lin(y, wqkv, bqkv, "none", [], "")
+            # q and k rotate together: one set of elementwise ops over (b, t, h + kvh, d). The halves
+            # swapped by one flip, times sin with its first half negated, is rotate_half(x) * sin.
+            qk = qkv[..., : q_size + kv_size].view(b, t, h + kvh, d)
+            rot = qk.view(b, t, h + kvh, 2, half).flip(3).view(b, t, h + kvh, d)
+            qk = (qk * cos) + (rot * sin)
+            q = qk[:, :, :h]
+            k = qk[:, :, h:].transpose(1, 2)
+            v = qkv[..., q_size + kv_size :].view(b, t, kvh, d).transpose(1, 2)
+            keys, values = cache.layers[i].update(k, v)
+            if mask is None:
+                mask = self._mask(attention_mask, keys.shape[-2], t)
+            # transformers' eager arithmetic, op for op (PyTorch's fused SDPA kernel is ~4x faster
+            # for one query but rounds differently: greedy text could differ from the model's own).
+            # Grouped-query attention without repeat_kv: a group's query heads share one key/value
+            # head, so they become rows of one product against it.
+            if t == 1:  # the common decode step: these are views
+                q = q.view(b, kvh, g, d)
+            else:
+                q = q.reshape(b, t, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+            scores = torch.matmul(q, keys.transpose(2, 3)) * self.scaling
+            scores = (scores.view(b, kvh, g, t, -1) + mask).view(b, kvh, g * t, -1)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
+            out = torch.matmul(probs, values)  # (b, kvh, g * t, d)
+            if t == 1:
+                out = out.view(b, 1, q_size)
+            else:
+                out = out.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, q_size)
+            x = x + (lin(out, o[0], o[1], "none", [], "") if o[2] else linear(out, o[0], o[1]))
+            y = self._rms(x, n2, e2)
+            gu = lin(y, wgu, None, "none", [], "")
+            act = torch.nn.functional.silu(gu[..., : self.intermediate]) * gu[..., self.intermediate :]
+            x = x + (lin(act, down[0], down[1], "none", [], "") if down[2] else linear(act, down[0], down[1]))
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        x = self._rms(x, self.norm_weight, self.norm_eps)
+        w, bias, packed = self.head
+        logits = lin(x.contiguous(), w, bias, "none", [], "") if packed else linear(x, w, bias)
+        return SimpleNamespace(logits=logits, **{self.cache_name: cache})
+
+    def _mask(self, attention_mask, kv_len: int, t: int):
+        """Additive mask (b, 1, 1, t, kv_len): padding, the future, and a whole buffer's spare room."""
+        torch = self.torch
+        b, filled = attention_mask.shape
+        device = attention_mask.device
+        past = filled - t
+        keep = torch.zeros(b, kv_len, dtype=torch.bool, device=device)
+        keep[:, :filled] = attention_mask.bool()
+        keep = keep[:, None, :].expand(b, t, kv_len)
+        if t > 1:
+            causal = torch.arange(kv_len, device=device)[None, :] <= (past + torch.arange(t, device=device))[:, None]
+            keep = keep & causal
+        mask = torch.zeros(b, t, kv_len, dtype=self.dtype, device=device)
+        mask.masked_fill_(~keep, self.min_value)
+        return mask.view(b, 1, 1, t, kv_len)
+
+
+def _weight_of(module: Any) -> tuple[Any, Any, bool]:
+    """(weight, bias, packed) of a linear layer: cpu_tuning packs the large ones, small ones stay plain."""
+    packed = getattr(module, "packed_weight", None)
+    if packed is not None:
+        return packed, module.bias, True
+    if type(module).__name__ != "Linear":
+        raise TypeError(f"unexpected projection {type(module).__name__}")
+    return module.weight, module.bias, False
+
+
+def decode_forward(model: Any) -> Any:
+    """The lean forward for this model if it applies and agrees with the model's own; else None.
+
+    Decided once per model (the check runs a few forward passes of at most 7 tokens).
+    """
+    verdict = getattr(model, "_gptcli_llama_decoder", None)
+    if verdict is None:
+        verdict = _build_checked(model) or False
+        try:
+            model._gptcli_llama_decoder = verdict
+        except (AttributeError, TypeError):  # pragma: no cover - a model object that takes no attributes
+            pass
+    return verdict or None
+
+
+def _build_checked(model: Any) -> LlamaDecoder | None:
+    from gptcli.kvcache import cache_kwarg
+
+    if not _enabled() or not _config_supported(model):
+        return None
+    name = cache_kwarg(model)
+    if name is None or not hasattr(model.model.layers[0].self_attn, "_gptcli_qkv"):
+        return None
+    try:
+        decoder = LlamaDecoder(model, name)
+        return decoder if _agrees(model, decoder) else None
+    except Exception:  # anything unexpected in a model's layout: its own forward stays in charge
+        return None
+
+
+def _agrees(model: Any, decoder: LlamaDecoder) -> bool:
+    """Prefill of a left-padded two-row batch and two cached steps: the decoder's logits against
+    the model's own forward over the same cache calls."""
+    import torch
+
+    from gptcli.kvcache import new_cache
+
+    vocab = int(model.config.vocab_size)
+    name = decoder.cache_name
+    ids = torch.tensor([[5, 6, 7, 8, 9], [11, 12, 13, 14, 15]]) % vocab
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    fed = [torch.tensor([[17], [19]]) % vocab, torch.tensor([[23], [29]]) % vocab]
+    device = next(model.parameters()).device
+    ids, mask, positions, fed = ids.to(device), mask.to(device), positions.to(device), [f.to(device) for f in fed]
+    tol = 1e-3 if decoder.dtype == torch.float32 else 5e-2
+    with torch.inference_mode():
+        caches = [new_cache(model), new_cache(model)]
+        step = ids
+        for k in range(3):
+            outs = []
+            for run, cache in zip((model, decoder), caches):
+                kwargs = {name: cache, "attention_mask": mask, "position_ids": positions[:, -step.shape[1] :]}
+                outs.append(run(input_ids=step, use_cache=True, logits_to_keep=step.shape[1], **kwargs).logits.float())
+            want, got = outs
+            real = mask[:, -step.shape[1] :].bool()  # padded positions' logits are never used
+            scale = max(1.0, want[real].abs().max().item())
+            if not bool(torch.isfinite(got[real]).all()) or (got - want)[real].abs().max().item() > tol * scale:
+                return False
+            if k == 2:
+                break
+            step = fed[k]
+            mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+    return True
