@@ -499,7 +499,7 @@ _TRIM_COLUMNS = 32
 def _can_merge(cache: Any) -> bool:
     """Whether the cache's rows can be padded and joined with another batch's: plain per-layer
     key/value tensors (no sliding window, no linear-attention state)."""
-    layers = getattr(cache, "layers", None)
+    layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(
         type(layer).__name__ in ("DynamicLayer", "GrowingLayer") and getattr(layer, "keys", None) is not None
         for layer in layers
