@@ -566,7 +566,8 @@ class Api:
             job.seqs = []  # echo with max_tokens 0: the prompt's log-probabilities only
         self.engine.submit(job)
         if stream:
-            return self.sse(self._completion_chunks(job, request, texts, echo))
+            counted = sum(len(ids) for ids, _ in prompts) if _include_usage(body) else None
+            return self.sse(self._completion_chunks(job, request, texts, echo, counted))
         choices: dict[int, dict[str, Any]] = {}
         scores: dict[int, Any] = {}
         usage = {"prompt_tokens": sum(len(ids) for ids, _ in prompts), "completion_tokens": 0}
@@ -647,9 +648,13 @@ class Api:
             offsets.append(base + len(tok.decode(ids[prompt_len:k], skip_special_tokens=True)))
         return offsets
 
-    async def _completion_chunks(self, job: Job, request: Any, texts: list[str], echo: bool) -> AsyncIterator[dict]:
+    async def _completion_chunks(
+        self, job: Job, request: Any, texts: list[str], echo: bool, prompt_tokens: int | None
+    ) -> AsyncIterator[dict]:
+        """Completion chunks; with `prompt_tokens` (stream_options.include_usage) a last chunk with usage."""
         from gptcli.generation import Completion
 
+        completion_tokens = 0
         n = job.seqs[0].params.num_return_sequences if job.seqs else 1
         if echo:
             for index in range(len(job.seqs)):
@@ -666,8 +671,22 @@ class Api:
             done = isinstance(event, Completion)
             text = "" if done else event.text
             reason = _finish(event.finish_reason) if isinstance(event, Completion) else None
+            if isinstance(event, Completion):
+                completion_tokens += event.completion_tokens
             chunk["choices"] = [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]
             yield chunk
+        if prompt_tokens is not None:
+            yield self.usage_chunk("text_completion", job, prompt_tokens, completion_tokens)
+
+    def usage_chunk(self, kind: str, job: Job, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        chunk = self.base(kind, job)
+        chunk["choices"] = []
+        chunk["usage"] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        return chunk
 
     async def chat(self, request: Any) -> Any:
         from gptcli.chat.history import Message
@@ -708,12 +727,7 @@ class Api:
         job = self.new_job([(ids, encoder_text)], params, None)
         self.engine.submit(job)
         if bool(_field(body, "stream", (bool,), False)):
-            include_usage = (
-                bool((body.get("stream_options") or {}).get("include_usage"))
-                if isinstance(body.get("stream_options"), dict)
-                else False
-            )
-            return self.sse(self._chat_chunks(job, request, len(ids), include_usage))
+            return self.sse(self._chat_chunks(job, request, len(ids), _include_usage(body)))
         choices: dict[int, dict[str, Any]] = {}
         usage = {"prompt_tokens": len(ids), "completion_tokens": 0}
         async for event in self.events(job, request):
@@ -768,14 +782,7 @@ class Api:
                 ]
                 yield chunk
         if include_usage:
-            chunk = self.base("chat.completion.chunk", job)
-            chunk["choices"] = []
-            chunk["usage"] = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
-            yield chunk
+            yield self.usage_chunk("chat.completion.chunk", job, prompt_tokens, completion_tokens)
 
     def sse(self, chunks: AsyncIterator[dict]) -> Any:
         from starlette.responses import StreamingResponse
@@ -789,6 +796,11 @@ class Api:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def _too_large(limit: int) -> ApiError:

@@ -123,13 +123,21 @@ def test_n_seeds_and_streaming_match_generate(server, cli, model_dir):
     got = client.completions.create(model=server.model, prompt=PROMPTS[0], max_tokens=10, n=3, seed=5)
     assert [c.text for c in got.choices] == [w["text"] for w in want]
     assert got.usage.completion_tokens == sum(w["completion_tokens"] for w in want)
-    texts, reasons = ["", "", ""], [None, None, None]
+    texts, reasons, usage = ["", "", ""], [None, None, None], None
     for chunk in client.completions.create(
-        model=server.model, prompt=PROMPTS[0], max_tokens=10, n=3, seed=5, stream=True
+        model=server.model,
+        prompt=PROMPTS[0],
+        max_tokens=10,
+        n=3,
+        seed=5,
+        stream=True,
+        stream_options={"include_usage": True},
     ):
+        usage = chunk.usage or usage
         for c in chunk.choices:
             texts[c.index] += c.text
             reasons[c.index] = c.finish_reason or reasons[c.index]
+    assert usage is not None and usage.completion_tokens == got.usage.completion_tokens
     assert texts == [w["text"] for w in want]
     assert all(r in ("stop", "length") for r in reasons)
 
