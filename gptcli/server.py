@@ -182,7 +182,7 @@ class Engine:
                 admit: list[Job] = []
                 joinable = self.batch is None or self.batch.can_join()
                 limit = self.max_concurrency if self.fast else 1
-                while joinable and self.waiting and len(self.active) + len(admit) < limit:
+                while joinable and self.waiting and len(self.active) < limit:
                     job = self.waiting.popleft()
                     admit.append(job)
                     self.active[job.id] = job
@@ -399,6 +399,8 @@ class Api:
     def __init__(self, lm: LoadedModel, config: ServeConfig, engine: Engine):
         self.lm, self.config, self.engine = lm, config, engine
         self.created = int(time.time())
+        embeddings = lm.model.get_input_embeddings() if hasattr(lm.model, "get_input_embeddings") else None
+        self.vocab = int(getattr(embeddings, "num_embeddings", 0) or len(lm.tokenizer))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -554,6 +556,10 @@ class Api:
             ids: list[int] = []
             if not self.lm.is_encoder_decoder:
                 ids = encode_prompt(self.lm, p) if isinstance(p, str) else list(p)
+            if any(not 0 <= t < self.vocab for t in ids):
+                raise ApiError(
+                    400, f"token ids must be from 0 to {self.vocab - 1}.", param="prompt", code="invalid_prompt"
+                )
             prompts.append((ids, text))
             texts.append(text)
         fitted = [self.fit(ids, max_tokens, "prompt") for ids, _ in prompts]

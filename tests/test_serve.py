@@ -216,6 +216,9 @@ def test_errors_have_openai_bodies_and_the_server_keeps_serving(server):
     with pytest.raises(openai.BadRequestError) as bad_value:
         client.completions.create(model=server.model, prompt="x", max_tokens=2, temperature=-1)
     assert "temperature" in bad_value.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as bad_ids:
+        client.completions.create(model=server.model, prompt=[1, 10**6], max_tokens=2)
+    assert bad_ids.value.body["code"] == "invalid_prompt"
     r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
     r = httpx.post(server.url + "/v1/completions", content=b"x" * (2 << 20))
