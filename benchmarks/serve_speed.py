@@ -42,13 +42,13 @@ PROMPTS = [
 ]
 
 
-def worker_inproc(model_dir: str, new_tokens: int, rounds: int) -> None:
+def worker_inproc(model_dir: str, new_tokens: int, rounds: int, device: str) -> None:
     """One request through `stream_generate` in-process: what the HTTP path is compared with."""
     from gptcli.generation import Request, RunStats, stream_generate
     from gptcli.loading import open_model
     from gptcli.sampling import SamplingParams
 
-    lm = open_model(model_dir, dtype="bfloat16")[0]
+    lm = open_model(model_dir, device=device, dtype="bfloat16")[0]
 
     def run(tokens: int) -> RunStats:
         stats = RunStats()
@@ -108,9 +108,22 @@ def run_clients(clients: list[Client]) -> float:
     return sum(c.tokens for c in clients) / (max(c.end for c in clients) - min(c.start for c in clients))
 
 
-def start_server(model_dir: str) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: str, device: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptcli", "serve", "--model", model_dir, "--dtype", "bfloat16", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "gptcli",
+            "serve",
+            "--model",
+            model_dir,
+            "--device",
+            device,
+            "--dtype",
+            "bfloat16",
+            "--port",
+            "0",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -132,14 +145,16 @@ def main() -> None:
     ap.add_argument("--model-dir")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--vocab-text", help="text to train the tokenizer on (default: shared/data/tinyshakespeare.txt)")
     args = ap.parse_args()
     if args.worker:
-        worker_inproc(args.model_dir, args.new_tokens, args.rounds)
+        worker_inproc(args.model_dir, args.new_tokens, args.rounds, args.device)
         return
     model_dir = args.model_dir or str(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m")
-    build_gpt2_124m(Path(model_dir))
+    build_gpt2_124m(Path(model_dir), vocab_text=Path(args.vocab_text) if args.vocab_text else None)
     n, rounds = args.new_tokens, args.rounds
-    proc, url = start_server(model_dir)
+    proc, url = start_server(model_dir, args.device)
     model = model_dir
     try:
         run_clients([Client(url, model, PROMPTS[0], 8, 0)])  # warm-up
@@ -176,6 +191,8 @@ def main() -> None:
             str(n),
             "--rounds",
             str(rounds),
+            "--device",
+            args.device,
         ],
         capture_output=True,
         text=True,
@@ -187,7 +204,8 @@ def main() -> None:
     t_idle, t_busy = statistics.median(idle_ttft) * 1000, statistics.median(busy_ttft) * 1000
     base = inproc["tokens_per_s"]
     print(
-        f"\nGPT-2-124M shape, random weights, bfloat16, {n} new tokens per request (sampled, seeded), median of {rounds}"
+        f"\nGPT-2-124M shape, random weights, bfloat16, device {args.device}, {n} new tokens per request "
+        f"(sampled, seeded), median of {rounds}"
     )
     print(f"{'configuration':46} {'tokens/s':>9} {'TTFT ms':>8} {'ratio':>8}  target")
     print(f"{'stream_generate in-process, 1 request':46} {base:9.1f} {inproc['ttft_ms']:8.1f} {1.0:7.2f}x")
