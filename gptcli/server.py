@@ -480,16 +480,22 @@ class Api:
             seqs, choices, asyncio.get_running_loop(), asyncio.Queue(), prompts=numbered, id=self.engine.new_id()
         )
 
-    async def events(self, job: Job, request: Any) -> AsyncIterator[Any]:
-        """The job's events until its end; cancels it when the consumer stops early or the client leaves."""
+    async def events(self, job: Job, request: Any, *, poll: bool = True) -> AsyncIterator[Any]:
+        """The job's events until its end; cancels it when the consumer stops early or the client leaves.
+
+        `poll`: check every second whether the client is still there (a streamed response needs
+        no polling: Starlette cancels it when the client disconnects)."""
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(job.queue.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
+                if not poll:
+                    event = await job.queue.get()
+                else:
+                    try:
+                        event = await asyncio.wait_for(job.queue.get(), timeout=1.0)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        continue
                 if event is _END:
                     job.remaining = 0
                     return
@@ -669,7 +675,7 @@ class Api:
                     {"text": texts[index // n], "index": index, "logprobs": None, "finish_reason": None}
                 ]
                 yield chunk
-        async for event in self.events(job, request):
+        async for event in self.events(job, request, poll=False):
             if isinstance(event, tuple):
                 continue
             index = job.choices[(event.request, event.sample)]
@@ -769,7 +775,7 @@ class Api:
                 {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
             ]
             yield chunk
-        async for event in self.events(job, request):
+        async for event in self.events(job, request, poll=False):
             index = job.choices[(event.request, event.sample)]
             chunk = self.base("chat.completion.chunk", job)
             if isinstance(event, Completion):
