@@ -258,7 +258,7 @@ class Engine:
 
     def _run_alone(self, job: Job) -> None:
         """One request at a time through `stream_generate`: models the decode loop cannot drive."""
-        from gptcli.generation import Request, stream_generate
+        from gptcli.generation import Completion, Piece, Request, stream_generate
 
         if job.prompt_logprobs is not None and not self.lm.is_encoder_decoder:
             self._score_prompts(job)
@@ -275,11 +275,20 @@ class Engine:
             for r in order
         ]
         events = stream_generate(self.lm, requests)
+        sent: dict[tuple[int, int], str] = {}
         try:
             for event in events:
                 if job.cancelled:
                     break
                 event.request = order[event.request]  # back to the job's numbering
+                key = (event.request, event.sample)
+                if isinstance(event, Completion):
+                    # model.generate's path may stream less than the whole text: send the rest first.
+                    done = sent.get(key, "")
+                    if event.text.startswith(done) and len(event.text) > len(done):
+                        job.emit(Piece(event.request, event.sample, event.text[len(done) :]))
+                else:
+                    sent[key] = sent.get(key, "") + event.text
                 job.emit(event)
         finally:
             events.close()
@@ -462,6 +471,13 @@ class Api:
             )
         return min(max_tokens, context - len(ids))
 
+    def count(self, ids: list[int], encoder_text: str | None) -> int:
+        """A prompt's tokens for `usage`: an encoder-decoder model reads the text through its encoder."""
+        if ids or not self.lm.is_encoder_decoder:
+            return len(ids)
+        enc = self.lm.tokenizer(encoder_text or "", truncation=True, max_length=self.lm.context_length)
+        return len(enc["input_ids"])
+
     def new_job(self, prompts: list[tuple[list[int], str | None]], params: SamplingParams, logprobs: int | None) -> Job:
         from gptcli.generation import TextTracker, _Seq
 
@@ -578,11 +594,11 @@ class Api:
             job.seqs = []  # echo with max_tokens 0: the prompt's log-probabilities only
         self.engine.submit(job)
         if stream:
-            counted = sum(len(ids) for ids, _ in prompts) if _include_usage(body) else None
+            counted = sum(self.count(*p) for p in prompts) if _include_usage(body) else None
             return self.sse(self._completion_chunks(job, request, texts, echo, counted))
         choices: dict[int, dict[str, Any]] = {}
         scores: dict[int, Any] = {}
-        usage = {"prompt_tokens": sum(len(ids) for ids, _ in prompts), "completion_tokens": 0}
+        usage = {"prompt_tokens": sum(self.count(*p) for p in prompts), "completion_tokens": 0}
         firsts = {seq.request: p for p, seq in enumerate(job.seqs[:: params.num_return_sequences])}
         async for event in self.events(job, request):
             if isinstance(event, tuple):
@@ -739,9 +755,9 @@ class Api:
         job = self.new_job([(ids, encoder_text)], params, None)
         self.engine.submit(job)
         if bool(_field(body, "stream", (bool,), False)):
-            return self.sse(self._chat_chunks(job, request, len(ids), _include_usage(body)))
+            return self.sse(self._chat_chunks(job, request, self.count(ids, encoder_text), _include_usage(body)))
         choices: dict[int, dict[str, Any]] = {}
-        usage = {"prompt_tokens": len(ids), "completion_tokens": 0}
+        usage = {"prompt_tokens": self.count(ids, encoder_text), "completion_tokens": 0}
         async for event in self.events(job, request):
             if isinstance(event, Completion):
                 index = job.choices[(event.request, event.sample)]
