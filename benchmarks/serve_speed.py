@@ -27,7 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's gptcli, not an installed one
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import build_gpt2_124m, emit, parse_result  # noqa: E402
 
 PROMPTS = [
@@ -126,6 +128,7 @@ def start_server(model_dir: str, device: str) -> tuple[subprocess.Popen, str]:
         ],
         stderr=subprocess.PIPE,
         text=True,
+        cwd=ROOT,  # `python -m gptcli` runs this checkout's gptcli
     )
     assert proc.stderr is not None
     while True:
