@@ -11,7 +11,18 @@ import pytest
 from conftest import ROOT, cli_env
 from tiny import build_model
 
-COMMANDS = ("generate", "chat", "train", "finetune", "eval", "translate", "quantize", "models", "completion")
+COMMANDS = (
+    "generate",
+    "chat",
+    "train",
+    "finetune",
+    "eval",
+    "translate",
+    "quantize",
+    "serve",
+    "models",
+    "completion",
+)
 
 
 def _help(cli, *args) -> str:

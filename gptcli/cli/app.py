@@ -24,6 +24,7 @@ from gptcli.cli import help as help_cls
 from gptcli.cli import models as models_cmd
 from gptcli.cli import prepare as prepare_cmd
 from gptcli.cli import quantize as quantize_cmd
+from gptcli.cli import serve as serve_cmd
 from gptcli.cli import train as train_cmd
 from gptcli.cli import translate as translate_cmd
 from gptcli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GptcliError, Interrupted
@@ -66,6 +67,8 @@ app.command("prepare", cls=help_cls.Command)(prepare_cmd.prepare)
 app.command("eval", cls=help_cls.Command)(eval_cmd.evaluate)
 app.command("translate", cls=help_cls.Command)(translate_cmd.translate)
 app.command("quantize", cls=help_cls.Command)(quantize_cmd.quantize)
+
+app.command("serve", cls=help_cls.Command)(serve_cmd.serve)
 app.command("models", cls=help_cls.Command)(models_cmd.models)
 app.command("export", cls=help_cls.Command)(export_cmd.export)
 app.command("completion", cls=help_cls.Command)(completion_cmd.command_for(app))
@@ -194,7 +197,7 @@ def _flush_quietly() -> None:
 
 # Commands whose process may end without interpreter teardown (see main). Training is not
 # among them: accelerate and torch.distributed clean up in exit handlers.
-_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "quantize", "models", "completion", "export"}
+_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "quantize", "serve", "models", "completion", "export"}
 
 
 def main(argv: list[str] | None = None) -> None:
