@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 
 from gptcli.errors import GptcliError, UsageError
 from gptcli.generation import Completion, Request, RunStats, stream_generate
+from gptcli.remote import RemoteModel
 from gptcli.sampling import SamplingParams
 from gptcli.translation.families import Plan
 from gptcli.translation.languages import NO_SPACE
-from gptcli.translation.prompts import prompt_ids, stop_strings
+from gptcli.translation.prompts import instruction, prompt_ids, stop_strings
 from gptcli.translation.sources import Line, LineFeed
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Translator:
 
     def __init__(
         self,
-        lm: LoadedModel,
+        lm: LoadedModel | RemoteModel,
         plan: Plan,
         params: SamplingParams,
         *,
@@ -131,6 +132,9 @@ class Translator:
         self.joiner = "" if plan.target.code in NO_SPACE else " "
         self.stats = TranslateStats()
         self._warnings: dict[int, str] = {}  # line number -> its warning, until the line is translated
+        self.budget: int | None = None  # a remote model: the server checks lengths, lines are not split
+        if isinstance(lm, RemoteModel):
+            return
         context = lm.context_length
         if plan.seq2seq:
             # Room for the prefix, a language token and end-of-sequence on the encoder side.
@@ -145,10 +149,15 @@ class Translator:
 
     # ------------------------------------------------------------------ pieces
 
+    @property
+    def local(self) -> LoadedModel:
+        assert not isinstance(self.lm, RemoteModel), "a remote model's tokenizer is the server's"
+        return self.lm
+
     def count(self, text: str) -> int:
         if not text:
             return 0
-        return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.local.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def pieces(self, line: Line) -> list[str]:
         """The text of a line as pieces that fit the context (see `split`)."""
@@ -164,12 +173,13 @@ class Translator:
         text = line.text.strip()
         if not text:
             return [], 0
-        if self.count(text) <= self.budget:
+        if self.budget is None or self.count(text) <= self.budget:
             return [text], 0
         cut = [0]
         return self._fit(text, 0, cut), cut[0]
 
     def _fit(self, text: str, level: int, cut: list[int]) -> list[str]:
+        assert self.budget is not None  # only local models are cut to fit
         chunks: list[str] = []
         current = ""
         for unit in _LEVELS[level](text):
@@ -193,11 +203,17 @@ class Translator:
     def _warning(self, line: Line, cut: int) -> str:
         what = "a sentence" if cut == 1 else f"{cut} sentences"
         return (
-            f"line {line.number}: {what} too long for the model's context ({self.lm.context_length} tokens; "
+            f"line {line.number}: {what} too long for the model's context ({self.local.context_length} tokens; "
             f"source pieces of at most {self.budget}) cut at clauses or words and translated in parts."
         )
 
     def request(self, text: str) -> Request:
+        if isinstance(self.lm, RemoteModel):
+            # The server's tokenizer is unknown here: its tokens are rarely shorter than a byte or two,
+            # so twice the source's tokens stays under its UTF-8 length plus 10.
+            wanted = self.max_new_tokens or len(text.encode("utf-8")) + 10
+            message = {"role": "user", "content": instruction(text, self.plan)}
+            return Request(messages=[message], params=self.params.updated(max_new_tokens=wanted))
         wanted = self.max_new_tokens or 2 * self.count(text) + 10
         context = self.lm.context_length
         if self.plan.seq2seq:
@@ -215,7 +231,7 @@ class Translator:
             return event.text
         # Some tokenizers (M2M100) don't count their language tokens as special, so the
         # forced target-language token would be decoded as text: drop it.
-        return self.lm.tokenizer.decode([t for t in event.token_ids if t != forced], skip_special_tokens=True)
+        return self.local.tokenizer.decode([t for t in event.token_ids if t != forced], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ the loop
 
