@@ -524,10 +524,12 @@ class TokenScores:
     offsets: list[int]  # character offset of each token in the text
 
 
-def score_remote(rm: RemoteModel, texts: Iterable[str], *, concurrency: int = 8) -> Iterator[TokenScores]:
+def score_remote(rm: RemoteModel, texts: Iterable[str], *, concurrency: int = 8) -> Generator[TokenScores, None, None]:
     """The server's log-probabilities of each text's own tokens, in order: `/v1/completions` with
-    `echo=True, logprobs=0|1, max_tokens=0`. A server that does not return prompt log-probabilities
-    (chat-only models, ollama) is one clear error."""
+    `echo=True, logprobs=1, max_tokens=0`, up to `concurrency` texts in flight. Texts are read only
+    as they are sent, so a consumer that stops early (--max-tokens) sends no more. A server that does
+    not return prompt log-probabilities (chat-only models, ollama) is one clear error."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     client = rm.client()
@@ -544,9 +546,17 @@ def score_remote(rm: RemoteModel, texts: Iterable[str], *, concurrency: int = 8)
             raise api_error(rm, exc, "completions") from exc
         return _prompt_scores(rm, reply)
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="gptcli-score") as pool:
-        # map() keeps the order and holds at most the pending texts' futures.
-        yield from pool.map(one, texts)
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="gptcli-score")
+    pending: deque = deque()
+    try:
+        for text in texts:
+            pending.append(pool.submit(one, text))
+            if len(pending) >= max(1, concurrency):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _prompt_scores(rm: RemoteModel, reply: Any) -> TokenScores:

@@ -399,3 +399,60 @@ def test_translate_asks_the_chat_endpoint_one_line_per_line(cli, api):
 def test_translate_refuses_beams_with_a_remote_model(cli, api):
     r = cli("translate", "Hi", "-m", "openai:tiny", "--to", "fr", "--num-beams", "2")
     assert r.exit_code == 2 and "--num-beams" in r.stderr and not api.requests
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _word_logprobs(bos: bool):
+    """Scores like a server: words as tokens, each -1.0 nats after the first (which nothing predicts)."""
+    import re
+
+    def score(text: str) -> dict:
+        words = [(m.group(), m.start()) for m in re.finditer(r"\s*\S+", text)]
+        tokens = [w for w, _ in words]
+        offsets = [o for _, o in words]
+        values: list[float | None] = [None] + [-1.0] * (len(words) - 1)
+        if bos:  # a BOS token in front: then every word is predicted
+            tokens, offsets, values = ["<s>", *tokens], [0, *offsets], [None, *([-1.0] * len(words))]
+        return {"tokens": tokens, "token_logprobs": values, "text_offset": offsets, "top_logprobs": None}
+
+    return score
+
+
+def test_eval_scores_with_the_servers_prompt_logprobs(cli, api, tmp_path):
+    api.logprobs = _word_logprobs(bos=False)
+    (tmp_path / "a.txt").write_text("one two three four")
+    r = cli("eval", tmp_path / "a.txt", "-m", "openai:tiny", "--json")
+    assert r.exit_code == 0, r.stderr
+    (rec,) = r.json_lines()
+    assert rec["model"] == "openai:tiny" and rec["tokens"] == 3 and rec["nll"] == pytest.approx(1.0)
+    assert rec["bytes"] == len(" two three four")  # the unscored first token's bytes are not counted
+    body = api.requests[0].body
+    assert (body["prompt"], body["echo"], body["logprobs"], body["max_tokens"]) == ("one two three four", True, 1, 0)
+
+
+def test_eval_remote_documents_in_order_with_a_bos_server_and_max_tokens(cli, api, tmp_path):
+    api.logprobs = _word_logprobs(bos=True)
+    docs = tmp_path / "docs.jsonl"
+    texts = ["alpha beta", "", "gamma delta epsilon", "zeta eta theta iota", "never sent"]
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    r = cli("eval", docs, "-m", "openai:tiny", "--per-doc", "--max-tokens", "7", "-b", "2")
+    assert r.exit_code == 0, r.stderr
+    records = r.json_lines()
+    assert [(rec["id"], rec["tokens"]) for rec in records] == [("d0", 2), ("d1", 0), ("d2", 3), ("d3", 2)]
+    assert records[0]["bytes"] == len("alpha beta")  # every word scored after the BOS token
+    assert records[3]["truncated"] is True and records[3]["bytes"] == len("zeta eta")
+    assert records[1]["skipped"] == "no token to score"
+
+
+def test_eval_says_when_the_server_returns_no_prompt_logprobs(cli, api, tmp_path):
+    (tmp_path / "a.txt").write_text("one two three")
+    line = _one_error(cli("eval", tmp_path / "a.txt", "-m", "openai:tiny"))
+    assert "does not return the log-probabilities of a prompt's tokens" in line
+
+
+def test_eval_windows_need_a_local_model(cli, api, tmp_path):
+    (tmp_path / "a.txt").write_text("one two three")
+    r = cli("eval", tmp_path / "a.txt", "-m", "openai:tiny", "--context", "8")
+    assert r.exit_code == 2 and "--context" in r.stderr and not api.requests
