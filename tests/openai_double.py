@@ -50,6 +50,8 @@ class Double:
     fail: list[tuple[int, dict]] = field(default_factory=list)  # (status, headers) answered first, in order
     usage: bool = True  # send usage when the client asks for it
     delay_s: float = 0.0  # before answering (timeouts)
+    piece_delay_s: float = 0.0  # between streamed pieces (a slow model)
+    disconnects: int = 0  # streams whose client went away before the end
     error_message: str = "something went wrong"
     logprobs: Callable[[str], dict | None] | None = None  # echo scoring: text -> logprobs object
     host: str = "127.0.0.1"
@@ -67,6 +69,8 @@ class Double:
         self.fail.clear()
         self.usage = True
         self.delay_s = 0.0
+        self.piece_delay_s = 0.0
+        self.disconnects = 0
         self.error_message = "something went wrong"
         self.logprobs = None
 
@@ -107,13 +111,17 @@ class Double:
             want_usage = bool((body.get("stream_options") or {}).get("include_usage")) and self.usage
 
             async def events():
-                for piece in reply.pieces:
-                    yield _sse(self._chunk(body, chat, piece, None, reply))
-                    await asyncio.sleep(0)
-                yield _sse(self._chunk(body, chat, "", reply.finish_reason, reply))
-                if want_usage:
-                    yield _sse({**self._head(body, chat), "choices": [], "usage": _usage(reply)})
-                yield "data: [DONE]\n\n"
+                try:
+                    for piece in reply.pieces:
+                        yield _sse(self._chunk(body, chat, piece, None, reply))
+                        await asyncio.sleep(self.piece_delay_s)
+                    yield _sse(self._chunk(body, chat, "", reply.finish_reason, reply))
+                    if want_usage:
+                        yield _sse({**self._head(body, chat), "choices": [], "usage": _usage(reply)})
+                    yield "data: [DONE]\n\n"
+                except (asyncio.CancelledError, GeneratorExit):
+                    self.disconnects += 1
+                    raise
 
             return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -157,6 +157,35 @@ def test_api_base_option_and_default_model_variable(cli, api, monkeypatch):
     assert r.stdout == "re: Hi!\n"
 
 
+def test_closing_the_stream_keeps_what_was_shown_and_hangs_up(api):
+    """Ctrl-C (or a consumer that stops) mid-reply: the sequences in flight are kept as "interrupted"
+    with the text seen so far, and their connections are closed so the server can stop generating."""
+    from gptcli.generation import Completion, Piece, Request, RunStats, stream_generate
+    from gptcli.remote import open_remote
+    from gptcli.sampling import SamplingParams
+
+    api.respond = lambda body: Reply([f"{body['prompt']}-{i} " for i in range(50)])
+    api.piece_delay_s = 0.05
+    stats = RunStats()
+    requests = [Request(prompt=p, params=SamplingParams(greedy=True)) for p in ("a", "b")]
+    events = stream_generate(open_remote("openai:tiny"), requests, stats=stats)
+    seen: dict[int, str] = {0: "", 1: ""}
+    for event in events:
+        assert isinstance(event, Piece) and not isinstance(event, Completion)
+        seen[event.request] += event.text
+        if seen[0].count(" ") >= 3 and seen[1]:
+            break
+    events.close()
+    assert sorted(done.request for done in stats.unfinished) == [0, 1]
+    for done in stats.unfinished:
+        assert done.finish_reason == "interrupted" and done.text == seen[done.request]
+        assert not done.usage_known
+    deadline = time.monotonic() + 5
+    while api.disconnects < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api.disconnects == 2
+
+
 # --------------------------------------------------------------------------- options that do not apply
 
 
