@@ -88,6 +88,8 @@ class Completion:
     # False when a remote server sent no token counts: the two counts above are then 0 and mean
     # nothing; records show them as null (unknown), never as an estimate.
     usage_known: bool = True
+    # With Request.logprobs: (token id, its log-probability, [(alternative id, log-probability)]) per token
+    token_logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -278,6 +280,9 @@ class _Seq:
     first_token_at: float | None = None
     last_token_at: float | None = None
     cached_tokens: int = 0
+    started: float = 0.0  # when its prefill began (time to first token counts from here)
+    logprobs: int | None = None  # record each chosen token's log-probability, with this many alternatives
+    token_logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
 
 
 @dataclass
@@ -439,96 +444,343 @@ def _completion(seq: _Seq, started: float) -> Completion:
         elapsed_s=now - started,
         token_ids=list(seq.tracker.ids),
         cached_tokens=seq.cached_tokens,
+        token_logprobs=list(seq.token_logprobs),
     )
+
+
+def decode_forward(
+    model: Any, cache_name: str, accepts_positions: bool, input_ids: Any, attention: Any, positions: Any, cache: Any
+) -> tuple[Any, Any]:
+    """One forward pass of the decode loop: (last position's logits (B, V), the cache).
+
+    Every model call of the loop goes through here (prefill and steps), so a faster forward
+    for one architecture plugs in at this one place.
+    """
+    kwargs = {cache_name: cache, "attention_mask": attention, "use_cache": True}
+    if accepts_positions:
+        kwargs["position_ids"] = positions[:, -input_ids.shape[1] :]
+    out = model(input_ids=input_ids, logits_to_keep=1, **kwargs)
+    cache = getattr(out, cache_name, None) or getattr(out, "past_key_values", None) or cache
+    return out.logits[:, -1, :], cache
+
+
+@dataclass
+class _Rows:
+    """The device state of some decoding sequences, one row each, at a step boundary.
+
+    `attention` and `positions` cover the cached positions plus the one token each row feeds
+    next (`next_tokens`); `seen` (only when a row uses a repetition penalty) holds every token
+    of each row, left-padded with the row's own first token so that padding is never penalised.
+    """
+
+    seqs: list[_Seq]
+    cache: Any
+    attention: Any  # (B, cached + 1), 0 on left padding
+    positions: Any  # (B, cached + 1)
+    generators: list[Any]
+    next_tokens: Any = None  # (B, 1)
+    seen: Any = None  # (B, L) or None
+
+    def select(self, keep: list[int]) -> None:
+        import torch
+
+        if len(keep) == len(self.seqs):
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.attention.device)
+        self.cache.batch_select_indices(index)
+        self.attention, self.positions = self.attention[index], self.positions[index]
+        self.seen = self.seen[index] if self.seen is not None else None
+        self.next_tokens = self.next_tokens[index] if self.next_tokens is not None else None
+        self.seqs = [self.seqs[k] for k in keep]
+        self.generators = [self.generators[k] for k in keep]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop leading columns that are padding in every row (the long prompt that caused
+        them has left): attention over them costs time on every step."""
+        cached = self.attention.shape[1] - 1
+        used = self.attention[:, :cached].any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else cached
+        if first < _TRIM_COLUMNS or not _can_merge(self.cache):
+            return
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:].clone(), layer.values[:, :, first:].clone()
+        self.attention, self.positions = self.attention[:, first:], self.positions[:, first:]
+
+    def advance(self) -> None:
+        """Make room for the next tokens: one more column of mask, positions and seen tokens."""
+        import torch
+
+        self.attention = torch.cat([self.attention, self.attention.new_ones((len(self.seqs), 1))], dim=1)
+        self.positions = torch.cat([self.positions, self.positions[:, -1:] + 1], dim=1)
+        if self.seen is not None:
+            self.seen = torch.cat([self.seen, self.next_tokens], dim=1)
+
+
+# Leading all-padding columns are cut once there are this many (cutting copies the cache).
+_TRIM_COLUMNS = 32
+
+
+def _can_merge(cache: Any) -> bool:
+    """Whether the cache's rows can be padded and joined with another batch's: plain per-layer
+    key/value tensors (no sliding window, no linear-attention state)."""
+    layers = getattr(cache, "layers", None) or []
+    return bool(layers) and all(
+        type(layer).__name__ in ("DynamicLayer", "GrowingLayer") and getattr(layer, "keys", None) is not None
+        for layer in layers
+    )
+
+
+def _pad_left(tensor: Any, width: int, dim: int, value: int = 0) -> Any:
+    import torch
+
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_full(shape, value), tensor], dim=dim)
+
+
+class DecodeBatch:
+    """The decoder-only decode loop as a step engine, with continuous batching.
+
+    `add(seqs)` prefills new sequences (one forward over their left-padded prompts), picks
+    their first tokens and, if the batch is running, joins them to it: the shorter of the two
+    key-value caches is left-padded (masked) to the other's length and the rows are
+    concatenated. `step()` runs one forward for every running row and picks each row's next
+    token. Finished rows leave at once, as do rows passed to `cancel()`. Each row keeps its
+    own seeded generator and its own position ids, and padding is masked, so a sequence's
+    tokens do not depend on which rows it shares a batch with, or when it joined.
+
+    Rows with different sampling settings may share a batch: logits are processed and tokens
+    chosen per group of equal settings. `stream_generate` drives it one batch at a time;
+    `gptcli serve` adds requests as they arrive.
+    """
+
+    def __init__(self, lm: LoadedModel, prompt_cache: PromptCache | None = None):
+        self.lm = lm
+        self.eos = set(lm.eos_token_ids)
+        cache_name = cache_kwarg(lm.model)
+        assert cache_name is not None  # supports_fast_decode() sends models without a cache to model.generate
+        self.cache_name = cache_name
+        self.accepts_positions = "position_ids" in inspect.signature(lm.model.forward).parameters
+        self.prompt_cache = prompt_cache  # one sequence only: the batch never grows (see stream_generate)
+        self.running: _Rows | None = None
+
+    @property
+    def seqs(self) -> list[_Seq]:
+        return self.running.seqs if self.running is not None else []
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def can_join(self) -> bool:
+        """Whether new sequences can join the running batch now (else wait until it is empty)."""
+        return self.running is None or (self.prompt_cache is None and _can_merge(self.running.cache))
+
+    def add(self, seqs: list[_Seq]) -> list[Piece | Completion]:
+        """Prefill `seqs` and pick their first tokens; those not finished join the batch."""
+        import torch
+
+        if not seqs:
+            return []
+        assert self.can_join()
+        now = time.perf_counter()
+        for seq in seqs:
+            seq.started = now
+        with torch.inference_mode():
+            input_ids, attention = _left_padded(self.lm, seqs)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            step_input, cache = input_ids, None
+            if self.prompt_cache is not None:
+                assert len(seqs) == 1 and self.running is None
+                # One row, no padding: skip the prefix whose keys/values are already cached.
+                seqs[0].cached_tokens = self.prompt_cache.prepare(self.lm.model, seqs[0].prompt_ids)
+                cache = self.prompt_cache.cache
+                step_input = input_ids[:, seqs[0].cached_tokens :]
+            else:
+                cache = new_cache(self.lm.model)
+            seen = None
+            if any(s.params.repetition_penalty not in (None, 1.0) for s in seqs):
+                seen = torch.tensor(
+                    [[s.prompt_ids[0]] * (input_ids.shape[1] - len(s.prompt_ids)) + s.prompt_ids for s in seqs],
+                    dtype=torch.long,
+                    device=self.lm.device,
+                )
+            rows = _Rows(seqs, cache, attention, positions, row_generators([s.seed for s in seqs], self.lm.device))
+            rows.seen = seen
+            logits = self._forward(rows, step_input)
+            events = self._settle(rows, logits)
+            if rows.seqs:
+                self.running = rows if self.running is None else self._merge(self.running, rows)
+        return events
+
+    def step(self) -> list[Piece | Completion]:
+        """One token for every running sequence."""
+        import torch
+
+        rows = self.running
+        if rows is None:
+            return []
+        with torch.inference_mode():
+            logits = self._forward(rows, rows.next_tokens)
+            events = self._settle(rows, logits)
+        if not rows.seqs:
+            self.running = None
+        return events
+
+    def cancel(self, seqs: list[_Seq]) -> None:
+        """Remove these sequences from the batch now; they produce no more events."""
+        rows = self.running
+        if rows is None:
+            return
+        gone = {id(s) for s in seqs}
+        keep = [i for i, s in enumerate(rows.seqs) if id(s) not in gone]
+        if not keep:
+            self.running = None
+            return
+        import torch
+
+        with torch.inference_mode():
+            rows.select(keep)
+
+    # ------------------------------------------------------------------ internals
+
+    def _forward(self, rows: _Rows, step_input: Any) -> Any:
+        pc = self.prompt_cache
+        if pc is not None:
+            pc.writing()
+        logits, rows.cache = decode_forward(
+            self.lm.model,
+            self.cache_name,
+            self.accepts_positions,
+            step_input,
+            rows.attention,
+            rows.positions,
+            rows.cache,
+        )
+        if pc is not None:
+            pc.wrote(rows.cache, step_input[0].tolist())
+        return logits
+
+    def _choose(self, rows: _Rows, logits: Any) -> list[int]:
+        """Each row's next token, processed and drawn with its own settings and generator."""
+        import torch
+
+        groups: dict[tuple, list[int]] = {}
+        for i, seq in enumerate(rows.seqs):
+            groups.setdefault(seq.params.batch_key, []).append(i)
+        if len(groups) == 1:
+            params = rows.seqs[0].params
+            return choose_tokens(process_logits(logits, params, rows.seen), params, rows.generators).tolist()
+        chosen = [0] * len(rows.seqs)
+        for members in groups.values():
+            index = torch.tensor(members, dtype=torch.long, device=logits.device)
+            params = rows.seqs[members[0]].params
+            seen = rows.seen[index] if rows.seen is not None else None
+            picks = choose_tokens(
+                process_logits(logits[index], params, seen), params, [rows.generators[i] for i in members]
+            )
+            for i, token in zip(members, picks.tolist()):
+                chosen[i] = token
+        return chosen
+
+    def _record_logprobs(self, rows: _Rows, logits: Any, chosen: list[int]) -> None:
+        wanted = [i for i, s in enumerate(rows.seqs) if s.logprobs is not None]
+        if not wanted:
+            return
+        import torch
+
+        index = torch.tensor(wanted, dtype=torch.long, device=logits.device)
+        logprobs = logits[index].float().log_softmax(-1)
+        for k, i in enumerate(wanted):
+            seq = rows.seqs[i]
+            top = int(seq.logprobs or 0)
+            alternatives: list[tuple[int, float]] = []
+            if top:
+                values, ids = logprobs[k].topk(min(top, logprobs.shape[-1]))
+                alternatives = list(zip(ids.tolist(), values.tolist()))
+            seq.token_logprobs.append((chosen[i], float(logprobs[k, chosen[i]]), alternatives))
+
+    def _settle(self, rows: _Rows, logits: Any) -> list[Piece | Completion]:
+        """Give each row its chosen token; finished rows leave, the rest wait for the next step."""
+        import torch
+
+        chosen = self._choose(rows, logits)
+        self._record_logprobs(rows, logits, chosen)
+        now = time.perf_counter()
+        events: list[Piece | Completion] = []
+        keep = []
+        context = self.lm.context_length
+        for i, (seq, token) in enumerate(zip(rows.seqs, chosen)):
+            seq.first_token_at = seq.first_token_at or now
+            if token in self.eos:
+                seq.finish_reason = "eos"
+            else:
+                seq.last_token_at = now
+                delta = seq.tracker.add(token)
+                if seq.tracker.stopped:
+                    seq.finish_reason = "stop"
+                elif len(seq.tracker.ids) >= seq.params.max_new_tokens:
+                    seq.finish_reason = "length"
+                elif len(seq.prompt_ids) + len(seq.tracker.ids) >= context:
+                    seq.finish_reason = "length"  # ran out of context
+                if delta:
+                    events.append(Piece(seq.request, seq.sample, delta))
+            if seq.finish_reason:
+                tail = seq.tracker.finish()
+                if tail:
+                    events.append(Piece(seq.request, seq.sample, tail))
+                events.append(_completion(seq, seq.started))
+            else:
+                keep.append(i)
+        if keep:
+            # Drop finished rows from the batch so they cost nothing from now on.
+            rows.select(keep)
+            rows.next_tokens = torch.tensor([[chosen[k]] for k in keep], dtype=torch.long, device=self.lm.device)
+            rows.advance()
+        else:
+            rows.seqs, rows.generators = [], []
+        return events
+
+    def _merge(self, a: _Rows, b: _Rows) -> _Rows:
+        """One batch of a's rows then b's: the shorter cache is left-padded to the longer."""
+        import torch
+
+        width = max(a.attention.shape[1], b.attention.shape[1])
+        cached = width - 1
+        for la, lb in zip(a.cache.layers, b.cache.layers):
+            la.keys = torch.cat([_pad_left(la.keys, cached, 2), _pad_left(lb.keys, cached, 2)], dim=0)
+            la.values = torch.cat([_pad_left(la.values, cached, 2), _pad_left(lb.values, cached, 2)], dim=0)
+        seen = None
+        if a.seen is not None or b.seen is not None:
+            seen = self._seen_of(a.seqs + b.seqs)
+        return _Rows(
+            a.seqs + b.seqs,
+            a.cache,
+            torch.cat([_pad_left(a.attention, width, 1), _pad_left(b.attention, width, 1)]),
+            torch.cat([_pad_left(a.positions, width, 1), _pad_left(b.positions, width, 1)]),
+            a.generators + b.generators,
+            torch.cat([a.next_tokens, b.next_tokens]),
+            seen,
+        )
+
+    def _seen_of(self, seqs: list[_Seq]) -> Any:
+        import torch
+
+        tokens = [s.prompt_ids + s.tracker.ids for s in seqs]
+        width = max(len(t) for t in tokens)
+        return torch.tensor([[t[0]] * (width - len(t)) + t for t in tokens], dtype=torch.long, device=self.lm.device)
 
 
 def _decode_batch(
     lm: LoadedModel, batch: list[_Seq], prompt_cache: PromptCache | None = None
 ) -> Iterator[Piece | Completion]:
-    import torch
-
-    model, device = lm.model, lm.device
-    started = time.perf_counter()
-    params = batch[0].params
-    eos = set(lm.eos_token_ids)
-    input_ids, attention = _left_padded(lm, batch)
-    width = input_ids.shape[1]
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    generators = row_generators([s.seed for s in batch], device)
-    track_seen = params.repetition_penalty not in (None, 1.0)
-    seen = input_ids.clone() if track_seen else None
-    cache_name = cache_kwarg(model)
-    assert cache_name is not None  # supports_fast_decode() sends models without a cache to model.generate
-    accepts_positions = "position_ids" in inspect.signature(model.forward).parameters
-    max_steps = min(max(s.params.max_new_tokens for s in batch), lm.context_length - width)
-    active = list(range(len(batch)))  # batch rows still generating, in cache order
-    step_input = input_ids
-    with torch.inference_mode():
-        if prompt_cache is not None:
-            # One row, no padding: skip the prefix whose keys/values are already cached.
-            batch[0].cached_tokens = prompt_cache.prepare(model, batch[0].prompt_ids)
-            cache = prompt_cache.cache
-            step_input = input_ids[:, batch[0].cached_tokens :]
-        else:
-            cache = new_cache(model)
-        for _ in range(max(max_steps, 0)):
-            kwargs = {cache_name: cache, "attention_mask": attention, "use_cache": True}
-            if accepts_positions:
-                kwargs["position_ids"] = positions[:, -step_input.shape[1] :]
-            if prompt_cache is not None:
-                prompt_cache.writing()
-            out = model(input_ids=step_input, logits_to_keep=1, **kwargs)
-            cache = getattr(out, cache_name, None) or getattr(out, "past_key_values", None) or cache
-            if prompt_cache is not None:
-                prompt_cache.wrote(cache, step_input[0].tolist())
-            logits = process_logits(out.logits[:, -1, :], params, seen)
-            chosen = choose_tokens(logits, params, [generators[i] for i in active]).tolist()
-            now = time.perf_counter()
-            still = []
-            for row, token in zip(active, chosen):
-                seq = batch[row]
-                seq.first_token_at = seq.first_token_at or now
-                if token in eos:
-                    seq.finish_reason = "eos"
-                else:
-                    seq.last_token_at = now
-                    delta = seq.tracker.add(token)
-                    if seq.tracker.stopped:
-                        seq.finish_reason = "stop"
-                    elif len(seq.tracker.ids) >= seq.params.max_new_tokens:
-                        seq.finish_reason = "length"
-                    if delta:
-                        yield Piece(seq.request, seq.sample, delta)
-                if seq.finish_reason:
-                    tail = seq.tracker.finish()
-                    if tail:
-                        yield Piece(seq.request, seq.sample, tail)
-                    yield _completion(seq, started)
-                else:
-                    still.append(row)
-            if not still:
-                return
-            keep = [active.index(r) for r in still]
-            next_tokens = torch.tensor([[chosen[k]] for k in keep], dtype=torch.long, device=device)
-            if len(still) < len(active):
-                # Drop finished rows from the batch so they cost nothing from now on.
-                index = torch.tensor(keep, dtype=torch.long, device=device)
-                cache.batch_select_indices(index)
-                attention, positions = attention[index], positions[index]
-                seen = seen[index] if seen is not None else None
-            active = still
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
-            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-            if seen is not None:
-                seen = torch.cat([seen, next_tokens], dim=1)
-            step_input = next_tokens
-    for row in active:  # ran out of context
-        seq = batch[row]
-        seq.finish_reason = "length"
-        tail = seq.tracker.finish()
-        if tail:
-            yield Piece(seq.request, seq.sample, tail)
-        yield _completion(seq, started)
+    engine = DecodeBatch(lm, prompt_cache)
+    yield from engine.add(batch)
+    while len(engine):
+        yield from engine.step()
 
 
 def _hf_generate_batch(lm: LoadedModel, batch: list[_Seq]) -> Iterator[Piece | Completion]:

@@ -22,6 +22,7 @@ from gptcli.cli import generate as generate_cmd
 from gptcli.cli import help as help_cls
 from gptcli.cli import models as models_cmd
 from gptcli.cli import prepare as prepare_cmd
+from gptcli.cli import serve as serve_cmd
 from gptcli.cli import train as train_cmd
 from gptcli.cli import translate as translate_cmd
 from gptcli.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, GptcliError, Interrupted
@@ -63,6 +64,7 @@ app.command("finetune", cls=help_cls.Command)(train_cmd.finetune)
 app.command("prepare", cls=help_cls.Command)(prepare_cmd.prepare)
 app.command("eval", cls=help_cls.Command)(eval_cmd.evaluate)
 app.command("translate", cls=help_cls.Command)(translate_cmd.translate)
+app.command("serve", cls=help_cls.Command)(serve_cmd.serve)
 app.command("models", cls=help_cls.Command)(models_cmd.models)
 app.command("completion", cls=help_cls.Command)(completion_cmd.command_for(app))
 
