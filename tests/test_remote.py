@@ -90,6 +90,8 @@ def test_json_records_take_token_counts_from_usage(cli, api):
     assert (rec["prompt_tokens"], rec["completion_tokens"]) == (11, 9)
     assert rec["finish_reason"] == "length"
     assert "prompt 11 tokens, generated 9 tokens" in r.stderr
+    assert f"Using tiny at {api.base_url} (timeout 60 s)" in r.stderr
+    assert "peak memory" not in r.stderr  # the server's memory is not this process's
 
 
 def test_missing_usage_is_unknown_never_estimated(cli, api):

@@ -96,7 +96,8 @@ class Output:
         """`open_model` for a local model; for `openai:NAME`, the remote model (nothing is sent yet).
 
         Options about loading and running weights here (--device, --dtype, --threads, --allow-pickle,
-        --trust-remote-code) are usage errors with a remote model when typed on the command line;
+        --trust-remote-code: every option meant for open_model) are usage errors with a remote model
+        when typed on the command line;
         from their GPTCLI_* variables they are defaults for local models and ignored. Likewise
         --api-base and --timeout with a local model."""
         from gptcli.remote import is_remote, open_remote
@@ -105,17 +106,15 @@ class Output:
             _refuse({"--api-base": (api_base, "OPENAI_BASE_URL"), "--timeout": (timeout, "GPTCLI_TIMEOUT")}, spec)
             return self.open_model(spec, **options)
         assert spec is not None
-        _refuse(
-            {
-                "--device": (options.get("device"), "GPTCLI_DEVICE"),
-                "--dtype": (options.get("dtype"), "GPTCLI_DTYPE"),
-                "--threads": (options.get("threads"), "GPTCLI_THREADS"),
-                "--allow-pickle": (options.get("allow_pickle") or None, None),
-                "--trust-remote-code": (options.get("trust_remote_code") or None, None),
-            },
-            spec,
-        )
-        return open_remote(spec, api_base=api_base, timeout=timeout)
+        # Every loading option (whatever a command passes on to open_model) is a flag named after it.
+        flags: dict[str, tuple[Any, str | None]] = {}
+        for key, value in options.items():
+            given = value is not None and value is not False
+            flags[f"--{key.replace('_', '-')}"] = (value if given else None, _ENV.get(key))
+        _refuse(flags, spec)
+        remote = open_remote(spec, api_base=api_base, timeout=timeout)
+        self.stats(f"Using {remote.model} at {remote.where} (timeout {remote.timeout:g} s)")
+        return remote
 
     @contextmanager
     def progress(self, label: str, unit: str = "tokens") -> Iterator[Any]:
@@ -138,6 +137,9 @@ class Output:
             transient=True,
         ) as bar:
             yield _Progress(bar, bar.add_task(label, total=None))
+
+
+_ENV = {"device": "GPTCLI_DEVICE", "dtype": "GPTCLI_DTYPE", "threads": "GPTCLI_THREADS"}
 
 
 def _refuse(given: dict[str, tuple[Any, str | None]], spec: str | None) -> None:

@@ -1,0 +1,117 @@
+"""Remote models: `gptcli generate --file … --model openai:NAME` against `gptcli serve`, next to the same
+prompts generated in-process, all in one run.
+
+Rows (same prompts, greedy, the same new tokens each):
+- local: `gptcli generate --file` in-process, the model loaded here (batch 8): the baseline;
+- remote -b 1: through `gptcli serve` in another process, one request in flight at a time;
+- remote -b 8: eight requests in flight, which the server batches.
+
+What it shows: the cost of the HTTP path (remote -b 8 against local) and what keeping requests in
+flight gains (remote -b 8 against -b 1). The outputs are checked equal on every row.
+
+    python benchmarks/remote_speed.py                 # GPT-2-124M shape, 16 prompts x 32 tokens
+    python benchmarks/remote_speed.py --prompts 32 --tokens 64 --dtype float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import build_gpt2_124m  # noqa: E402
+
+PROMPTS = [
+    "Once upon a time",
+    "The king said",
+    "In the morning the sea was",
+    "She opened the door and",
+    "What is the meaning of",
+    "Tom and Sue went to",
+    "The old lighthouse",
+    "It was a dark and stormy night",
+]
+
+
+def start_server(model_dir: str, dtype: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptcli", "serve", "--model", model_dir, "--dtype", dtype, "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            raise RuntimeError("gptcli serve did not start")
+        found = re.search(r"(http://\S+:\d+/v1)", line)
+        if found:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # the access log must not block it
+            return proc, found.group(1)
+
+
+def run(lm, prompts: list[str], tokens: int, batch: int) -> tuple[float, list[str], int]:
+    """Seconds, texts in input order, and generated tokens (from the completions' counts)."""
+    from gptcli.generation import Completion, Request, stream_generate
+    from gptcli.sampling import SamplingParams
+
+    params = SamplingParams(greedy=True, max_new_tokens=tokens)
+    requests = [Request(prompt=p, params=params) for p in prompts]
+    texts = [""] * len(prompts)
+    generated = 0
+    started = time.perf_counter()
+    for event in stream_generate(lm, requests, batch_size=batch):
+        if isinstance(event, Completion):
+            texts[event.request] = event.text
+            generated += event.completion_tokens
+    return time.perf_counter() - started, texts, generated
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--model-dir", default="/tmp/gptcli-bench-gpt2-124m")
+    args = ap.parse_args()
+    model_dir = str(build_gpt2_124m(Path(args.model_dir)))
+    prompts = [PROMPTS[i % len(PROMPTS)] + f" ({i})" for i in range(args.prompts)]
+
+    from gptcli.loading import open_model
+    from gptcli.remote import open_remote
+
+    proc, url = start_server(model_dir, args.dtype)
+    try:
+        lm, _ = open_model(model_dir, dtype=args.dtype)
+        remote = open_remote("openai:" + model_dir, api_base=url, timeout=600)
+        run(remote, prompts[:2], 4, 2)  # warm up both sides (client import, server caches)
+        run(lm, prompts[:2], 4, 2)
+        rows = [
+            ("local (in-process, batch 8)", run(lm, prompts, args.tokens, 8)),
+            ("remote -b 1 (gptcli serve)", run(remote, prompts, args.tokens, 1)),
+            ("remote -b 8 (gptcli serve)", run(remote, prompts, args.tokens, 8)),
+        ]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    base_texts = rows[0][1][1]
+    base_rate = rows[0][1][2] / rows[0][1][0]
+    print(f"{args.prompts} prompts x {args.tokens} new tokens, greedy, GPT-2-124M shape, {args.dtype}")
+    print(f"{'':30} {'seconds':>8} {'tokens/s':>9} {'vs local':>9} {'same text':>10}")
+    for label, (seconds, texts, generated) in rows:
+        rate = generated / seconds
+        same = "yes" if texts == base_texts else "NO"
+        print(f"{label:30} {seconds:8.2f} {rate:9.1f} {rate / base_rate:8.2f}x {same:>10}")
+    b1, b8 = rows[1][1], rows[2][1]
+    print(f"remote -b 8 / remote -b 1: {(b8[2] / b8[0]) / (b1[2] / b1[0]):.2f}x tokens/s")
+
+
+if __name__ == "__main__":
+    main()
