@@ -322,7 +322,7 @@ def stream_remote(
     its `prompt` to the completions endpoint. If the run stops early (Ctrl-C, `close()`), the
     sequences in flight are put in `stats.unfinished`; a server or connection error stops every
     request and is raised as one GptcliError."""
-    from gptcli.generation import Completion, Piece, RunStats
+    from gptcli.generation import Completion, RunStats
 
     stats = stats if stats is not None else RunStats()
     started = time.perf_counter()
@@ -368,11 +368,10 @@ def stream_remote(
             elif kind == "start":
                 live[(item.request, item.sample)] = item
             elif kind == "piece":
-                state = live[(item.request, item.sample)]
-                state.parts.append(item.text)
+                live[(item.request, item.sample)].parts.append(item.text)
                 if stats.ttft_s is None:
                     stats.ttft_s = time.perf_counter() - started
-                yield Piece(item.request, item.sample, item.text)
+                yield item
             else:
                 done: Completion = item
                 live.pop((done.request, done.sample), None)
@@ -444,13 +443,6 @@ class _Live:
         )
 
 
-@dataclass
-class _PieceMsg:
-    request: int
-    sample: int
-    text: str
-
-
 def _run_job(
     rm: RemoteModel,
     job: _Job,
@@ -459,6 +451,8 @@ def _run_job(
     streams: set[Any],
     lock: threading.Lock,
 ) -> None:
+    from gptcli.generation import Piece
+
     client = rm.client()
     kwargs = request_kwargs(rm, job.params, job.seed)
     chat = job.messages is not None
@@ -487,7 +481,7 @@ def _run_job(
                     state.first_at = state.first_at or now
                     state.last_at = now
                     parts.append(text)
-                    events.put(("piece", _PieceMsg(job.request, job.sample, text)))
+                    events.put(("piece", Piece(job.request, job.sample, text)))
                 if choice.finish_reason:
                     reason = choice.finish_reason
                     stop_reason = (getattr(choice, "model_extra", None) or {}).get("stop_reason")

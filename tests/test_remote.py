@@ -427,6 +427,16 @@ def test_translate_asks_the_chat_endpoint_one_line_per_line(cli, api):
     assert api.requests[0].body["temperature"] == 0.0
 
 
+def test_translate_stats_count_the_servers_tokens_or_say_unknown(cli, api):
+    api.respond = lambda body: Reply(["Bonjour."], finish_reason="stop", prompt_tokens=30, completion_tokens=4)
+    r = cli("translate", "Hello.", "-m", "openai:tiny", "--to", "fr", "--stats")
+    assert r.exit_code == 0 and r.stdout == "Bonjour.\n"
+    assert "30 prompt tokens, 4 generated" in r.stderr
+    api.usage = False
+    r = cli("translate", "Hello.", "-m", "openai:tiny", "--to", "fr", "--stats")
+    assert r.exit_code == 0 and "token counts unknown" in r.stderr and "prompt tokens" not in r.stderr
+
+
 def test_translate_refuses_beams_with_a_remote_model(cli, api):
     r = cli("translate", "Hi", "-m", "openai:tiny", "--to", "fr", "--num-beams", "2")
     assert r.exit_code == 2 and "--num-beams" in r.stderr and not api.requests

@@ -68,15 +68,21 @@ class TranslateStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     elapsed_s: float = 0.0
+    usage_known: bool = True  # False: a remote server did not report token counts
 
     @property
     def lines_per_s(self) -> float:
         return self.lines / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def line(self) -> str:
+        tokens = (
+            f"{self.prompt_tokens} prompt tokens, {self.completion_tokens} generated"
+            if self.usage_known
+            else "token counts unknown"
+        )
         return (
-            f"translated {self.lines} lines ({self.pieces} pieces, {self.prompt_tokens} prompt tokens, "
-            f"{self.completion_tokens} generated) in {self.elapsed_s:.2f} s: {self.lines_per_s:.1f} lines/s"
+            f"translated {self.lines} lines ({self.pieces} pieces, {tokens}) in {self.elapsed_s:.2f} s: "
+            f"{self.lines_per_s:.1f} lines/s"
         )
 
 
@@ -314,4 +320,5 @@ class Translator:
             self.stats.pieces += len(requests)
             self.stats.prompt_tokens += run_stats.prompt_tokens
             self.stats.completion_tokens += run_stats.completion_tokens
+            self.stats.usage_known = self.stats.usage_known and run_stats.usage_known
         yield from ready()
