@@ -7,16 +7,18 @@ Rows (same prompts, greedy, the same new tokens each):
 - remote -b 8: eight requests in flight, which the server batches.
 
 What it shows: the cost of the HTTP path (remote -b 8 against local) and what keeping requests in
-flight gains (remote -b 8 against -b 1). The outputs are checked equal on every row.
+flight gains (remote -b 8 against -b 1). The outputs are checked equal on every row. The rows take
+turns, `--rounds` times, and each reports its median, so a change in the machine's load hits all rows.
 
-    python benchmarks/remote_speed.py                 # GPT-2-124M shape, 16 prompts x 32 tokens
-    python benchmarks/remote_speed.py --prompts 32 --tokens 64 --dtype float32
+    python benchmarks/remote_speed.py                 # GPT-2-124M shape, 16 prompts x 32 tokens, 3 rounds
+    python benchmarks/remote_speed.py --prompts 32 --tokens 64 --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -78,7 +80,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--model-dir", default="/tmp/gptcli-bench-gpt2-124m")
     args = ap.parse_args()
     model_dir = str(build_gpt2_124m(Path(args.model_dir)))
@@ -93,24 +96,34 @@ def main() -> None:
         remote = open_remote("openai:" + model_dir, api_base=url, timeout=600)
         run(remote, prompts[:2], 4, 2)  # warm up both sides (client import, server caches)
         run(lm, prompts[:2], 4, 2)
-        rows = [
-            ("local (in-process, batch 8)", run(lm, prompts, args.tokens, 8)),
-            ("remote -b 1 (gptcli serve)", run(remote, prompts, args.tokens, 1)),
-            ("remote -b 8 (gptcli serve)", run(remote, prompts, args.tokens, 8)),
-        ]
+        rows = {
+            "local (in-process, batch 8)": (lm, 8),
+            "remote -b 1 (gptcli serve)": (remote, 1),
+            "remote -b 8 (gptcli serve)": (remote, 8),
+        }
+        times: dict[str, list[float]] = {label: [] for label in rows}
+        texts: dict[str, list[str]] = {}
+        generated: dict[str, int] = {}
+        for _ in range(args.rounds):
+            for label, (model, batch) in rows.items():
+                seconds, texts[label], generated[label] = run(model, prompts, args.tokens, batch)
+                times[label].append(seconds)
     finally:
         proc.terminate()
         proc.wait(30)
-    base_texts = rows[0][1][1]
-    base_rate = rows[0][1][2] / rows[0][1][0]
-    print(f"{args.prompts} prompts x {args.tokens} new tokens, greedy, GPT-2-124M shape, {args.dtype}")
+    local = next(iter(rows))
+    rate = {label: generated[label] / statistics.median(times[label]) for label in rows}
+    print(
+        f"{args.prompts} prompts x {args.tokens} new tokens, greedy, GPT-2-124M shape, dtype {args.dtype}, "
+        f"median of {args.rounds} rounds"
+    )
     print(f"{'':30} {'seconds':>8} {'tokens/s':>9} {'vs local':>9} {'same text':>10}")
-    for label, (seconds, texts, generated) in rows:
-        rate = generated / seconds
-        same = "yes" if texts == base_texts else "NO"
-        print(f"{label:30} {seconds:8.2f} {rate:9.1f} {rate / base_rate:8.2f}x {same:>10}")
-    b1, b8 = rows[1][1], rows[2][1]
-    print(f"remote -b 8 / remote -b 1: {(b8[2] / b8[0]) / (b1[2] / b1[0]):.2f}x tokens/s")
+    for label in rows:
+        same = "yes" if texts[label] == texts[local] else "NO"
+        seconds = statistics.median(times[label])
+        print(f"{label:30} {seconds:8.2f} {rate[label]:9.1f} {rate[label] / rate[local]:8.2f}x {same:>10}")
+    b1, b8 = list(rows)[1:]
+    print(f"remote -b 8 / remote -b 1: {rate[b8] / rate[b1]:.2f}x tokens/s")
 
 
 if __name__ == "__main__":
