@@ -6,9 +6,10 @@ sequence, never splitting a multi-byte character or leaking part of a stop
 string) and a `Completion` for each finished sequence (token counts, finish
 reason, timings).
 
-Decoder-only models with a standard KV cache use our own decode loop: one
-forward per step with only the last position's logits, finished rows dropped
-from the batch. Encoder-decoder models and beam search go through
+Decoder-only models with a standard KV cache use our own decode loop, the step engine
+`DecodeBatch`: one forward per step with only the last position's logits, finished rows
+dropped from the batch. `gptcli serve` drives the same engine and adds requests to a running
+batch as they arrive (continuous batching). Encoder-decoder models and beam search go through
 `model.generate`, which handles those well. Both paths follow the same two rules:
 
 - Padding: prompts of a batch are left-padded with the model's pad token, else its first

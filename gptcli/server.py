@@ -182,7 +182,7 @@ class Engine:
                 admit: list[Job] = []
                 joinable = self.batch is None or self.batch.can_join()
                 limit = self.max_concurrency if self.fast else 1
-                while joinable and self.waiting and len(self.active) + len(admit) < limit:
+                while joinable and self.waiting and len(self.active) < limit:
                     job = self.waiting.popleft()
                     admit.append(job)
                     self.active[job.id] = job
@@ -258,7 +258,7 @@ class Engine:
 
     def _run_alone(self, job: Job) -> None:
         """One request at a time through `stream_generate`: models the decode loop cannot drive."""
-        from gptcli.generation import Request, stream_generate
+        from gptcli.generation import Completion, Piece, Request, stream_generate
 
         if job.prompt_logprobs is not None and not self.lm.is_encoder_decoder:
             self._score_prompts(job)
@@ -275,11 +275,20 @@ class Engine:
             for r in order
         ]
         events = stream_generate(self.lm, requests)
+        sent: dict[tuple[int, int], str] = {}
         try:
             for event in events:
                 if job.cancelled:
                     break
                 event.request = order[event.request]  # back to the job's numbering
+                key = (event.request, event.sample)
+                if isinstance(event, Completion):
+                    # model.generate's path may stream less than the whole text: send the rest first.
+                    done = sent.get(key, "")
+                    if event.text.startswith(done) and len(event.text) > len(done):
+                        job.emit(Piece(event.request, event.sample, event.text[len(done) :]))
+                else:
+                    sent[key] = sent.get(key, "") + event.text
                 job.emit(event)
         finally:
             events.close()
@@ -399,6 +408,8 @@ class Api:
     def __init__(self, lm: LoadedModel, config: ServeConfig, engine: Engine):
         self.lm, self.config, self.engine = lm, config, engine
         self.created = int(time.time())
+        embeddings = lm.model.get_input_embeddings() if hasattr(lm.model, "get_input_embeddings") else None
+        self.vocab = int(getattr(embeddings, "num_embeddings", 0) or len(lm.tokenizer))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -460,6 +471,13 @@ class Api:
             )
         return min(max_tokens, context - len(ids))
 
+    def count(self, ids: list[int], encoder_text: str | None) -> int:
+        """A prompt's tokens for `usage`: an encoder-decoder model reads the text through its encoder."""
+        if ids or not self.lm.is_encoder_decoder:
+            return len(ids)
+        enc = self.lm.tokenizer(encoder_text or "", truncation=True, max_length=self.lm.context_length)
+        return len(enc["input_ids"])
+
     def new_job(self, prompts: list[tuple[list[int], str | None]], params: SamplingParams, logprobs: int | None) -> Job:
         from gptcli.generation import TextTracker, _Seq
 
@@ -478,16 +496,22 @@ class Api:
             seqs, choices, asyncio.get_running_loop(), asyncio.Queue(), prompts=numbered, id=self.engine.new_id()
         )
 
-    async def events(self, job: Job, request: Any) -> AsyncIterator[Any]:
-        """The job's events until its end; cancels it when the consumer stops early or the client leaves."""
+    async def events(self, job: Job, request: Any, *, poll: bool = True) -> AsyncIterator[Any]:
+        """The job's events until its end; cancels it when the consumer stops early or the client leaves.
+
+        `poll`: check every second whether the client is still there (a streamed response needs
+        no polling: Starlette cancels it when the client disconnects)."""
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(job.queue.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
+                if not poll:
+                    event = await job.queue.get()
+                else:
+                    try:
+                        event = await asyncio.wait_for(job.queue.get(), timeout=1.0)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        continue
                 if event is _END:
                     job.remaining = 0
                     return
@@ -554,6 +578,10 @@ class Api:
             ids: list[int] = []
             if not self.lm.is_encoder_decoder:
                 ids = encode_prompt(self.lm, p) if isinstance(p, str) else list(p)
+            if any(not 0 <= t < self.vocab for t in ids):
+                raise ApiError(
+                    400, f"token ids must be from 0 to {self.vocab - 1}.", param="prompt", code="invalid_prompt"
+                )
             prompts.append((ids, text))
             texts.append(text)
         fitted = [self.fit(ids, max_tokens, "prompt") for ids, _ in prompts]
@@ -566,11 +594,11 @@ class Api:
             job.seqs = []  # echo with max_tokens 0: the prompt's log-probabilities only
         self.engine.submit(job)
         if stream:
-            counted = sum(len(ids) for ids, _ in prompts) if _include_usage(body) else None
+            counted = sum(self.count(*p) for p in prompts) if _include_usage(body) else None
             return self.sse(self._completion_chunks(job, request, texts, echo, counted))
         choices: dict[int, dict[str, Any]] = {}
         scores: dict[int, Any] = {}
-        usage = {"prompt_tokens": sum(len(ids) for ids, _ in prompts), "completion_tokens": 0}
+        usage = {"prompt_tokens": sum(self.count(*p) for p in prompts), "completion_tokens": 0}
         firsts = {seq.request: p for p, seq in enumerate(job.seqs[:: params.num_return_sequences])}
         async for event in self.events(job, request):
             if isinstance(event, tuple):
@@ -663,7 +691,7 @@ class Api:
                     {"text": texts[index // n], "index": index, "logprobs": None, "finish_reason": None}
                 ]
                 yield chunk
-        async for event in self.events(job, request):
+        async for event in self.events(job, request, poll=False):
             if isinstance(event, tuple):
                 continue
             index = job.choices[(event.request, event.sample)]
@@ -727,9 +755,9 @@ class Api:
         job = self.new_job([(ids, encoder_text)], params, None)
         self.engine.submit(job)
         if bool(_field(body, "stream", (bool,), False)):
-            return self.sse(self._chat_chunks(job, request, len(ids), _include_usage(body)))
+            return self.sse(self._chat_chunks(job, request, self.count(ids, encoder_text), _include_usage(body)))
         choices: dict[int, dict[str, Any]] = {}
-        usage = {"prompt_tokens": len(ids), "completion_tokens": 0}
+        usage = {"prompt_tokens": self.count(ids, encoder_text), "completion_tokens": 0}
         async for event in self.events(job, request):
             if isinstance(event, Completion):
                 index = job.choices[(event.request, event.sample)]
@@ -763,7 +791,7 @@ class Api:
                 {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
             ]
             yield chunk
-        async for event in self.events(job, request):
+        async for event in self.events(job, request, poll=False):
             index = job.choices[(event.request, event.sample)]
             chunk = self.base("chat.completion.chunk", job)
             if isinstance(event, Completion):

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, cli_env
 from tiny import build_model
 
-COMMANDS = ("generate", "chat", "train", "finetune", "eval", "translate", "models", "completion")
+COMMANDS = ("generate", "chat", "train", "finetune", "eval", "translate", "serve", "models", "completion")
 
 
 def _help(cli, *args) -> str:

@@ -216,6 +216,9 @@ def test_errors_have_openai_bodies_and_the_server_keeps_serving(server):
     with pytest.raises(openai.BadRequestError) as bad_value:
         client.completions.create(model=server.model, prompt="x", max_tokens=2, temperature=-1)
     assert "temperature" in bad_value.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as bad_ids:
+        client.completions.create(model=server.model, prompt=[1, 10**6], max_tokens=2)
+    assert bad_ids.value.body["code"] == "invalid_prompt"
     r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
     r = httpx.post(server.url + "/v1/completions", content=b"x" * (2 << 20))
@@ -362,3 +365,28 @@ def test_a_port_in_use_is_one_error_line(cli, model_dir):
     assert (
         r.exit_code == 1 and r.stderr.startswith("Error: cannot listen on 127.0.0.1:") and "Traceback" not in r.stderr
     )
+
+
+def test_an_encoder_decoder_model_is_served_one_request_at_a_time(marian_dir):
+    from gptcli.generation import Completion, Request, stream_generate
+    from gptcli.loading import open_model
+    from gptcli.sampling import SamplingParams
+
+    marian = open_model(str(marian_dir))[0]
+    (want,) = [
+        e
+        for e in stream_generate(marian, [Request("Hello there.", SamplingParams(max_new_tokens=10, greedy=True))])
+        if isinstance(e, Completion)
+    ]
+    running = Running(marian)
+    try:
+        assert not running.server.engine.fast
+        client = running.client()
+        got = client.completions.create(model=running.model, prompt="Hello there.", max_tokens=10, temperature=0)
+        assert got.choices[0].text == want.text and got.usage.prompt_tokens == want.prompt_tokens
+        streamed = client.completions.create(
+            model=running.model, prompt="Hello there.", max_tokens=10, temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].text for c in streamed if c.choices) == want.text
+    finally:
+        running.close()

@@ -192,7 +192,7 @@ def _flush_quietly() -> None:
 
 # Commands whose process may end without interpreter teardown (see main). Training is not
 # among them: accelerate and torch.distributed clean up in exit handlers.
-_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "models", "completion"}
+_FAST_EXIT_COMMANDS = {"generate", "chat", "eval", "translate", "serve", "models", "completion"}
 
 
 def main(argv: list[str] | None = None) -> None:

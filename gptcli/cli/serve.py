@@ -17,11 +17,20 @@ def serve(
     host: Annotated[
         str,
         typer.Option(
-            "--host", help="Address to listen on. 0.0.0.0 listens on every interface.", rich_help_panel=SERVER_PANEL
+            "--host",
+            help="Address to listen on; 0.0.0.0 listens on every interface. (default: 127.0.0.1)",
+            rich_help_panel=SERVER_PANEL,
+            show_default=False,
         ),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", help="Port to listen on (0: any free port).", rich_help_panel=SERVER_PANEL)
+        int,
+        typer.Option(
+            "--port",
+            help="Port to listen on; 0 picks a free one. (default: 8000)",
+            rich_help_panel=SERVER_PANEL,
+            show_default=False,
+        ),
     ] = 8000,
     api_key: Annotated[
         Optional[str],
@@ -37,7 +46,8 @@ def serve(
         int,
         typer.Option(
             "--max-concurrency",
-            help="Requests generated at once, batched on the device; others wait in the queue.",
+            help=f"Requests generated at once, batched on the device; others wait in the queue. (default: {DEFAULT_MAX_CONCURRENCY})",
+            show_default=False,
             rich_help_panel=SERVER_PANEL,
         ),
     ] = DEFAULT_MAX_CONCURRENCY,
@@ -45,19 +55,26 @@ def serve(
         int,
         typer.Option(
             "--max-queue",
-            help="Requests that may wait for a slot; beyond that the server answers 503.",
+            help=f"Requests that may wait for a slot; beyond that the server answers 503. (default: {DEFAULT_MAX_QUEUE})",
+            show_default=False,
             rich_help_panel=SERVER_PANEL,
         ),
     ] = DEFAULT_MAX_QUEUE,
     max_body_mb: Annotated[
         float,
-        typer.Option("--max-body-mb", help="Largest request body in MiB (larger: 413).", rich_help_panel=SERVER_PANEL),
+        typer.Option(
+            "--max-body-mb",
+            help="Largest request body in MiB; a larger one gets 413. (default: 1)",
+            rich_help_panel=SERVER_PANEL,
+            show_default=False,
+        ),
     ] = 1.0,
     shutdown_timeout: Annotated[
         float,
         typer.Option(
             "--shutdown-timeout",
-            help="On SIGTERM or Ctrl-C, seconds in-flight requests get to finish before they are cancelled.",
+            help="On SIGTERM or Ctrl-C, seconds in-flight requests get to finish before they are cancelled. (default: 10)",
+            show_default=False,
             rich_help_panel=SERVER_PANEL,
         ),
     ] = 10.0,
