@@ -42,9 +42,10 @@ PROMPTS = [
 ]
 
 
-def start_server(model_dir: str, dtype: str) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: str, dtype: str, threads: int | None) -> tuple[subprocess.Popen, str]:
+    more = ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptcli", "serve", "--model", model_dir, "--dtype", dtype, "--port", "0"],
+        [sys.executable, "-m", "gptcli", "serve", "--model", model_dir, "--dtype", dtype, "--port", "0", *more],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dtype", default="auto")
+    # On a machine shared with other work, --threads 1 on both sides avoids threads waiting on each other.
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model-dir", default="/tmp/gptcli-bench-gpt2-124m")
     args = ap.parse_args()
     model_dir = str(build_gpt2_124m(Path(args.model_dir)))
@@ -90,9 +93,9 @@ def main() -> None:
     from gptcli.loading import open_model
     from gptcli.remote import open_remote
 
-    proc, url = start_server(model_dir, args.dtype)
+    proc, url = start_server(model_dir, args.dtype, args.threads)
     try:
-        lm, _ = open_model(model_dir, dtype=args.dtype)
+        lm, _ = open_model(model_dir, dtype=args.dtype, threads=args.threads)
         remote = open_remote("openai:" + model_dir, api_base=url, timeout=600)
         run(remote, prompts[:2], 4, 2)  # warm up both sides (client import, server caches)
         run(lm, prompts[:2], 4, 2)
@@ -115,7 +118,7 @@ def main() -> None:
     rate = {label: generated[label] / statistics.median(times[label]) for label in rows}
     print(
         f"{args.prompts} prompts x {args.tokens} new tokens, greedy, GPT-2-124M shape, dtype {args.dtype}, "
-        f"median of {args.rounds} rounds"
+        f"threads {args.threads or 'default'}, median of {args.rounds} rounds"
     )
     print(f"{'':30} {'seconds':>8} {'tokens/s':>9} {'vs local':>9} {'same text':>10}")
     for label in rows:
