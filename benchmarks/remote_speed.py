@@ -57,8 +57,16 @@ def start_server(model_dir: str, dtype: str, threads: int | None) -> tuple[subpr
             raise RuntimeError("gptcli serve did not start")
         found = re.search(r"(http://\S+:\d+/v1)", line)
         if found:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()  # the access log must not block it
+            threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
             return proc, found.group(1)
+
+
+def _drain(stream) -> None:
+    """Read the server's log so it never blocks on a full pipe; keep the last lines, to show if it dies."""
+    tail: list[str] = []
+    for line in stream:
+        tail = [*tail[-20:], line]
+    print("gptcli serve ended; its last log lines:\n" + "".join(tail), file=sys.stderr, flush=True)
 
 
 def run(lm, prompts: list[str], tokens: int, batch: int) -> tuple[float, list[str], int]:
