@@ -41,11 +41,11 @@ from gptcli.sampling import SamplingParams
 PREFIX = "openai:"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TIMEOUT_S = 60.0
-NO_KEY = "no-key"  # sent when OPENAI_API_KEY is not set, as ollama's and vLLM's docs suggest
+NO_KEY = "no-key"  # sent without OPENAI_API_KEY: servers that need no key ignore it (their examples pass a dummy too)
 RETRY_STATUSES = (429, 503)
 MAX_RETRIES = 3  # after the first try: at most 4 requests for one sequence
 RETRY_BASE_S = 1.0  # backoff 1, 2, 4 s (with jitter) when the server sends no Retry-After
-RETRY_CAP_S = 30.0  # a longer Retry-After is not waited for: the error says so instead
+RETRY_CAP_S = 30.0  # a longer Retry-After is not waited for: the error comes at once
 
 
 def is_remote(spec: str | None) -> bool:
