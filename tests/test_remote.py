@@ -56,6 +56,7 @@ def test_generate_streams_the_server_text_and_sends_the_sampling_settings(cli, a
     assert body["stop"] == ["\n", "END"]
     # top_k is not an OpenAI parameter: sent only when asked for (the OpenAI API rejects it).
     assert "top_k" not in body and "n" not in body
+    assert sent.headers["authorization"] == "Bearer no-key"  # no OPENAI_API_KEY: a local server needs none
 
 
 def test_top_k_and_other_extras_go_in_the_body_when_asked(cli, api):
