@@ -218,6 +218,9 @@ def test_local_settings_from_the_environment_do_not_stop_a_remote_model(cli, api
 def test_api_base_with_a_local_model_is_a_usage_error(cli, api, gpt2_dir):
     r = cli("generate", "Hi", "-m", gpt2_dir, "--api-base", "http://127.0.0.1:1/v1")
     assert r.exit_code == 2 and "--api-base applies to remote models" in r.stderr
+    # From the environment (OPENAI_BASE_URL is set by the fixture) they are defaults, not errors.
+    r = cli("generate", "Hi", "-m", gpt2_dir, "-t", "2", env={"GPTCLI_TIMEOUT": "30"})
+    assert r.exit_code == 0, r.stderr
 
 
 @pytest.mark.parametrize(
