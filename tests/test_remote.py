@@ -223,6 +223,12 @@ def test_api_base_with_a_local_model_is_a_usage_error(cli, api, gpt2_dir):
     assert r.exit_code == 0, r.stderr
 
 
+def test_commands_that_need_weights_say_a_remote_model_has_none(cli, tmp_path):
+    (tmp_path / "data.txt").write_text("hello world\n")
+    r = cli("finetune", tmp_path / "data.txt", "--model", "openai:tiny", "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "--model openai:tiny is a model on a remote server" in r.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
