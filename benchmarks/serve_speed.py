@@ -10,8 +10,8 @@ Measured, median of `--rounds`:
 - aggregate tokens/s with 8 concurrent streaming clients against one client alone (target ≥ 4×);
 - time to first token of a request that arrives while 7 others decode, against an idle server
   (target ≤ 2×);
-- one client over HTTP against `stream_generate` in-process (a worker process with the same
-  model and settings; target: overhead ≤ 10% of tokens/s).
+- one client over HTTP against `stream_generate` in this process (the same model and settings,
+  measured in the same rounds while the server idles; target: overhead ≤ 10% of tokens/s).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's gptcli, not an installed one
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import build_gpt2_124m, emit, parse_result  # noqa: E402
+from common import build_gpt2_124m  # noqa: E402
 
 PROMPTS = [
     "First Citizen:\nBefore we proceed any further, hear me speak.",
@@ -44,27 +44,21 @@ PROMPTS = [
 ]
 
 
-def worker_inproc(model_dir: str, new_tokens: int, rounds: int, device: str) -> None:
-    """One request through `stream_generate` in-process: what the HTTP path is compared with."""
+def in_process(model_dir: str, device: str):
+    """One request through `stream_generate` in this process: what the HTTP path is compared with.
+    Returns a function that runs one and gives (tokens/s, time to first token in s)."""
     from gptcli.generation import Request, RunStats, stream_generate
     from gptcli.loading import open_model
     from gptcli.sampling import SamplingParams
 
     lm = open_model(model_dir, device=device, dtype="bfloat16")[0]
 
-    def run(tokens: int) -> RunStats:
+    def run(tokens: int) -> tuple[float, float]:
         stats = RunStats()
         list(stream_generate(lm, [Request(PROMPTS[0], SamplingParams(max_new_tokens=tokens, seed=0))], stats=stats))
-        return stats
+        return stats.completion_tokens / stats.elapsed_s, stats.ttft_s or 0.0
 
-    run(8)  # warm-up
-    results = [run(new_tokens) for _ in range(rounds)]
-    emit(
-        {
-            "tokens_per_s": statistics.median(s.completion_tokens / s.elapsed_s for s in results),
-            "ttft_ms": statistics.median((s.ttft_s or 0) * 1000 for s in results),
-        }
-    )
+    return run
 
 
 class Client:
@@ -144,25 +138,26 @@ def start_server(model_dir: str, device: str) -> tuple[subprocess.Popen, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker")
     ap.add_argument("--model-dir")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--vocab-text", help="text to train the tokenizer on (default: shared/data/tinyshakespeare.txt)")
     args = ap.parse_args()
-    if args.worker:
-        worker_inproc(args.model_dir, args.new_tokens, args.rounds, args.device)
-        return
     model_dir = args.model_dir or str(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m")
     build_gpt2_124m(Path(model_dir), vocab_text=Path(args.vocab_text) if args.vocab_text else None)
     n, rounds = args.new_tokens, args.rounds
     proc, url = start_server(model_dir, args.device)
     model = model_dir
     try:
-        run_clients([Client(url, model, PROMPTS[0], 8, 0)])  # warm-up
-        one, many, idle_ttft, busy_ttft = [], [], [], []
+        local = in_process(model_dir, args.device)
+        local(8)  # warm-up
+        run_clients([Client(url, model, PROMPTS[0], 8, 0)])
+        inproc, one, many, idle_ttft, busy_ttft = [], [], [], [], []
+        # Each round measures every configuration once, one after the other (the server is idle
+        # while this process generates): the machine's drift hits all of them alike.
         for _ in range(rounds):
+            inproc.append(local(n)[0])
             alone = Client(url, model, PROMPTS[0], n, 0)
             one.append(run_clients([alone]))
             idle_ttft.append(alone.first - alone.start)
@@ -182,40 +177,19 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
-    p = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--worker",
-            "inproc",
-            "--model-dir",
-            model_dir,
-            "--new-tokens",
-            str(n),
-            "--rounds",
-            str(rounds),
-            "--device",
-            args.device,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr)
-    inproc = parse_result(p.stdout)
-    b1, b8 = statistics.median(one), statistics.median(many)
+    base, b1, b8 = statistics.median(inproc), statistics.median(one), statistics.median(many)
     t_idle, t_busy = statistics.median(idle_ttft) * 1000, statistics.median(busy_ttft) * 1000
-    base = inproc["tokens_per_s"]
     print(
         f"\nGPT-2-124M shape, random weights, bfloat16, device {args.device}, {n} new tokens per request "
-        f"(sampled, seeded), median of {rounds}"
+        f"(sampled, seeded), median of {rounds} interleaved rounds"
     )
     print(f"{'configuration':46} {'tokens/s':>9} {'TTFT ms':>8} {'ratio':>8}  target")
-    print(f"{'stream_generate in-process, 1 request':46} {base:9.1f} {inproc['ttft_ms']:8.1f} {1.0:7.2f}x")
-    print(f"{'gptcli serve, 1 streaming client':46} {b1:9.1f} {t_idle:8.1f} {b1 / base:7.2f}x  >= 0.90x")
+    print(f"{'stream_generate in-process, 1 request':46} {base:9.1f} {'':8} {1.0:7.2f}x")
+    print(f"{'gptcli serve, 1 streaming client':46} {b1:9.1f} {t_idle:8.1f} {b1 / base:7.2f}x  >= 0.90x in-process")
     print(f"{'gptcli serve, 8 concurrent streaming clients':46} {b8:9.1f} {'':8} {b8 / b1:7.2f}x  >= 4x one client")
     print(f"{'time to first token, 7 others decoding':46} {'':9} {t_busy:8.1f} {t_busy / t_idle:7.2f}x  <= 2x idle")
-    print(f"\nruns: one client {[round(x, 1) for x in one]}, 8 clients {[round(x, 1) for x in many]}")
+    print(f"\nruns: in-process {[round(x, 1) for x in inproc]}, one client {[round(x, 1) for x in one]}, ", end="")
+    print(f"8 clients {[round(x, 1) for x in many]}")
     print(f"TTFT idle {[round(x * 1000, 1) for x in idle_ttft]} ms, busy {[round(x * 1000, 1) for x in busy_ttft]} ms")
 
 
