@@ -497,6 +497,18 @@ def test_eval_remote_documents_in_order_with_a_bos_server_and_max_tokens(cli, ap
     assert records[1]["skipped"] == "no token to score"
 
 
+def test_eval_compares_a_local_and_a_remote_model_each_with_its_options(cli, api, tmp_path, gpt2_dir, monkeypatch):
+    api.logprobs = _word_logprobs(bos=True)
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    (tmp_path / "a.txt").write_text("one two three four")
+    r = cli("eval", tmp_path / "a.txt", "-m", gpt2_dir, "-m", "openai:tiny", "--api-base", api.base_url,
+            "--device", "cpu", "--stride", "2", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    local, remote = r.json_lines()
+    assert local["device"] == "cpu" and local["stride"] == 2
+    assert remote["device"] == "remote" and remote["tokens"] == 4
+
+
 def test_eval_says_when_the_server_returns_no_prompt_logprobs(cli, api, tmp_path):
     (tmp_path / "a.txt").write_text("one two three")
     line = _one_error(cli("eval", tmp_path / "a.txt", "-m", "openai:tiny"))

@@ -160,7 +160,8 @@ def evaluate(
     default = os.environ.get("GPTCLI_MODEL") or None
     specs: list[str | None] = list(models) if models else [default]
     remote = next((spec for spec in specs if is_remote(spec)), None)
-    if remote is not None and (context is not None or stride is not None):
+    mixed = remote is not None and not all(is_remote(spec) for spec in specs)
+    if remote is not None and not mixed and (context is not None or stride is not None):
         raise UsageError(
             f"--{'context' if context is not None else 'stride'} needs the model's tokenizer to cut windows; "
             f"{remote} is scored by its server, each document whole.",
@@ -171,16 +172,18 @@ def evaluate(
     documents = prepare_documents(documents, concat)
     seed_everything(seed)
     scores = []
+    local_options = dict(
+        device=device, dtype=dtype, threads=threads, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
     for spec in specs:
+        # Comparing local and remote models: each kind gets its own options, windows included (with
+        # one kind only, the other kind's options are usage errors).
+        mine = not mixed or is_remote(spec)
         lm = out.open_backend(
             spec,
-            api_base=api_base,
-            timeout=timeout,
-            device=device,
-            dtype=dtype,
-            threads=threads,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
+            api_base=api_base if mine else None,
+            timeout=timeout if mine else None,
+            **(local_options if not mixed or not is_remote(spec) else {}),
         )
         with out.progress(f"eval {lm.name}") as bar:
             if isinstance(lm, RemoteModel):
