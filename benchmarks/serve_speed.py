@@ -2,7 +2,8 @@
 
     python benchmarks/serve_speed.py [--new-tokens 128] [--rounds 3] [--model-dir DIR]
 
-Builds a GPT-2-124M-shaped model locally (random weights; no download), starts `gptcli serve
+Builds a GPT-2-124M-shaped model locally (random weights, the tokenizer's 8,192-token vocabulary;
+no download), starts `gptcli serve
 --dtype bfloat16` in its own process, and drives it with streaming HTTP clients (httpx, one
 thread per client, in this process). Every request samples (seeded) `--new-tokens` tokens.
 Measured, median of `--rounds`:
@@ -144,8 +145,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--vocab-text", help="text to train the tokenizer on (default: shared/data/tinyshakespeare.txt)")
     args = ap.parse_args()
-    model_dir = args.model_dir or str(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m")
-    build_gpt2_124m(Path(model_dir), vocab_text=Path(args.vocab_text) if args.vocab_text else None)
+    # The tokenizer's own vocabulary (8,192), not GPT-2's 50,257: ids beyond the tokenizer decode to
+    # no text, and a client only sees time to first token when the first token is text.
+    model_dir = args.model_dir or str(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m-v8k")
+    build_gpt2_124m(Path(model_dir), vocab_text=Path(args.vocab_text) if args.vocab_text else None, vocab_size=None)
     n, rounds = args.new_tokens, args.rounds
     proc, url = start_server(model_dir, args.device)
     model = model_dir
@@ -166,7 +169,7 @@ def main() -> None:
             others = [Client(url, model, PROMPTS[i], n, i) for i in range(1, 8)]
             for c in others:
                 c.thread.start()
-            while not all(c.first for c in others):
+            while not all(c.first or c.end for c in others):
                 time.sleep(0.005)
             time.sleep(0.05)
             late = Client(url, model, PROMPTS[0], 8, 0)
@@ -180,7 +183,7 @@ def main() -> None:
     base, b1, b8 = statistics.median(inproc), statistics.median(one), statistics.median(many)
     t_idle, t_busy = statistics.median(idle_ttft) * 1000, statistics.median(busy_ttft) * 1000
     print(
-        f"\nGPT-2-124M shape, random weights, bfloat16, device {args.device}, {n} new tokens per request "
+        f"\nGPT-2-124M shape (8,192-token vocabulary), random weights, bfloat16, device {args.device}, {n} new tokens per request "
         f"(sampled, seeded), median of {rounds} interleaved rounds"
     )
     print(f"{'configuration':46} {'tokens/s':>9} {'TTFT ms':>8} {'ratio':>8}  target")
