@@ -5,7 +5,7 @@ _gptcli() {
         case "$w" in -*) ;; *) cmd="$w"; break ;; esac
     done
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "chat completion eval finetune generate models prepare train translate --version --help -h" -- "$cur")); return ;;
+        "") COMPREPLY=($(compgen -W "chat completion eval export finetune generate models prepare quantize serve train translate --version --help -h" -- "$cur")); return ;;
         chat)
             case "$prev" in
                 --system|-s) return ;;
@@ -18,12 +18,18 @@ _gptcli() {
                 --repetition-penalty) return ;;
                 --stop) return ;;
                 --seed) return ;;
+                --prompt-lookup) return ;;
+                --draft-model) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --draft-tokens) return ;;
                 --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --api-base) return ;;
+                --timeout) return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
+                --quantize) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--system -s --history --jsonl --max-new-tokens -t --temperature --top-k --top-p --min-p --repetition-penalty --greedy --stop --seed --json --stats -v --model -m --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--system -s --history --jsonl --max-new-tokens -t --temperature --top-k --top-p --min-p --repetition-penalty --greedy --stop --seed --prompt-lookup --draft-model --draft-tokens --json --stats -v --model -m --api-base --timeout --device --dtype --threads --quantize --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         completion)
             case "$prev" in
@@ -38,13 +44,26 @@ _gptcli() {
                 --context) return ;;
                 --max-docs) return ;;
                 --max-tokens) return ;;
+                --cache) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --batch-size|-b) return ;;
                 --seed) return ;;
+                --api-base) return ;;
+                --timeout) return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
+                --quantize) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --stride --context --concat --max-docs --max-tokens --per-doc --json --batch-size -b --seed --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --stride --context --concat --max-docs --max-tokens --cache --per-doc --json --batch-size -b --seed --api-base --timeout --device --dtype --threads --quantize --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi
+            ;;
+        export)
+            case "$prev" in
+                --to) COMPREPLY=($(compgen -W "gguf" -- "$cur")); return ;;
+                --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --outtype) COMPREPLY=($(compgen -W "f32 f16 bf16 q8_0 q4_0" -- "$cur")); return ;;
+                --threads) return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--to --out -o --outtype --overwrite --json --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         finetune)
             case "$prev" in
@@ -98,12 +117,18 @@ _gptcli() {
                 --num-return-sequences|-n) return ;;
                 --stop) return ;;
                 --seed) return ;;
+                --prompt-lookup) return ;;
+                --draft-model) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --draft-tokens) return ;;
                 --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --api-base) return ;;
+                --timeout) return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
+                --quantize) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--file -f --echo --truncate --batch-size -b --list-models --max-new-tokens -t --temperature --top-k --top-p --min-p --repetition-penalty --greedy --num-return-sequences -n --stop --seed --json --stats -v --model -m --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--file -f --echo --truncate --batch-size -b --list-models --max-new-tokens -t --temperature --top-k --top-p --min-p --repetition-penalty --greedy --num-return-sequences -n --stop --seed --prompt-lookup --draft-model --draft-tokens --json --stats -v --model -m --api-base --timeout --device --dtype --threads --quantize --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         models)
             case "$prev" in
@@ -121,6 +146,37 @@ _gptcli() {
                 --tokenizer-sample-mb) return ;;
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--val-data --text-field --cache --tokenizer --tokenizer-type --vocab-size --tokenizer-sample-mb --json --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            ;;
+        quantize)
+            case "$prev" in
+                --to) COMPREPLY=($(compgen -W "af am ar az be bg bn bs ca cs cy da de el en eo es et eu fa fi fr ga gl gu he hi hr hu hy id is it ja ka kk km ko la lt lv mk ml mn mr ms my ne nl no pa pl ps pt ro ru si sk sl sq sr sv sw ta te th tl tr uk ur uz vi xh yi zh zu" -- "$cur")); return ;;
+                --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --group-size) return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--to --out -o --group-size --overwrite --json --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            ;;
+        serve)
+            case "$prev" in
+                --host) return ;;
+                --port) return ;;
+                --api-key) return ;;
+                --max-concurrency) return ;;
+                --max-queue) return ;;
+                --max-body-mb) return ;;
+                --shutdown-timeout) return ;;
+                --max-new-tokens|-t) return ;;
+                --temperature) return ;;
+                --top-k) return ;;
+                --top-p) return ;;
+                --min-p) return ;;
+                --repetition-penalty) return ;;
+                --seed) return ;;
+                --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
+                --threads) return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--host --port --api-key --max-concurrency --max-queue --max-body-mb --shutdown-timeout --max-new-tokens -t --temperature --top-k --top-p --min-p --repetition-penalty --greedy --seed --model -m --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         train)
             case "$prev" in
@@ -182,12 +238,18 @@ _gptcli() {
                 --min-p) return ;;
                 --repetition-penalty) return ;;
                 --seed) return ;;
+                --prompt-lookup) return ;;
+                --draft-model) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --draft-tokens) return ;;
                 --model|-m) COMPREPLY=($(compgen -W "tiny-en-fr tinystories" -- "$cur") $(compgen -d -- "$cur")); return ;;
+                --api-base) return ;;
+                --timeout) return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
+                --quantize) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--to --from --file -f --output -o --references -r --list-languages --batch-size -b --max-new-tokens -t --num-beams --temperature --top-k --top-p --min-p --repetition-penalty --seed --json --stats -v --model -m --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--to --from --file -f --output -o --references -r --list-languages --batch-size -b --max-new-tokens -t --num-beams --temperature --top-k --top-p --min-p --repetition-penalty --seed --prompt-lookup --draft-model --draft-tokens --json --stats -v --model -m --api-base --timeout --device --dtype --threads --quantize --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
     esac
 }

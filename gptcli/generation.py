@@ -50,6 +50,7 @@ from gptcli.sampling import (
 
 if TYPE_CHECKING:
     from gptcli.loading import LoadedModel
+    from gptcli.remote import RemoteModel
     from gptcli.speculative import Speculation
 
 
@@ -60,6 +61,7 @@ class Request:
     id: Any = None  # the caller's id (JSONL "id"), echoed back
     prompt_ids: list[int] | None = None  # pre-tokenized prompt (chat passes a templated one)
     encoder_text: str | None = None  # seq2seq: source text fed to the encoder
+    messages: list[dict[str, str]] | None = None  # a remote model's chat endpoint: role/content messages
 
 
 @dataclass
@@ -89,6 +91,10 @@ class Completion:
     speculative: bool = False
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+
+    # False when a remote server sent no token counts: the two counts above are then 0 and mean
+    # nothing; records show them as null (unknown), never as an estimate.
+    usage_known: bool = True
     # With Request.logprobs: (token id, its log-probability, [(alternative id, log-probability)]) per token
     token_logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
 
@@ -98,6 +104,16 @@ class Completion:
         if self.completion_tokens <= 1 or self.decode_s <= 0:
             return 0.0
         return (self.completion_tokens - 1) / self.decode_s
+
+    def usage(self) -> dict[str, Any]:
+        """prompt_tokens, completion_tokens and tokens_per_s for a record: null when unknown."""
+        if not self.usage_known:
+            return {"prompt_tokens": None, "completion_tokens": None, "tokens_per_s": None}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_s": round(self.tokens_per_s, 2),
+        }
 
     def to_record(
         self, model: str, prompt: str, *, id: Any = None, line: int | None = None, echo: bool = False
@@ -121,6 +137,8 @@ class Completion:
         )
         if self.speculative:
             out.update(drafted_tokens=self.drafted_tokens, accepted_tokens=self.accepted_tokens)
+
+        out.update(self.usage())
         return out
 
 
@@ -132,6 +150,7 @@ class RunStats:
     elapsed_s: float = 0.0
     decode_s: float = 0.0
     peak_memory_bytes: int = 0
+    usage_known: bool = True  # False: a remote server did not report the token counts of some sequence
     # Sequences cut short when a run stops early (Ctrl-C, or the consumer closing the stream):
     # what they had generated, with finish_reason "interrupted"; their tokens count above.
     unfinished: list[Completion] = field(default_factory=list)
@@ -298,7 +317,7 @@ class _Prepared:
 
 
 def stream_generate(
-    lm: LoadedModel,
+    lm: LoadedModel | RemoteModel,
     requests: list[Request],
     *,
     batch_size: int = 8,
@@ -321,7 +340,15 @@ def stream_generate(
 
     `speculation` decodes each batch of one sequence speculatively (`gptcli.speculative`);
     batches of several sequences decode the ordinary way.
+
+    A remote model (`gptcli.remote`) yields the same events from its server; `batch_size` is then
+    the number of requests in flight, and the options about local tokens are the server's business.
     """
+    from gptcli.remote import RemoteModel, stream_remote
+
+    if isinstance(lm, RemoteModel):
+        yield from stream_remote(lm, requests, concurrency=batch_size, stats=stats)
+        return
     stats = stats if stats is not None else RunStats()
     started = time.perf_counter()
     prepared: list[_Prepared] = []

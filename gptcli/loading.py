@@ -88,6 +88,14 @@ def resolve_source(spec: str | None, *, allow_pickle: bool = False, flag: str = 
             "no model given.",
             hint="Pass --model PATH|HUB_ID (or set GPTCLI_MODEL); `gptcli models` lists bundled models.",
         )
+    from gptcli.remote import is_remote
+
+    if is_remote(spec):
+        # A remote model has no weights here; the commands that take one never get this far.
+        raise UsageError(
+            f"{flag} {spec} is a model on a remote server; this command needs its weights here.",
+            hint="Pass a bundled name, a local folder or a Hub id.",
+        )
     path = bundled.path_of(spec)
     if path is not None:
         return ModelSource(spec, path, "bundled")

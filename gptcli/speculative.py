@@ -108,7 +108,15 @@ def check_options(prompt_lookup: int | None, draft_model: str | None, draft_toke
     return prompt_lookup is not None or draft_model is not None
 
 
-def check_target(lm: LoadedModel) -> None:
+def check_target(lm: Any) -> None:
+    from gptcli.remote import RemoteModel
+
+    if isinstance(lm, RemoteModel):
+        raise UsageError(
+            f"speculative decoding (--prompt-lookup, --draft-model) runs on local weights; '{lm.name}' is "
+            "decoded by its server.",
+            hint="Drop the option, or use the server's own speculative decoding (vLLM, llama.cpp).",
+        )
     if lm.is_encoder_decoder:
         raise UsageError(
             f"speculative decoding (--prompt-lookup, --draft-model) needs a decoder-only model; "

@@ -22,6 +22,7 @@ from gptcli.errors import InputError
 
 if TYPE_CHECKING:
     from gptcli.loading import LoadedModel
+    from gptcli.remote import RemoteModel
 
 PLAIN_LABELS = {"user": "User", "assistant": "Assistant"}
 PLAIN_STOP = ("\nUser:",)
@@ -37,14 +38,35 @@ def plain_text(system: str | None, messages: list[Message]) -> str:
 class ChatFormat:
     """How one model's conversations become token ids."""
 
-    def __init__(self, lm: LoadedModel):
+    def __init__(self, lm: LoadedModel | RemoteModel):
+        from gptcli.remote import RemoteModel
+
         self.lm = lm
+        # A remote model gets the messages themselves: its server applies the chat template.
+        self.remote = isinstance(lm, RemoteModel)
         # Encoder-decoder models read the conversation as source text: the plain format suits them.
-        self.templated = bool(lm.has_chat_template) and not lm.is_encoder_decoder
+        self.templated = self.remote or (bool(getattr(lm, "has_chat_template", False)) and not lm.is_encoder_decoder)
+
+    @property
+    def local(self) -> LoadedModel:
+        """The loaded model: only local models are formatted and tokenized here."""
+        from gptcli.loading import LoadedModel
+
+        assert isinstance(self.lm, LoadedModel), "a remote model's server formats its messages"
+        return self.lm
 
     @property
     def name(self) -> str:
+        if self.remote:
+            return "the server's chat format"
         return "chat template" if self.templated else "plain format"
+
+    @staticmethod
+    def records(system: str | None, messages: list[Message]) -> list[dict[str, str]]:
+        """The conversation as role/content records, the system prompt first."""
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": m.role, "content": m.content} for m in messages
+        ]
 
     @property
     def stop(self) -> tuple[str, ...]:
@@ -53,11 +75,9 @@ class ChatFormat:
     def text(self, system: str | None, messages: list[Message]) -> str:
         if not self.templated:
             return plain_text(system, messages)
-        records = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": m.role, "content": m.content} for m in messages
-        ]
+        records = self.records(system, messages)
         try:
-            return self.lm.tokenizer.apply_chat_template(records, add_generation_prompt=True, tokenize=False)
+            return self.local.tokenizer.apply_chat_template(records, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # jinja's TemplateError from raise_exception(), or a template bug
             reason = str(exc).strip() or type(exc).__name__
             raise InputError(
@@ -68,7 +88,7 @@ class ChatFormat:
     def ids(self, system: str | None, messages: list[Message]) -> list[int]:
         text = self.text(system, messages)
         if self.templated:
-            return list(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return list(self.local.tokenizer(text, add_special_tokens=False)["input_ids"])
         from gptcli.generation import encode_prompt
 
-        return encode_prompt(self.lm, text)
+        return encode_prompt(self.local, text)

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from gptcli.chat.history import Conversation, HistoryFile, Message
 from gptcli.chat.prompt import ChatFormat
-from gptcli.errors import InputError, UsageError
+from gptcli.errors import GptcliError, InputError, UsageError
 from gptcli.interrupts import Terminated
 from gptcli.sampling import SamplingParams, coerce
 
 if TYPE_CHECKING:
     from gptcli.generation import Completion, RunStats
     from gptcli.loading import LoadedModel
+    from gptcli.remote import RemoteModel
     from gptcli.speculative import Speculation
 
 # The sampling settings chat uses (`/set NAME VALUE`); the others make no sense for a single reply.
@@ -60,6 +61,8 @@ class Turn:
         )
         if done.speculative:
             out.update(drafted_tokens=done.drafted_tokens, accepted_tokens=done.accepted_tokens)
+
+        out.update(done.usage())  # null counts when a remote server sent none
         return out
 
 
@@ -105,7 +108,7 @@ def _ctrl_c_held():
 class ChatSession:
     def __init__(
         self,
-        lm: LoadedModel,
+        lm: LoadedModel | RemoteModel,
         params: SamplingParams,
         conversation: Conversation | None = None,
         history: HistoryFile | None = None,
@@ -113,9 +116,11 @@ class ChatSession:
         speculation: Speculation | None = None,
     ):
         from gptcli.kvcache import PromptCache
+        from gptcli.remote import default_params
 
         self.lm = lm
         self.params = params
+        self.defaults = default_params(lm.name)  # what `/set NAME` alone puts back
         self.conv = conversation or Conversation()
         self.history = history
         self.notice = notice or (lambda text: None)
@@ -163,7 +168,7 @@ class ChatSession:
             # updated() skips None values, so the default is put back with dataclasses.replace.
             from dataclasses import replace
 
-            self.params = replace(self.params, **{name: getattr(SamplingParams(), name)}).validate()
+            self.params = replace(self.params, **{name: getattr(self.defaults, name)}).validate()
         else:
             self.params = self.params.updated(**{name: coerce(name, value.strip())})
         return name
@@ -183,7 +188,7 @@ class ChatSession:
         a prefix and the cache stays useful.
         """
         msgs, system = self.conv.messages, self.conv.system
-        context = self.lm.context_length
+        context = self.format.local.context_length
         budget = context - min(self.params.max_new_tokens, context // 2)
         starts = [i for i, m in enumerate(msgs) if m.role == "user"]
         start = self.window_start if self.window_start < len(msgs) else (starts[-1] if starts else 0)
@@ -248,7 +253,7 @@ class ChatSession:
         """Each message's token count (its content alone, plus one), counted once per message."""
         missing = [m for m in messages if id(m) not in self._counts]
         if missing:
-            encoded = self.lm.tokenizer([m.content for m in missing], add_special_tokens=False)["input_ids"]
+            encoded = self.format.local.tokenizer([m.content for m in missing], add_special_tokens=False)["input_ids"]
             for m, ids in zip(missing, encoded):
                 self._counts[id(m)] = (m, len(ids) + 1)
         # Keep only the messages asked about: dropped ones never come back (and their ids may be reused).
@@ -260,21 +265,26 @@ class ChatSession:
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Turn:
         """Add a user message and generate the reply. Ctrl-C keeps the partial reply, marked interrupted."""
         from gptcli.generation import Completion, Request, RunStats, stream_generate
+        from gptcli.remote import RemoteModel
 
         self.conv.messages.append(Message("user", text))
-        try:
-            ids = self.prompt_ids()
-        except BaseException:
-            self.conv.messages.pop()  # nothing was generated: the conversation stays as it was
-            raise
         stop = tuple(dict.fromkeys(tuple(self.params.stop) + self.format.stop))
         params = self.params.updated(stop=stop)
-        if self.lm.is_encoder_decoder:
-            request = Request(
-                prompt=self.format.text(self.conv.system, self.conv.messages[self.window_start :]), params=params
-            )
+        if isinstance(self.lm, RemoteModel):
+            # The server applies its model's chat template and checks the length itself.
+            request = Request(messages=self.format.records(self.conv.system, self.conv.messages), params=params)
         else:
-            request = Request(prompt_ids=ids, params=params)
+            try:
+                ids = self.prompt_ids()
+            except BaseException:
+                self.conv.messages.pop()  # nothing was generated: the conversation stays as it was
+                raise
+            if self.lm.is_encoder_decoder:
+                request = Request(
+                    prompt=self.format.text(self.conv.system, self.conv.messages[self.window_start :]), params=params
+                )
+            else:
+                request = Request(prompt_ids=ids, params=params)
         stats, parts, done = RunStats(), [], None
         try:
             for event in stream_generate(
@@ -287,6 +297,10 @@ class ChatSession:
                         parts.append(event.text)
                         if on_text:
                             on_text(event.text)
+        except GptcliError:
+            if not parts:  # a server's refusal (too long, no such model): the message was not taken
+                self.conv.messages.pop()
+            raise
         except KeyboardInterrupt as exc:
             reply = Message("assistant", "".join(parts).strip(), interrupted=True)
             self._add(reply)

@@ -52,6 +52,8 @@ def chat(
     as_json: opt.Json = False,
     stats: opt.Stats = False,
     model: opt.Model = None,
+    api_base: opt.ApiBase = None,
+    timeout: opt.Timeout = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
@@ -71,11 +73,11 @@ def chat(
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_stdin, stdin_is_tty
     from gptcli.quantize import parse_scheme
+    from gptcli.remote import default_params
     from gptcli.runtime import check_options
-    from gptcli.sampling import SamplingParams
 
     # Everything the user typed or piped is checked before any model loads.
-    params = SamplingParams().updated(
+    params = default_params(model).updated(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -113,8 +115,10 @@ def chat(
     from gptcli.chat.session import ChatSession
 
     out = Output(as_json=as_json, stats=stats)
-    lm = out.open_model(
+    lm = out.open_backend(
         model,
+        api_base=api_base,
+        timeout=timeout,
         device=device,
         dtype=dtype,
         threads=threads,

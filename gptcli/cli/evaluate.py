@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -30,7 +31,7 @@ def evaluate(
         typer.Option(
             "--model",
             "-m",
-            help="Bundled model name, local Hugging Face folder, or Hub id. Repeat to compare models. Default: $GPTCLI_MODEL, else the bundled model.",
+            help="Bundled model name, local Hugging Face folder, Hub id, or openai:NAME (a model on an OpenAI-compatible server that returns prompt log-probabilities; see --api-base). Repeat to compare models. Default: $GPTCLI_MODEL, else the bundled model.",
             rich_help_panel=opt.MODEL_PANEL,
             show_default=False,
         ),
@@ -107,6 +108,8 @@ def evaluate(
     ] = False,
     batch_size: opt.EvalBatchSize = None,
     seed: opt.Seed = None,
+    api_base: opt.ApiBase = None,
+    timeout: opt.Timeout = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
@@ -165,40 +168,72 @@ def evaluate(
         raise UsageError(f"no text to evaluate in {where}.")
 
     from gptcli.evaluation import evaluate_model, prepare_documents
+    from gptcli.remote import RemoteModel, is_remote
     from gptcli.runtime import seed_everything
+
+    # None: the default model ($GPTCLI_MODEL, which may be remote, else the bundled one).
+    default = os.environ.get("GPTCLI_MODEL") or None
+    specs: list[str | None] = list(models) if models else [default]
+    remote = next((spec for spec in specs if is_remote(spec)), None)
+    mixed = remote is not None and not all(is_remote(spec) for spec in specs)
+    if remote is not None and not mixed and (context is not None or stride is not None):
+        raise UsageError(
+            f"--{'context' if context is not None else 'stride'} needs the model's tokenizer to cut windows; "
+            f"{remote} is scored by its server, each document whole.",
+            hint="Drop it; a document must then fit the server's context.",
+        )
 
     out = Output(as_json=as_json)
     documents = prepare_documents(documents, concat)
     seed_everything(seed)
     scores = []
-    specs: list[str | None] = list(models) if models else [None]  # None: the default model
+    local_options = dict(
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        quantize=quant,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
     for spec in specs:
-        lm = out.open_model(
+        # Comparing local and remote models: each kind gets its own options, windows included (with
+        # one kind only, the other kind's options are usage errors).
+        mine = not mixed or is_remote(spec)
+        lm = out.open_backend(
             spec,
-            device=device,
-            dtype=dtype,
-            threads=threads,
-            quantize=quant,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
+            api_base=api_base if mine else None,
+            timeout=timeout if mine else None,
+            **(local_options if not mixed or not is_remote(spec) else {}),
         )
-        entry = None
-        if "-" not in sources and not concat:
-            entry = _token_cache(lm.tokenizer, sources, documents, text_field, cache, max_tokens or max_docs)
         sink = _PerDoc(out, lm.name) if per_doc else None
         with out.progress(f"eval {lm.name}") as bar:
-            score = evaluate_model(
-                lm,
-                documents,
-                stride=stride,
-                context=context,
-                batch_size=batch_size or opt.EVAL_BATCH_SIZE,
-                max_tokens=max_tokens,
-                progress=bar.advance,
-                on_plan=bar.plan,
-                on_doc=sink.add if sink is not None else None,
-                cache=entry,
-            )
+            if isinstance(lm, RemoteModel):
+                from gptcli.evaluation.remote import evaluate_remote
+
+                score = evaluate_remote(
+                    lm,
+                    documents,
+                    batch_size=batch_size or opt.EVAL_BATCH_SIZE,
+                    max_tokens=max_tokens,
+                    progress=bar.advance,
+                    on_doc=sink.add if sink is not None else None,
+                )
+            else:
+                entry = None
+                if "-" not in sources and not concat:
+                    entry = _token_cache(lm.tokenizer, sources, documents, text_field, cache, max_tokens or max_docs)
+                score = evaluate_model(
+                    lm,
+                    documents,
+                    stride=stride,
+                    context=context,
+                    batch_size=batch_size or opt.EVAL_BATCH_SIZE,
+                    max_tokens=max_tokens,
+                    progress=bar.advance,
+                    on_plan=bar.plan,
+                    on_doc=sink.add if sink is not None else None,
+                    cache=entry,
+                )
         del lm  # free the weights before the next model loads
         if not score.tokens:
             raise UsageError(

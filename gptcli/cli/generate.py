@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from gptcli.generation import Request
     from gptcli.inputs import Record
     from gptcli.loading import LoadedModel
+    from gptcli.remote import RemoteModel
 
 
 def generate(
@@ -49,6 +50,8 @@ def generate(
     as_json: opt.Json = False,
     stats: opt.Stats = False,
     model: opt.Model = None,
+    api_base: opt.ApiBase = None,
+    timeout: opt.Timeout = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
@@ -66,15 +69,15 @@ def generate(
     from gptcli.errors import UsageError
     from gptcli.inputs import gather_prompt, read_prompt_file
     from gptcli.quantize import parse_scheme
+    from gptcli.remote import default_params, is_remote
     from gptcli.runtime import check_options
-    from gptcli.sampling import SamplingParams
 
     if list_models:
         from gptcli.cli.models import models
 
         return models(as_json=as_json)
     # Everything the user typed is checked before any model loads.
-    base = SamplingParams().updated(
+    base = default_params(model).updated(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -93,6 +96,8 @@ def generate(
         raise UsageError(f"--batch-size must be at least 1 (got {batch_size}).")
     if file is not None and prompt is not None:
         raise UsageError("give either a prompt or --file, not both.")
+    if truncate and is_remote(model):
+        raise UsageError("--truncate needs the model's tokenizer; a remote model's server checks prompt lengths.")
     if file is not None:
         records, _ = read_prompt_file(file)
     else:
@@ -104,8 +109,10 @@ def generate(
     from gptcli.generation import Completion, RunStats, stream_generate
 
     out = Output(as_json=as_json, stats=stats)
-    lm = out.open_model(
+    lm = out.open_backend(
         model,
+        api_base=api_base,
+        timeout=timeout,
         device=device,
         dtype=dtype,
         threads=threads,
@@ -137,7 +144,7 @@ def generate(
         on_truncate=lambda label, n: out.warn(f"{label} was cut to its last {n} tokens to fit the context."),
         on_capped=lambda label, n, room: out.warn(
             f"max_new_tokens {n} is more than the context leaves after {label}: at most {room} new tokens "
-            f"(the model's context is {lm.context_length} tokens)."
+            f"(the model's context is {getattr(lm, 'context_length', '?')} tokens)."
         ),
     )
     render = (_JsonRenderer if as_json else _TextRenderer)(out, lm, records, requests, echo)
@@ -177,7 +184,9 @@ def _requests(records, base, source: str):
 class _InOrder:
     """Hands completions to `emit` in input order (request, then sample), holding early ones back."""
 
-    def __init__(self, out: Output, lm: LoadedModel, records: list[Record], requests: list[Request], echo: bool):
+    def __init__(
+        self, out: Output, lm: LoadedModel | RemoteModel, records: list[Record], requests: list[Request], echo: bool
+    ):
         self.out, self.lm, self.records, self.echo = out, lm, records, echo
         # Samples per request; the order is walked, not listed: -n 1000 on many prompts is millions.
         self.counts = [req.params.num_return_sequences for req in requests]
@@ -210,26 +219,43 @@ class _TextRenderer(_InOrder):
     live_started = False
     live_chars = 0  # characters of the live sequence already printed
 
-    def _begin(self, ev) -> None:
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        # Text of sequences still generating that are not due yet (a batch, or requests in flight
+        # to a server, run side by side): shown when their turn comes, then they stream live.
+        self.waiting: dict[tuple[int, int], list[str]] = {}
+
+    def _begin(self, request: int) -> None:
         if self.echo and not self.live_started:
-            self.out.text(self.records[ev.request].prompt)
+            self.out.text(self.records[request].prompt)
         self.live_started = True
 
+    def _show(self, request: int, text: str) -> None:
+        self._begin(request)
+        self.out.text(text)
+        self.live_chars += len(text)
+
     def piece(self, ev) -> None:
-        if self._head() == (ev.request, ev.sample):
-            self._begin(ev)
-            self.out.text(ev.text)
-            self.live_chars += len(ev.text)
+        key = (ev.request, ev.sample)
+        if self._head() == key:
+            self._show(ev.request, ev.text)
+        else:
+            self.waiting.setdefault(key, []).append(ev.text)
 
     def completion(self, ev) -> None:
-        if self._head() == (ev.request, ev.sample):
-            self._begin(ev)
+        key = (ev.request, ev.sample)
+        self.waiting.pop(key, None)
+        if self._head() == key:
+            self._begin(ev.request)
             self.out.text("\n")
             self._advance()
             self.live_started, self.live_chars = False, 0
         else:
-            self.done[(ev.request, ev.sample)] = ev
+            self.done[key] = ev
         self._release(self._print_whole)
+        head = self._head()
+        if head is not None and head in self.waiting:
+            self._show(head[0], "".join(self.waiting.pop(head)))
 
     def interrupted(self, unfinished) -> None:
         for ev in unfinished:
@@ -238,7 +264,7 @@ class _TextRenderer(_InOrder):
         live = self.done.pop(head, None) if head is not None else None
         if live is not None:
             # Its text is partly on screen: print the rest (any text held back) and end the line.
-            self._begin(live)
+            self._begin(live.request)
             self.out.text(live.text[self.live_chars :] + "\n")
             self.live_started, self.live_chars = False, 0
         self._flush_all(self._print_whole)

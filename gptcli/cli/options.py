@@ -32,7 +32,8 @@ Model = Annotated[
         "--model",
         "-m",
         envvar="GPTCLI_MODEL",
-        help="Bundled model name, local Hugging Face folder, or Hub id. Default: the bundled model.",
+        help="Bundled model name, local Hugging Face folder, Hub id, or openai:NAME (a model on an "
+        "OpenAI-compatible server, see --api-base). Default: the bundled model.",
         rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),
@@ -75,6 +76,27 @@ Quantize = Annotated[
         envvar="GPTCLI_QUANTIZE",
         help="int8 or int4: run the linear layers with quantized weights (CPU; faster, slightly less exact). "
         "(default: off)",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+ApiBase = Annotated[
+    Optional[str],
+    typer.Option(
+        "--api-base",
+        envvar="OPENAI_BASE_URL",
+        help="Server URL for --model openai:NAME (gptcli serve, vLLM, ollama, llama.cpp). The key, if it needs "
+        "one, comes from OPENAI_API_KEY. (default: https://api.openai.com/v1)",
+        rich_help_panel=MODEL_PANEL,
+        show_default=False,
+    ),
+]
+Timeout = Annotated[
+    Optional[float],
+    typer.Option(
+        "--timeout",
+        envvar="GPTCLI_TIMEOUT",
+        help="Seconds to wait for a remote server (openai:NAME) to connect or send more text. (default: 60)",
         rich_help_panel=MODEL_PANEL,
         show_default=False,
     ),

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptcli import console
-from gptcli.errors import GptcliError
+from gptcli.errors import GptcliError, UsageError
 from gptcli.fileio import AtomicFile, json_line
 
 if TYPE_CHECKING:
     from gptcli.generation import RunStats
     from gptcli.loading import LoadedModel
+    from gptcli.remote import RemoteModel
 
 
 class Output:
@@ -89,6 +90,32 @@ class Output:
         self.stats(describe_load(lm, seconds))
         return lm
 
+    def open_backend(
+        self, spec: str | None, *, api_base: str | None = None, timeout: float | None = None, **options: Any
+    ) -> LoadedModel | RemoteModel:
+        """`open_model` for a local model; for `openai:NAME`, the remote model (nothing is sent yet).
+
+        Options about loading and running weights here (--device, --dtype, --threads, --allow-pickle,
+        --trust-remote-code: every option meant for open_model) are usage errors with a remote model
+        when typed on the command line;
+        from their GPTCLI_* variables they are defaults for local models and ignored. Likewise
+        --api-base and --timeout with a local model."""
+        from gptcli.remote import is_remote, open_remote
+
+        if not is_remote(spec):
+            _refuse({"--api-base": (api_base, "OPENAI_BASE_URL"), "--timeout": (timeout, "GPTCLI_TIMEOUT")}, spec)
+            return self.open_model(spec, **options)
+        assert spec is not None
+        # Every loading option (whatever a command passes on to open_model) is a flag named after it.
+        flags: dict[str, tuple[Any, str | None]] = {}
+        for key, value in options.items():
+            given = value is not None and value is not False
+            flags[f"--{key.replace('_', '-')}"] = (value if given else None, _ENV.get(key))
+        _refuse(flags, spec)
+        remote = open_remote(spec, api_base=api_base, timeout=timeout)
+        self.stats(f"Using {remote.model} at {remote.where} (timeout {remote.timeout:g} s)")
+        return remote
+
     @contextmanager
     def progress(self, label: str, unit: str = "tokens") -> Iterator[Any]:
         """A transient progress bar on a terminal stderr; elsewhere (a log file) a plain line at most
@@ -110,6 +137,36 @@ class Output:
             transient=True,
         ) as bar:
             yield _Progress(bar, bar.add_task(label, total=None))
+
+
+_ENV = {"device": "GPTCLI_DEVICE", "dtype": "GPTCLI_DTYPE", "threads": "GPTCLI_THREADS", "quantize": "GPTCLI_QUANTIZE"}
+
+
+def _refuse(given: dict[str, tuple[Any, str | None]], spec: str | None) -> None:
+    """A usage error for the first option typed that does not apply to this kind of model."""
+
+    from gptcli.remote import is_remote
+
+    for flag, (value, env) in given.items():
+        if value is None or _from_env(value, env):
+            continue
+        if is_remote(spec):
+            raise UsageError(
+                f"{flag} applies to local models; {spec} runs on its server, which decides that.",
+                hint=f"Drop {flag}, or set it when starting the server.",
+            )
+        raise UsageError(f"{flag} applies to remote models (--model openai:NAME).", hint=f"Drop {flag}.")
+
+
+def _from_env(value: Any, env: str | None) -> bool:
+    """Whether `value` is what the variable `env` holds (so it was not typed, or typed the same)."""
+    import os
+
+    raw = os.environ.get(env) if env else None
+    try:
+        return raw is not None and type(value)(raw) == value
+    except ValueError:
+        return False
 
 
 def plain_table(rows: list[list[str]]) -> str:
@@ -143,11 +200,17 @@ def format_bytes(n: int | float) -> str:
 
 def stats_line(stats: RunStats) -> str:
     ttft = f"{stats.ttft_s * 1000:.0f} ms" if stats.ttft_s is not None else "n/a"
-    return (
+    if not stats.usage_known:
+        # A remote server that sent no token counts: say so rather than count something else.
+        return f"token counts unknown (the server sent none), {stats.elapsed_s:.2f} s, time to first token {ttft}"
+    line = (
         f"prompt {stats.prompt_tokens} tokens, generated {stats.completion_tokens} tokens in "
-        f"{stats.elapsed_s:.2f} s ({stats.tokens_per_s:.1f} tokens/s), time to first token {ttft}, "
-        f"peak memory {format_bytes(stats.peak_memory_bytes)}" + (speculation_stats(stats) if stats.speculative else "")
+        f"{stats.elapsed_s:.2f} s ({stats.tokens_per_s:.1f} tokens/s), time to first token {ttft}"
     )
+    # A remote model's memory is the server's; this process's own says nothing about it.
+    if stats.peak_memory_bytes:
+        line += f", peak memory {format_bytes(stats.peak_memory_bytes)}"
+    return line + (speculation_stats(stats) if stats.speculative else "")
 
 
 def speculation_stats(stats: RunStats) -> str:

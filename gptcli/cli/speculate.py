@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gptcli.cli.output import Output
     from gptcli.loading import LoadedModel
+    from gptcli.remote import RemoteModel
     from gptcli.speculative import Speculation
 
 
@@ -21,7 +22,7 @@ def check(prompt_lookup: int | None, draft_model: str | None, draft_tokens: int 
 
 def open_speculation(
     out: Output,
-    lm: LoadedModel,
+    lm: LoadedModel | RemoteModel,
     prompt_lookup: int | None,
     draft_model: str | None,
     draft_tokens: int | None,
@@ -30,10 +31,12 @@ def open_speculation(
     """The run's Speculation (None when not asked for). `load`: the model's loading options
     (device, dtype, threads, allow_pickle, trust_remote_code), used for the draft model too."""
     from gptcli import speculative
+    from gptcli.remote import RemoteModel
 
     if not speculative.check_options(prompt_lookup, draft_model, draft_tokens):
         return None
-    speculative.check_target(lm)
+    speculative.check_target(lm)  # refuses a remote model
+    assert not isinstance(lm, RemoteModel)
     spec = speculative.Speculation(prompt_lookup=prompt_lookup or 0, on_fallback=out.note)
     if draft_model is not None:
         import torch

@@ -86,6 +86,8 @@ def translate(
     as_json: opt.Json = False,
     stats: opt.Stats = False,
     model: opt.Model = None,
+    api_base: opt.ApiBase = None,
+    timeout: opt.Timeout = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
@@ -139,8 +141,9 @@ def translate(
     import warnings
 
     from gptcli.cli.output import LineSink
+    from gptcli.remote import RemoteModel, check_remote_options
     from gptcli.translation.defaults import default_model
-    from gptcli.translation.families import apply_plan, make_plan
+    from gptcli.translation.families import apply_plan, make_plan, remote_plan
     from gptcli.translation.pipeline import Translator
 
     spec = model
@@ -149,8 +152,10 @@ def translate(
         src = src or bundled_src
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library advice (e.g. "install sacremoses") is not the user's business
-        lm = out.open_model(
+        lm = out.open_backend(
             spec,
+            api_base=api_base,
+            timeout=timeout,
             device=device,
             dtype=dtype,
             threads=threads,
@@ -170,8 +175,12 @@ def translate(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
-    plan = make_plan(lm, src, tgt)
-    apply_plan(lm, plan)
+    if isinstance(lm, RemoteModel):
+        check_remote_options(params)
+        plan = remote_plan(src, tgt)
+    else:
+        plan = make_plan(lm, src, tgt)
+        apply_plan(lm, plan)
     for note in plan.notes:
         out.warn(note)
     translator = Translator(

@@ -138,6 +138,14 @@ def make_plan(lm: LoadedModel, source: Language | None, target: Language) -> Pla
     return plan
 
 
+def remote_plan(source: Language | None, target: Language) -> Plan:
+    """A model on an OpenAI-compatible server: asked through its chat endpoint (the server applies
+    its chat template), with the instruction a local chat model gets."""
+    if source is not None and source.code == target.code:
+        raise UsageError(f"--to is the same language as the source ({target}); nothing to translate.")
+    return Plan("chat", target, source)
+
+
 def _check_declared(
     lm: LoadedModel,
     declared_src: Language | None,

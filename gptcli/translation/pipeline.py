@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 
 from gptcli.errors import GptcliError, UsageError
 from gptcli.generation import Completion, Request, RunStats, stream_generate
+from gptcli.remote import RemoteModel
 from gptcli.sampling import SamplingParams
 from gptcli.translation.families import Plan
 from gptcli.translation.languages import NO_SPACE
-from gptcli.translation.prompts import prompt_ids, stop_strings
+from gptcli.translation.prompts import instruction, prompt_ids, stop_strings
 from gptcli.translation.sources import Line, LineFeed
 
 if TYPE_CHECKING:
@@ -77,14 +78,21 @@ class TranslateStats:
     drafted_tokens: int = 0
     accepted_tokens: int = 0
 
+    usage_known: bool = True  # False: a remote server did not report token counts
+
     @property
     def lines_per_s(self) -> float:
         return self.lines / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def line(self) -> str:
+        tokens = (
+            f"{self.prompt_tokens} prompt tokens, {self.completion_tokens} generated"
+            if self.usage_known
+            else "token counts unknown"
+        )
         text = (
-            f"translated {self.lines} lines ({self.pieces} pieces, {self.prompt_tokens} prompt tokens, "
-            f"{self.completion_tokens} generated) in {self.elapsed_s:.2f} s: {self.lines_per_s:.1f} lines/s"
+            f"translated {self.lines} lines ({self.pieces} pieces, {tokens}) in {self.elapsed_s:.2f} s: "
+            f"{self.lines_per_s:.1f} lines/s"
         )
         if self.speculative:
             rate = f"{self.accepted_tokens / self.drafted_tokens:.0%}" if self.drafted_tokens else "n/a"
@@ -131,7 +139,7 @@ class Translator:
 
     def __init__(
         self,
-        lm: LoadedModel,
+        lm: LoadedModel | RemoteModel,
         plan: Plan,
         params: SamplingParams,
         *,
@@ -147,6 +155,9 @@ class Translator:
         self.stats = TranslateStats()
         self._warnings: dict[int, list[str]] = {}  # line number -> its warnings, until the line is translated
         self._warned_outside = False
+        self.budget: int | None = None  # a remote model: the server checks lengths, lines are not split
+        if isinstance(lm, RemoteModel):
+            return
         context = lm.context_length
         if plan.seq2seq:
             # Room for the prefix, a language token and end-of-sequence on the encoder side.
@@ -161,10 +172,15 @@ class Translator:
 
     # ------------------------------------------------------------------ pieces
 
+    @property
+    def local(self) -> LoadedModel:
+        assert not isinstance(self.lm, RemoteModel), "a remote model's tokenizer is the server's"
+        return self.lm
+
     def count(self, text: str) -> int:
         if not text:
             return 0
-        return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.local.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def pieces(self, line: Line) -> list[str]:
         """The text of a line as pieces that fit the context (see `split`)."""
@@ -180,12 +196,13 @@ class Translator:
         text = line.text.strip()
         if not text:
             return [], 0
-        if self.count(text) <= self.budget:
+        if self.budget is None or self.count(text) <= self.budget:
             return [text], 0
         cut = [0]
         return self._fit(text, 0, cut), cut[0]
 
     def _fit(self, text: str, level: int, cut: list[int]) -> list[str]:
+        assert self.budget is not None  # only local models are cut to fit
         chunks: list[str] = []
         current = ""
         for unit in _LEVELS[level](text):
@@ -209,7 +226,7 @@ class Translator:
     def _warning(self, line: Line, cut: int) -> str:
         what = "a sentence" if cut == 1 else f"{cut} sentences"
         return (
-            f"line {line.number}: {what} too long for the model's context ({self.lm.context_length} tokens; "
+            f"line {line.number}: {what} too long for the model's context ({self.local.context_length} tokens; "
             f"source pieces of at most {self.budget}) cut at clauses or words and translated in parts."
         )
 
@@ -229,6 +246,12 @@ class Translator:
         )
 
     def request(self, text: str) -> Request:
+        if isinstance(self.lm, RemoteModel):
+            # The server's tokenizer is unknown here: its tokens are rarely shorter than a byte or two,
+            # so twice the source's tokens stays under its UTF-8 length plus 10.
+            wanted = self.max_new_tokens or len(text.encode("utf-8")) + 10
+            message = {"role": "user", "content": instruction(text, self.plan)}
+            return Request(messages=[message], params=self.params.updated(max_new_tokens=wanted))
         wanted = self.max_new_tokens or 2 * self.count(text) + 10
         context = self.lm.context_length
         if self.plan.seq2seq:
@@ -246,7 +269,7 @@ class Translator:
             return event.text
         # Some tokenizers (M2M100) don't count their language tokens as special, so the
         # forced target-language token would be decoded as text: drop it.
-        return self.lm.tokenizer.decode([t for t in event.token_ids if t != forced], skip_special_tokens=True)
+        return self.local.tokenizer.decode([t for t in event.token_ids if t != forced], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -336,4 +359,6 @@ class Translator:
             self.stats.speculative = self.stats.speculative or run_stats.speculative
             self.stats.drafted_tokens += run_stats.drafted_tokens
             self.stats.accepted_tokens += run_stats.accepted_tokens
+
+            self.stats.usage_known = self.stats.usage_known and run_stats.usage_known
         yield from ready()
