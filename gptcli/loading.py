@@ -459,14 +459,22 @@ def open_model(
     if quantize is not None:
         _quantize_loaded(lm, quantize)
     if fast:
-        from gptcli.cpu_tuning import fuse_activations, optimize_for_inference, prefer_eager_attention
-        from gptcli.llama_decode import fuse_projections
-
-        fuse_projections(lm.model, lm.runtime)  # before packing: it needs the plain q/k/v and gate/up weights
-        optimize_for_inference(lm.model, lm.runtime)
-        fuse_activations(lm.model)
-        prefer_eager_attention(lm)
+        tune_for_inference(lm)
     return lm, time.perf_counter() - started
+
+
+def tune_for_inference(lm: LoadedModel) -> None:
+    """The CPU fast paths open_model applies: fused projections, packed weights, fused activations.
+
+    They copy weights into new layouts, so a change to a weight afterwards is not seen by them:
+    change weights first (e.g. on a model opened with fast=False), then call this."""
+    from gptcli.cpu_tuning import fuse_activations, optimize_for_inference, prefer_eager_attention
+    from gptcli.llama_decode import fuse_projections
+
+    fuse_projections(lm.model, lm.runtime)  # before packing: it needs the plain q/k/v and gate/up weights
+    optimize_for_inference(lm.model, lm.runtime)
+    fuse_activations(lm.model)
+    prefer_eager_attention(lm)
 
 
 def _quantize_loaded(lm: LoadedModel, scheme: str) -> None:

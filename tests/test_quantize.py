@@ -10,10 +10,10 @@ import pytest
 THREADS = {"GPTCLI_THREADS": "1"}
 
 
-def _open(folder, quantize=None):
+def _open(folder, quantize=None, fast=True):
     from gptcli.loading import open_model
 
-    return open_model(str(folder), device="cpu", dtype="float32", quantize=quantize)[0]
+    return open_model(str(folder), device="cpu", dtype="float32", quantize=quantize, fast=fast)[0]
 
 
 def _dequantized_reference(folder, scheme):
@@ -22,12 +22,15 @@ def _dequantized_reference(folder, scheme):
 
     from gptcli import quantize as q
 
-    lm = _open(folder)
+    from gptcli.loading import tune_for_inference
+
+    lm = _open(folder, fast=False)  # the fast paths copy weights: change them first
     with torch.no_grad():
         for t in q.plan(lm.model, scheme).targets:
             w = q.dequantize(q.quantize_weight(t.weight, scheme))
             child = getattr(t.parent, t.attr)
             child.weight.copy_(w if type(child) is torch.nn.Linear else w.t())  # Conv1D keeps (in, out)
+    tune_for_inference(lm)
     return lm
 
 
