@@ -21,7 +21,6 @@ def _dequantized_reference(folder, scheme):
     import torch
 
     from gptcli import quantize as q
-
     from gptcli.loading import tune_for_inference
 
     lm = _open(folder, fast=False)  # the fast paths copy weights: change them first
