@@ -233,11 +233,21 @@ def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) ->
     candidates are the same, and only k values per row are converted and scaled instead of
     the whole vocabulary. The distribution is the same as masking the full vocabulary.
     """
-    import torch
 
     if params.is_greedy:
         # float32 first: PyTorch's CPU argmax over bfloat16 is ~5x slower than the conversion plus argmax
         return logits.float().argmax(dim=-1)
+    probs, index = candidate_probs(logits, params)
+    picks = _draw(probs, generators)
+    return index.gather(1, picks[:, None]).squeeze(1) if index is not None else picks
+
+
+def candidate_probs(logits: Any, params: SamplingParams) -> tuple[Any, Any]:
+    """The (unnormalised) float32 weights a sampled token is drawn with, after temperature, top-k,
+    top-p and min-p, over the candidates `index` holds (B, k) — or over the whole vocabulary
+    when `index` is None."""
+    import torch
+
     vocab = logits.shape[-1]
     top_p = params.top_p if params.top_p is not None and params.top_p < 1.0 else None
     if params.top_k and params.top_k < vocab:
@@ -253,8 +263,7 @@ def choose_tokens(logits: Any, params: SamplingParams, generators: list[Any]) ->
     if params.min_p:
         floor = probs.max(dim=-1, keepdim=True).values * params.min_p
         probs = probs.masked_fill(probs < floor, 0.0)
-    picks = _draw(probs, generators)
-    return index.gather(1, picks[:, None]).squeeze(1) if index is not None else picks
+    return probs, index
 
 
 def _draw(probs: Any, generators: list[Any]) -> Any:

@@ -196,21 +196,9 @@ def sampling_probs(logits: Any, params: SamplingParams) -> Any:
     temperature, then top-k, top-p and min-p, renormalised."""
     import torch
 
-    vocab = logits.shape[-1]
-    top_p = params.top_p if params.top_p is not None and params.top_p < 1.0 else None
-    if params.top_k and params.top_k < vocab:
-        values, index = torch.topk(logits, params.top_k, dim=-1)
-    elif top_p is not None or params.min_p:
-        values, index = torch.sort(logits, descending=True, dim=-1)
-    else:
-        values, index = logits, None
-    probs = (values.float() / params.temperature).softmax(-1)
-    if top_p is not None:
-        drop = (probs.cumsum(-1) - probs) >= top_p  # keep the token that crosses p
-        probs = probs.masked_fill(drop, 0.0)
-    if params.min_p:
-        floor = probs.max(dim=-1, keepdim=True).values * params.min_p
-        probs = probs.masked_fill(probs < floor, 0.0)
+    from gptcli.sampling import candidate_probs
+
+    probs, index = candidate_probs(logits, params)
     probs = probs / probs.sum(-1, keepdim=True)
     if index is None:
         return probs

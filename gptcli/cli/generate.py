@@ -109,23 +109,15 @@ def generate(
     from gptcli.generation import Completion, RunStats, stream_generate
 
     out = Output(as_json=as_json, stats=stats)
-    lm = out.open_backend(
+    lm, speculation = speculate.open_models(
+        out,
         model,
         api_base=api_base,
         timeout=timeout,
-        device=device,
-        dtype=dtype,
-        threads=threads,
         quantize=quant,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-    )
-    speculation = speculate.open_speculation(
-        out,
-        lm,
-        prompt_lookup,
-        draft_model,
-        draft_tokens,
+        prompt_lookup=prompt_lookup,
+        draft_model=draft_model,
+        draft_tokens=draft_tokens,
         device=device,
         dtype=dtype,
         threads=threads,

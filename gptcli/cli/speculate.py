@@ -20,6 +20,24 @@ def check(prompt_lookup: int | None, draft_model: str | None, draft_tokens: int 
     return check_options(prompt_lookup, draft_model, draft_tokens)
 
 
+def open_models(
+    out: Output,
+    spec: str | None,
+    *,
+    api_base: str | None,
+    timeout: float | None,
+    quantize: str | None,
+    prompt_lookup: int | None,
+    draft_model: str | None,
+    draft_tokens: int | None,
+    **load: Any,
+) -> tuple[LoadedModel | RemoteModel, Speculation | None]:
+    """The model (local or remote) and the run's Speculation, as every inference command opens them.
+    `load`: device, dtype, threads, allow_pickle, trust_remote_code (the draft model's too)."""
+    lm = out.open_backend(spec, api_base=api_base, timeout=timeout, quantize=quantize, **load)
+    return lm, open_speculation(out, lm, prompt_lookup, draft_model, draft_tokens, **load)
+
+
 def open_speculation(
     out: Output,
     lm: LoadedModel | RemoteModel,

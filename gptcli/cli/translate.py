@@ -152,29 +152,21 @@ def translate(
         src = src or bundled_src
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library advice (e.g. "install sacremoses") is not the user's business
-        lm = out.open_backend(
+        lm, speculation = speculate.open_models(
+            out,
             spec,
             api_base=api_base,
             timeout=timeout,
+            quantize=quant,
+            prompt_lookup=prompt_lookup,
+            draft_model=draft_model,
+            draft_tokens=draft_tokens,
             device=device,
             dtype=dtype,
             threads=threads,
-            quantize=quant,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
         )
-    speculation = speculate.open_speculation(
-        out,
-        lm,
-        prompt_lookup,
-        draft_model,
-        draft_tokens,
-        device=device,
-        dtype=dtype,
-        threads=threads,
-        allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code,
-    )
     if isinstance(lm, RemoteModel):
         check_remote_options(params)
         plan = remote_plan(src, tgt)
