@@ -134,7 +134,7 @@ def serve(
 
         raise GptcliError(
             f"gptcli serve needs starlette and uvicorn ({exc.name} is missing).",
-            hint="Install them with: pip install 'gptcli[serve]'",
+            hint="Install them with: pip install 'starlette>=1.0' 'uvicorn>=0.30' (or, in a gptcli checkout: pip install -e '.[serve]')",
         ) from exc
     from gptcli.server import ServeConfig, Server, listen
 
