@@ -482,20 +482,17 @@ def _completion(seq: _Seq, started: float) -> Completion:
     )
 
 
-def decode_forward(
-    model: Any, cache_name: str, accepts_positions: bool, input_ids: Any, attention: Any, positions: Any, cache: Any
+def forward_step(
+    call: Any, cache_name: str, accepts_positions: bool, input_ids: Any, attention: Any, positions: Any, cache: Any
 ) -> tuple[Any, Any]:
     """One forward pass of the decode loop: (last position's logits (B, V), the cache).
 
-    Every model call of the loop goes through here (prefill and steps), so a faster forward
-    for one architecture plugs in at this one place.
+    Every model call of the loop goes through here (prefill and steps); `call` is the model, or
+    the faster forward DecodeBatch picked for it once (gptcli.llama_decode).
     """
-    from gptcli.llama_decode import decode_forward as lean_forward
-
     kwargs = {cache_name: cache, "attention_mask": attention, "use_cache": True}
     if accepts_positions:
         kwargs["position_ids"] = positions[:, -input_ids.shape[1] :]
-    call = lean_forward(model) or model  # the lean Llama-family forward, where it applies
     out = call(input_ids=input_ids, logits_to_keep=1, **kwargs)
     cache = getattr(out, cache_name, None) or getattr(out, "past_key_values", None) or cache
     return out.logits[:, -1, :], cache
@@ -602,6 +599,9 @@ class DecodeBatch:
         assert cache_name is not None  # supports_fast_decode() sends models without a cache to model.generate
         self.cache_name = cache_name
         self.accepts_positions = "position_ids" in inspect.signature(lm.model.forward).parameters
+        from gptcli.llama_decode import decode_forward as lean_forward
+
+        self.call = lean_forward(lm.model) or lm.model  # the lean Llama-family forward, where it applies
         self.prompt_cache = prompt_cache  # one sequence only: the batch never grows (see stream_generate)
         self.running: _Rows | None = None
 
@@ -688,8 +688,8 @@ class DecodeBatch:
         pc = self.prompt_cache
         if pc is not None:
             pc.writing()
-        logits, rows.cache = decode_forward(
-            self.lm.model,
+        logits, rows.cache = forward_step(
+            self.call,
             self.cache_name,
             self.accepts_positions,
             step_input,
