@@ -28,6 +28,7 @@ model's own forward in charge.
 
 from __future__ import annotations
 
+import functools
 import os
 from types import SimpleNamespace
 from typing import Any
@@ -47,25 +48,18 @@ def _fused_linear_class():
     import torch
 
     class FusedLinear(torch.nn.Module):
-        """One packed product for several projections of the same input (q/k/v, gate/up)."""
+        """One product for several projections of the same input (q/k/v, gate/up): `product` is
+        a oneDNN-packed float layer or a quantized layer (gptcli.quantize) over the stacked weights."""
 
-        def __init__(self, weights: list[Any], biases: list[Any | None]):
+        def __init__(self, product: Any, sizes: list[int]):
             super().__init__()
-            weight = torch.cat([w.detach() for w in weights]).contiguous()
-            self.sizes = [w.shape[0] for w in weights]
-            self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-            self.register_buffer("packed_weight", packed, persistent=False)
-            bias = None
-            if any(b is not None for b in biases):
-                bias = torch.cat(
-                    [b.detach() if b is not None else weight.new_zeros(n) for b, n in zip(biases, self.sizes)]
-                )
-            self.register_buffer("bias", bias, persistent=False)
+            self.product = product
+            self.sizes = sizes
+            self.in_features, self.out_features = product.in_features, product.out_features
             self._last: Any = None  # (input, its version, product, parts served) of the last call
 
         def forward(self, x):
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+            return self.product(x)
 
         def part(self, x, index: int):
             # The model's own forward calls q_proj(x), k_proj(x), v_proj(x) on the same tensor:
@@ -119,33 +113,48 @@ def _config_supported(model: Any) -> bool:
 
 
 def fuse_projections(model: Any, runtime: Any) -> int:
-    """Fuse q/k/v and gate/up of each supported decoder block into one packed product each.
+    """Fuse q/k/v and gate/up of each supported decoder block into one product each.
 
-    Runs before `cpu_tuning.optimize_for_inference` (which packs the remaining linear layers).
+    Float layers become one oneDNN-packed product; quantized layers (gptcli.quantize, applied
+    before this) one quantized product over their stacked rows. Runs before
+    `cpu_tuning.optimize_for_inference` (which packs the remaining float linear layers).
     Returns how many layers were fused; 0 when the model, device or dtype is not supported.
     """
     import torch
 
-    from gptcli.cpu_tuning import _op_works
+    from gptcli.cpu_tuning import _op_works, _packed_linear_class
+    from gptcli.quantize import concat_linears
 
     if not _enabled() or runtime.device.type != "cpu" or runtime.dtype not in (torch.float32, torch.bfloat16):
         return 0
     if not _config_supported(model) or not _op_works(str(runtime.dtype).replace("torch.", "")):
         return 0
     FusedLinear, Part = _fused_linear_class()
-    layers = model.model.layers
+    PackedLinear = _packed_linear_class()
+
+    def product(modules: list[Any]) -> Any | None:
+        if all(type(m) is torch.nn.Linear and m.weight.dtype == runtime.dtype for m in modules):
+            weight = torch.cat([m.weight.detach() for m in modules])
+            bias = None
+            if any(m.bias is not None for m in modules):
+                bias = torch.cat(
+                    [m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in modules]
+                )
+            return PackedLinear(weight, bias)
+        return concat_linears(modules)
+
     fused = 0
     with torch.no_grad():
-        for layer in layers:
+        for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
-            gate_up = [mlp.gate_proj, mlp.up_proj]
-            if not all(type(m) is torch.nn.Linear and m.weight.dtype == runtime.dtype for m in qkv + gate_up):
+            qkv = product([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up = product([mlp.gate_proj, mlp.up_proj])
+            if qkv is None or gate_up is None:
                 continue
-            f = FusedLinear([m.weight for m in qkv], [m.bias for m in qkv])
+            f = FusedLinear(qkv, [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features])
             attn.q_proj, attn.k_proj, attn.v_proj = (Part(f, i) for i in range(3))
             attn._gptcli_qkv = f
-            g = FusedLinear([m.weight for m in gate_up], [None, None])
+            g = FusedLinear(gate_up, [mlp.gate_proj.out_features, mlp.up_proj.out_features])
             mlp.gate_proj, mlp.up_proj = Part(g, 0), Part(g, 1)
             mlp._gptcli_gate_up = g
             fused += 1
@@ -166,8 +175,15 @@ class LlamaDecoder:
         self.cache_name = cache_name
         config = model.config
         inner = model.model
-        self.dtype = inner.embed_tokens.weight.dtype
-        self.embed = inner.embed_tokens.weight
+        self.dtype = inner.norm.weight.dtype
+        # A quantized head tied to the input embedding serves the lookups (gptcli.quantize).
+        embed = inner.embed_tokens
+        self.embed = (
+            functools.partial(torch.nn.functional.embedding, weight=embed.weight)
+            if type(embed) is torch.nn.Embedding
+            else embed.forward
+        )
+        self.device = inner.norm.weight.device
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         first = inner.layers[0].self_attn
@@ -176,24 +192,21 @@ class LlamaDecoder:
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv, gate_up = attn._gptcli_qkv, mlp._gptcli_gate_up
-            o, down = _weight_of(attn.o_proj), _weight_of(mlp.down_proj)
             self.layers.append(
                 (
                     layer.input_layernorm.weight,
                     layer.input_layernorm.variance_epsilon,
-                    qkv.packed_weight,
-                    qkv.bias,
-                    o,
+                    attn._gptcli_qkv.product.forward,
+                    _product(attn.o_proj),
                     layer.post_attention_layernorm.weight,
                     layer.post_attention_layernorm.variance_epsilon,
-                    gate_up.packed_weight,
-                    down,
+                    mlp._gptcli_gate_up.product.forward,
+                    _product(mlp.down_proj),
                 )
             )
         self.norm_weight, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
-        self.head = _weight_of(model.lm_head)
-        self.intermediate = gate_up.sizes[0]
+        self.head = _product(model.lm_head)
+        self.intermediate = mlp._gptcli_gate_up.sizes[0]
         self.rotary = inner.rotary_emb
         self.cos = self.signed_sin = torch.empty(0)
         self._rope_table(256)
@@ -205,8 +218,8 @@ class LlamaDecoder:
         torch = self.torch
         size = max(positions, 2 * self.cos.shape[0])
         with torch.inference_mode():
-            probe = torch.zeros(1, dtype=self.dtype, device=self.embed.device)
-            cos, sin = self.rotary(probe, position_ids=torch.arange(size, device=self.embed.device).unsqueeze(0))
+            probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+            cos, sin = self.rotary(probe, position_ids=torch.arange(size, device=self.device).unsqueeze(0))
         self.cos, sin = cos[0], sin[0]
         half = sin.shape[-1] // 2
         self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
@@ -219,14 +232,12 @@ class LlamaDecoder:
 
     def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, use_cache=True, **kwargs):
         torch = self.torch
-        lin = torch.ops.mkldnn._linear_pointwise
-        linear = torch.nn.functional.linear
         cache = kwargs[self.cache_name]
         b, t = input_ids.shape
         h, kvh, d = self.heads, self.kv_heads, self.head_dim
         g = h // kvh
         q_size, kv_size = h * d, kvh * d
-        x = torch.nn.functional.embedding(input_ids, self.embed)
+        x = self.embed(input_ids)
         last = int(position_ids[:, -1].max())
         if last >= self.cos.shape[0]:
             self._rope_table(last + 1)
@@ -234,9 +245,9 @@ class LlamaDecoder:
         sin = self.signed_sin[position_ids].unsqueeze(2)
         half = d // 2
         mask = None
-        for i, (n1, e1, wqkv, bqkv, o, n2, e2, wgu, down) in enumerate(self.layers):
+        for i, (n1, e1, qkv_proj, o_proj, n2, e2, gate_up_proj, down_proj) in enumerate(self.layers):
             y = self._rms(x, n1, e1)
-            qkv = lin(y, wqkv, bqkv, "none", [], "")
+            qkv = qkv_proj(y)
             # q and k rotate together: one set of elementwise ops over (b, t, h + kvh, d). The halves
             # swapped by one flip, times sin with its first half negated, is rotate_half(x) * sin.
             qk = qkv[..., : q_size + kv_size].view(b, t, h + kvh, d)
@@ -264,16 +275,15 @@ class LlamaDecoder:
                 out = out.view(b, 1, q_size)
             else:
                 out = out.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, q_size)
-            x = x + (lin(out, o[0], o[1], "none", [], "") if o[2] else linear(out, o[0], o[1]))
+            x = x + o_proj(out)
             y = self._rms(x, n2, e2)
-            gu = lin(y, wgu, None, "none", [], "")
+            gu = gate_up_proj(y)
             act = torch.nn.functional.silu(gu[..., : self.intermediate]) * gu[..., self.intermediate :]
-            x = x + (lin(act, down[0], down[1], "none", [], "") if down[2] else linear(act, down[0], down[1]))
+            x = x + down_proj(act)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         x = self._rms(x, self.norm_weight, self.norm_eps)
-        w, bias, packed = self.head
-        logits = lin(x.contiguous(), w, bias, "none", [], "") if packed else linear(x, w, bias)
+        logits = self.head(x)
         return SimpleNamespace(logits=logits, **{self.cache_name: cache})
 
     def _mask(self, attention_mask, kv_len: int, t: int):
@@ -293,14 +303,16 @@ class LlamaDecoder:
         return mask.view(b, 1, 1, t, kv_len)
 
 
-def _weight_of(module: Any) -> tuple[Any, Any, bool]:
-    """(weight, bias, packed) of a linear layer: cpu_tuning packs the large ones, small ones stay plain."""
-    packed = getattr(module, "packed_weight", None)
-    if packed is not None:
-        return packed, module.bias, True
-    if type(module).__name__ != "Linear":
-        raise TypeError(f"unexpected projection {type(module).__name__}")
-    return module.weight, module.bias, False
+def _product(module: Any) -> Any:
+    """The function computing a projection: the forward of a packed or quantized layer (called
+    directly: no module-call machinery per step), or F.linear over a small plain layer's weight."""
+    import torch
+
+    if type(module) is torch.nn.Linear:
+        return functools.partial(torch.nn.functional.linear, weight=module.weight, bias=module.bias)
+    if type(module).__name__ in ("PackedLinear", "Int8Linear", "Int4Linear"):
+        return module.forward
+    raise TypeError(f"unexpected projection {type(module).__name__}")
 
 
 def decode_forward(model: Any) -> Any:

@@ -38,6 +38,7 @@ QUANT_METHOD = "gptcli"
 INT4_GROUP_SIZE = 64
 _INT4_GROUPS = (256, 128, 64, 32)  # the kernel's group sizes; a layer uses the largest <= the chosen one
 _INT4_N_MULTIPLE = 16  # the int4 packing wants output rows in multiples of 16: the head is padded
+_INT4_BLOCK_ROWS = 64  # ...and interleaves the rows of each block of 64
 
 
 def parse_scheme(value: str | None, *, flag: str = "--quantize") -> str | None:
@@ -181,35 +182,23 @@ def _modules():
             return _nbytes(self.qweight) + _nbytes(self.scales)
 
     class Int4Linear(torch.nn.Module):
-        """y = x W^T + b with W int4 per group of inputs (`aten._weight_int4pack_mm_for_cpu`)."""
+        """y = x W^T + b with W int4 per group of inputs (`aten._weight_int4pack_mm_for_cpu`).
+
+        Holds the kernel's packed layout (`packed`, rows padded to a multiple of 16) and
+        `scales_zeros` [groups, rows, 2]; `int4_linear` builds one from the portable form."""
 
         bits = 4
 
-        def __init__(self, tensors: dict[str, Any], bias: Any | None, dtype: Any, keep_rows: bool = False):
+        def __init__(self, packed: Any, scales_zeros: Any, bias: Any | None, out_features: int, rows: Any = None):
             super().__init__()
-            q, scales, zeros = tensors["qweight"], tensors["scales"], tensors["zeros"]
-            n, half = q.shape
-            self.out_features, self.in_features = n, half * 2
-            self.group_size = self.in_features // scales.shape[1]
-            pad = -n % _INT4_N_MULTIPLE
-            sz = torch.stack((scales, zeros), dim=-1)  # [out, groups, 2]
-            if pad:
-                q = torch.cat((q, q.new_full((pad, half), 0x88)))  # 8: zero after the -8 offset
-                sz = torch.cat((sz, sz.new_zeros(pad, *sz.shape[1:])))
-            # The packed layout is built per block of rows (it is row-separable, multiples of 16):
-            # the int32 values it takes would otherwise be 4 bytes per weight for a whole head.
-            packed = torch.cat(
-                [
-                    torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(rows).to(torch.int32), 1)
-                    for rows in _row_chunks(q)
-                ]
-            )
+            self.out_features, self.in_features = out_features, packed.shape[1] * 2
+            self.group_size = self.in_features // scales_zeros.shape[0]
             self.register_buffer("packed", packed, persistent=False)
-            self.register_buffer("scales_zeros", sz.transpose(0, 1).to(dtype).contiguous(), persistent=False)
-            self.register_buffer("bias", None if bias is None else bias.detach().to(dtype), persistent=False)
+            self.register_buffer("scales_zeros", scales_zeros, persistent=False)
+            self.register_buffer("bias", bias, persistent=False)
             # A tied head keeps the portable rows for embedding lookups (the packed layout has no rows).
-            self.rows = {k: v.contiguous() for k, v in tensors.items()} if keep_rows else None
-            self.padded = pad
+            self.rows = rows
+            self.padded = packed.shape[0] - out_features
 
         def forward(self, x):
             shape = x.shape[:-1]
@@ -261,10 +250,67 @@ def _nbytes(t: Any) -> int:
 
 
 def make_linear(tensors: dict[str, Any], bias: Any | None, dtype: Any, keep_rows: bool = False) -> Any:
-    Int8Linear, Int4Linear, _ = _modules()
+    Int8Linear, _, _ = _modules()
     if "zeros" in tensors:
-        return Int4Linear(tensors, bias, dtype, keep_rows=keep_rows)
+        return _int4_linear(tensors, bias, dtype, keep_rows=keep_rows)
     return Int8Linear(tensors, bias, dtype)
+
+
+def _int4_linear(tensors: dict[str, Any], bias: Any | None, dtype: Any, keep_rows: bool) -> Any:
+    """An Int4Linear from the portable form: the kernel's packed layout is built here."""
+    import torch
+
+    _, Int4Linear, _ = _modules()
+    q, scales, zeros = tensors["qweight"], tensors["scales"], tensors["zeros"]
+    n, half = q.shape
+    pad = -n % _INT4_N_MULTIPLE
+    sz = torch.stack((scales, zeros), dim=-1)  # [out, groups, 2]
+    if pad:
+        q = torch.cat((q, q.new_full((pad, half), 0x88)))  # 8: zero after the -8 offset
+        sz = torch.cat((sz, sz.new_zeros(pad, *sz.shape[1:])))
+    # The packed layout is built per block of rows (4096: whole blocks of _INT4_BLOCK_ROWS):
+    # the int32 values it takes would otherwise be 4 bytes per weight for a whole head.
+    packed = torch.cat(
+        [
+            torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(rows).to(torch.int32), 1)
+            for rows in _row_chunks(q)
+        ]
+    )
+    rows = {k: v.contiguous() for k, v in tensors.items()} if keep_rows else None
+    bias = None if bias is None else bias.detach().to(dtype)
+    return Int4Linear(packed, sz.transpose(0, 1).to(dtype).contiguous(), bias, n, rows=rows)
+
+
+def concat_linears(modules: list[Any]) -> Any | None:
+    """One quantized layer whose output is the given layers' outputs side by side (layers of one
+    input, such as q/k/v): one kernel call streams them all. None when they cannot be joined
+    (different schemes or group sizes, an int4 layer with padded rows, a tied head's rows)."""
+    import torch
+
+    Int8Linear, Int4Linear, _ = _modules()
+    kind = type(modules[0])
+    if kind not in (Int8Linear, Int4Linear) or any(type(m) is not kind for m in modules):
+        return None
+    if len({m.in_features for m in modules}) != 1:
+        return None
+    first = modules[0]
+    bias = None
+    if any(m.bias is not None for m in modules):
+        dtype = next(m.bias.dtype for m in modules if m.bias is not None)
+        bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features, dtype=dtype) for m in modules])
+    if kind is Int8Linear:
+        qweight = torch.cat([m.qweight for m in modules])
+        scales = torch.cat([m.scales for m in modules])
+        return Int8Linear({"qweight": qweight, "scales": scales}, bias, scales.dtype)
+    if any(m.padded or m.rows is not None or m.group_size != first.group_size for m in modules):
+        return None
+    # The packed layout interleaves rows within blocks of 64: layers stack when every one but
+    # the last fills whole blocks.
+    if any(m.out_features % _INT4_BLOCK_ROWS for m in modules[:-1]):
+        return None
+    packed = torch.cat([m.packed for m in modules])
+    scales_zeros = torch.cat([m.scales_zeros for m in modules], dim=1)
+    return Int4Linear(packed, scales_zeros, bias, packed.shape[0])
 
 
 def is_quantized_module(module: Any) -> bool:
@@ -490,7 +536,6 @@ def load_quantized(folder: Any, config: Any, qcfg: dict, runtime: Any, *, auto_c
     """Build the model of a quantized folder without ever holding its float weights."""
     import torch
     from accelerate import init_empty_weights
-    from safetensors import safe_open
 
     from gptcli.errors import ModelLoadError
 
@@ -502,20 +547,22 @@ def load_quantized(folder: Any, config: Any, qcfg: dict, runtime: Any, *, auto_c
     # (rotary frequencies, attention masks) stay real.
     with init_empty_weights(include_buffers=False):
         model = auto_class.from_config(config, dtype=runtime.dtype, trust_remote_code=trust_remote_code)
-    tensors: dict[str, Any] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+    where = _tensor_files(folder)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_name = next((n for n, m in model.named_modules() if m is head), None)
     tied = qcfg.get("tied_embedding")
-    layers = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
+    layers = sorted(k[: -len(".qweight")] for k in where if k.endswith(".qweight"))
     report = QuantReport(scheme)
     try:
         for name in layers:
-            parts = {k: tensors.pop(f"{name}.{k}") for k in ("qweight", "scales", "zeros") if f"{name}.{k}" in tensors}
-            bias = tensors.pop(f"{name}.bias", None)
+            # One layer at a time: its portable tensors are freed once its kernel layout is built,
+            # so the load never holds the file's int4 rows and the packed layout together.
+            keys = [f"{name}.{k}" for k in ("qweight", "scales", "zeros", "bias") if f"{name}.{k}" in where]
+            read = _read_tensors(where, keys)
+            parts = {k.rpartition(".")[2]: v for k, v in read.items() if not k.endswith(".bias")}
+            bias = read.get(f"{name}.bias")
+            for key in keys:
+                del where[key]
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             getattr(parent, attr)  # raises AttributeError for a layer this architecture does not have
@@ -527,6 +574,7 @@ def load_quantized(folder: Any, config: Any, qcfg: dict, runtime: Any, *, auto_c
             _tie_embedding(model, Plan([], [], tied, head_name))
     except (AttributeError, KeyError, RuntimeError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the quantized model in {folder}: {exc}") from exc
+    tensors = _read_tensors(where, list(where))
     floats = {k: v.to(runtime.dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     _, unexpected = model.load_state_dict(floats, strict=False, assign=True)
     missing = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
@@ -540,3 +588,26 @@ def load_quantized(folder: Any, config: Any, qcfg: dict, runtime: Any, *, auto_c
     report.not_quantized = list(qcfg.get("modules_not_quantized") or [])
     model.eval()
     return model.to(torch.device("cpu")), report
+
+
+def _tensor_files(folder: Any) -> dict[str, Any]:
+    """Tensor name -> the safetensors file holding it, for every file of the folder."""
+    from safetensors import safe_open
+
+    where = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            where.update(dict.fromkeys(f.keys(), path))
+    return where
+
+
+def _read_tensors(where: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The named tensors, copied out of their files. Each file is mapped only while it is read:
+    pages of a mapping count in the process's memory for as long as the mapping stays open."""
+    from safetensors import safe_open
+
+    out = {}
+    for path in dict.fromkeys(where[k] for k in keys):
+        with safe_open(str(path), framework="pt") as f:
+            out.update({k: f.get_tensor(k) for k in keys if where[k] == path})
+    return out

@@ -50,14 +50,17 @@ def build_model(
         config = GPT2Config(
             vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=context, bos_token_id=eot, eos_token_id=eot
         )
-    elif arch == "llama":
+    elif arch in ("llama", "llama-wide"):
+        # llama-wide: every projection a whole number of 64-row blocks, as in real models (the
+        # int4 kernel's packed layout fuses q/k/v and gate/up only then; gptcli.quantize).
+        wide = arch == "llama-wide"
         config = LlamaConfig(
             vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=128 if wide else 32,
+            intermediate_size=256 if wide else 64,
             num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
+            num_attention_heads=4 if wide else 2,
+            num_key_value_heads=2 if wide else 1,
             max_position_embeddings=context,
             bos_token_id=eot,
             eos_token_id=eot,
