@@ -78,6 +78,7 @@ _gptcli() {
                 --lora-alpha) return ;;
                 --lora-dropout) return ;;
                 --lora-targets) return ;;
+                --dropout) return ;;
                 --steps) return ;;
                 --epochs) return ;;
                 --batch-size|-b) return ;;
@@ -102,7 +103,7 @@ _gptcli() {
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --threads) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --format --val-split --val-data --cache --block-size --lora --lora-r --lora-alpha --lora-dropout --lora-targets --merge --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --fsdp --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--model -m --text-field --format --val-split --val-data --cache --block-size --lora --lora-r --lora-alpha --lora-dropout --lora-targets --merge --dropout --steps --epochs --batch-size -b --grad-accum --lr --min-lr --warmup --schedule --weight-decay --beta2 --grad-clip --precision --fsdp --eval-every --eval-batches --save-every --keep-checkpoints --log-every --seed --out -o --resume --overwrite --config -c --json --device --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         generate)
             case "$prev" in

@@ -87,6 +87,7 @@ complete -c gptcli -n '__fish_seen_subcommand_from finetune' -l lora-alpha -r -d
 complete -c gptcli -n '__fish_seen_subcommand_from finetune' -l lora-dropout -r -d 'Dropout on the LoRA path. (default: 0.05)'
 complete -c gptcli -n '__fish_seen_subcommand_from finetune' -l lora-targets -r -d 'Module names to adapt (repeatable). (default: the attention and MLP projections of the architecture)'
 complete -c gptcli -n '__fish_seen_subcommand_from finetune' -l merge -d 'Write a plain model with the adapter merged in.'
+complete -c gptcli -n '__fish_seen_subcommand_from finetune' -l dropout -r -d 'Dropout probability of the model\'s own layers for this run (recorded in the config). (default: the model\'s)'
 complete -c gptcli -n '__fish_seen_subcommand_from finetune' -l steps -r -d 'Optimizer steps. (default: 1000, or from --epochs)'
 complete -c gptcli -n '__fish_seen_subcommand_from finetune' -l epochs -r -d 'Passes over the training data (instead of --steps).'
 complete -c gptcli -n '__fish_seen_subcommand_from finetune' -l batch-size -s b -r -d 'Sequences per micro-batch per process. (default: 16)'

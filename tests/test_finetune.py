@@ -262,3 +262,30 @@ def test_lora_on_a_bundled_base_saves_quietly_and_loads_with_peft_alone(tmp_path
     (out / "adapter_config.json").write_text(json.dumps(moved), encoding="utf-8")
     code, _, gen_err = cli("generate", "Tom has 3 cats.", "--model", out, "-t", "2")
     assert code == 0, gen_err
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_dropout_flag_trains_as_a_model_built_with_that_dropout(tmp_path, gpt2_dir, llama_dir, arch):
+    """--dropout changes the loaded model's own dropouts: the run equals finetuning a copy whose
+    config says that dropout, and the written config records it."""
+    import shutil
+
+    base = gpt2_dir if arch == "gpt2" else llama_dir
+    keys = ["resid_pdrop", "embd_pdrop", "attn_pdrop"] if arch == "gpt2" else ["attention_dropout"]
+    edited = tmp_path / "edited"
+    shutil.copytree(base, edited)
+    config = json.loads((edited / "config.json").read_text())
+    assert all(config[k] != 0.3 for k in keys)
+    config.update(dict.fromkeys(keys, 0.3))
+    (edited / "config.json").write_text(json.dumps(config))
+    data = corpus(tmp_path)
+    runs = {}
+    for name, model, extra in [("flag", base, ["--dropout", "0.3"]), ("edited", edited, []), ("plain", base, [])]:
+        out = tmp_path / f"out-{name}"
+        code, _, err = cli("finetune", data, "--model", model, *FAST, "--steps", "3", "--lr", "3e-3", "--out", out, *extra)
+        assert code == 0, err
+        runs[name] = weights(out)
+    assert all((runs["flag"][k] == runs["edited"][k]).all() for k in runs["flag"])
+    assert any(not (runs["flag"][k] == runs["plain"][k]).all() for k in runs["flag"])
+    written = json.loads((tmp_path / "out-flag" / "config.json").read_text())
+    assert all(written[k] == 0.3 for k in keys)

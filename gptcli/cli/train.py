@@ -364,6 +364,14 @@ def finetune(
         bool,
         typer.Option("--merge", help="Write a plain model with the adapter merged in.", rich_help_panel=LORA_PANEL),
     ] = False,
+    dropout: Annotated[
+        Optional[float],
+        _opt(
+            "--dropout",
+            help="Dropout probability of the model's own layers for this run (recorded in the config). (default: the model's)",
+            panel=OPTIM_PANEL,
+        ),
+    ] = None,
     steps: Steps = None,
     epochs: Epochs = None,
     batch_size: TrainBatch = None,
@@ -414,6 +422,7 @@ def finetune(
         lora_dropout=lora_dropout,
         lora_targets=lora_targets,
         merge=merge,
+        dropout=dropout,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         steps=steps,

@@ -35,6 +35,8 @@ def run(s: TrainSettings, progress: bool = True) -> dict[str, Any]:
     if tok.eos_token_id is None:
         raise InputError(f"the tokenizer of '{lm.name}' has no end-of-text (eos) token to separate examples.")
     say(f"model: {lm.name} ({model.config.model_type}) loaded in {time.perf_counter() - t0:.1f} s")
+    if s.dropout is not None:
+        set_dropout(model, s.dropout)
 
     val_fmt = sft.detect_format(s.val_data, fmt) if s.val_data else None
     entries = []  # token cache entries read: run.json takes their files' hashes from them
@@ -133,3 +135,34 @@ def _block_size(s: TrainSettings, context: int, n_tokens: int, val_fraction: flo
     while block > 16 and (train_tokens - 1 < block * 4 or (val_fraction > 0 and val_tokens - 1 < block)):
         block //= 2
     return block
+
+
+# Config keys that hold a dropout probability of the model's own layers (GPT-2, Llama-family,
+# BERT-style and generic names); classifier and LoRA dropouts are not among them.
+DROPOUT_KEYS = (
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "attention_dropout",
+    "hidden_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+)
+
+
+def set_dropout(model: Any, p: float) -> None:
+    """Set every dropout of the model's own layers to p, and record it in its config.
+
+    The layers read their probability when they are built (`nn.Dropout`) or from an attribute
+    at each call (attention dropout), so both are changed in place on the loaded model."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        elif type(getattr(module, "attention_dropout", None)) in (int, float):
+            module.attention_dropout = p
+    for key in DROPOUT_KEYS:
+        if type(getattr(model.config, key, None)) in (int, float):
+            setattr(model.config, key, p)
