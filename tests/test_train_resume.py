@@ -181,6 +181,9 @@ def test_resume_auto_from_another_directory(tmp_path, monkeypatch):
     code, stdout, err = cli("train", "--out", tmp_path / "run", "--resume", "auto", "--steps", "4", "--json")
     assert code == 0, err
     assert json.loads(stdout)["steps"] == 4
+    assert "Warning" not in err  # the same file, named from another directory: not a change of data
+    segments = json.loads((tmp_path / "run" / "run.json").read_text())["segments"]
+    assert [s["data"][0]["path"] for s in segments] == [str(tmp_path / "stories.txt")] * 2
 
 
 def test_resume_after_the_data_changed_warns_and_keeps_the_earlier_fingerprints(tmp_path):

@@ -44,7 +44,8 @@ def hash_files(paths: list[str], known: dict[str, str] | None = None) -> list[di
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
             digest = h.hexdigest()
-        out.append({"path": str(path), "bytes": path.stat().st_size, "sha256": digest})
+        # Absolute: a resumed run compares against it from wherever it is started.
+        out.append({"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest})
     return out
 
 
@@ -81,6 +82,12 @@ def data_changes(before: dict[str, Any], now: dict[str, list[dict[str, Any]]]) -
     for key in ("data", "val_data"):
         old = {str(e["path"]): e.get("sha256") for e in before.get(key) or [] if isinstance(e, dict) and e.get("path")}
         new = {e["path"]: e["sha256"] for e in now[key]}
+        # The same contents under another name (a relative path recorded by an older run, a moved
+        # file) are the same data: pair them up first.
+        for path, digest in list(new.items()):
+            twin = next((p for p, d in old.items() if digest and d == digest and p not in new), None)
+            if path not in old and twin is not None:
+                del old[twin], new[path]
         for path in sorted(old.keys() | new.keys()):
             name = Path(str(path)).name
             if path not in new:
