@@ -58,7 +58,7 @@ TEST_SPLIT = Path(__file__).parent.parent / "benchmarks" / "data" / "eng-fra-tes
 # (docs/bundled-models.md has its scores on the whole split): a retrained model that
 # falls under it has lost quality, whatever its exact strings.
 GATE_SENTENCES = 40
-CHRF_FLOOR = 42.0
+CHRF_FLOOR = 55.0  # the bundled model scores 61.0 on them
 
 
 def _gate_pairs(tmp_path: Path) -> Path:

@@ -378,22 +378,42 @@ def _llama_cpp_greedy(path: Path, prompt: str, new_tokens: int) -> tuple[list[in
     return ids, llm.detokenize(out).decode("utf-8", errors="replace")
 
 
-# Both bundled models were trained by gptcli (its BPE tokenizer, GPT-2 and Llama blocks).
+@pytest.fixture(scope="module")
+def trained_gpt2(tmp_path_factory):
+    """A GPT-2 made by `gptcli train` (its own BPE tokenizer), trained for a few steps."""
+    pytest.importorskip("llama_cpp")
+    from test_train_support import cli as run, corpus
+
+    folder = tmp_path_factory.mktemp("trained-gpt2")
+    args = ["--arch", "gpt2", "--preset", "tiny", "--vocab-size", "512", "--steps", "40", "--threads", "1"]
+    code, _, err = run("train", corpus(folder, lines=2000), *args, "--out", folder / "run")
+    assert code == 0, err
+    return folder / "run"
+
+
+# Models trained by gptcli (its BPE tokenizer): the two bundled ones (Llama blocks) and a GPT-2.
 @pytest.mark.parametrize(
     "model, prompt",
-    [("tinystories", "Once upon a time, Lily found a red ball"), ("tiny-en-fr", "English: I like the sea.\nFrench:")],
+    [
+        ("tinystories", "Once upon a time, Lily found a red ball"),
+        ("tiny-en-fr", "English: I like the sea.\nFrench:"),
+        ("trained-gpt2", "Tom saw a red"),
+    ],
 )
-def test_llama_cpp_greedy_text_equals_gptcli(cli, tmp_path, model, prompt):
+def test_llama_cpp_greedy_text_equals_gptcli(cli, tmp_path, model, prompt, request):
     pytest.importorskip("llama_cpp")
+    from gptcli import bundled
+
+    folder = request.getfixturevalue("trained_gpt2") if model == "trained-gpt2" else bundled.path_of(model)
     out = tmp_path / f"{model}.gguf"
-    assert _export(cli, model, out, "--outtype", "f32").exit_code == 0
+    assert _export(cli, folder, out, "--outtype", "f32").exit_code == 0
     new_tokens = 40
-    r = cli("generate", prompt, "-m", model, "--greedy", "-t", str(new_tokens), "--dtype", "float32", "--json")
+    r = cli("generate", prompt, "-m", folder, "--greedy", "-t", str(new_tokens), "--dtype", "float32", "--json")
     assert r.exit_code == 0, r.stderr
     ours = r.json_lines()[0]
     ids, text = _llama_cpp_greedy(out, prompt, new_tokens)
-    assert ids == _tokenizer(Path(__import__("gptcli.bundled", fromlist=["x"]).path_of(model)))(prompt)["input_ids"]
-    assert text == ours["text"]
+    assert ids == _tokenizer(Path(folder))(prompt)["input_ids"]
+    assert text == ours["text"] and text.strip()  # and something was generated to compare
 
 
 def test_llama_cpp_tokenizes_like_the_trained_tokenizer(tmp_path, cli):
