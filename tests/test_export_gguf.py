@@ -382,7 +382,8 @@ def _llama_cpp_greedy(path: Path, prompt: str, new_tokens: int) -> tuple[list[in
 def trained_gpt2(tmp_path_factory):
     """A GPT-2 made by `gptcli train` (its own BPE tokenizer), trained for a few steps."""
     pytest.importorskip("llama_cpp")
-    from test_train_support import cli as run, corpus
+    from test_train_support import cli as run
+    from test_train_support import corpus
 
     folder = tmp_path_factory.mktemp("trained-gpt2")
     args = ["--arch", "gpt2", "--preset", "tiny", "--vocab-size", "512", "--steps", "40", "--threads", "1"]

@@ -282,7 +282,9 @@ def test_dropout_flag_trains_as_a_model_built_with_that_dropout(tmp_path, gpt2_d
     runs = {}
     for name, model, extra in [("flag", base, ["--dropout", "0.3"]), ("edited", edited, []), ("plain", base, [])]:
         out = tmp_path / f"out-{name}"
-        code, _, err = cli("finetune", data, "--model", model, *FAST, "--steps", "3", "--lr", "3e-3", "--out", out, *extra)
+        code, _, err = cli(
+            "finetune", data, "--model", model, *FAST, "--steps", "3", "--lr", "3e-3", "--out", out, *extra
+        )
         assert code == 0, err
         runs[name] = weights(out)
     assert all((runs["flag"][k] == runs["edited"][k]).all() for k in runs["flag"])

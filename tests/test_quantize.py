@@ -57,9 +57,9 @@ PROMPTS = ["Once upon a time", "Max liked to run", "The sun"]
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-wide"])
 def test_greedy_output_equals_the_dequantized_model(arch, scheme, gpt2_dir, llama_dir, tmp_path):
     import torch
+    from tiny import build_model
 
     from gptcli.llama_decode import decode_forward
-    from tiny import build_model
 
     folder = {"gpt2": gpt2_dir, "llama": llama_dir}.get(arch) or build_model(tmp_path / arch, arch)
     quant, ref = _open(folder, scheme), _dequantized_reference(folder, scheme)
