@@ -185,7 +185,7 @@ def _modules():
         """y = x W^T + b with W int4 per group of inputs (`aten._weight_int4pack_mm_for_cpu`).
 
         Holds the kernel's packed layout (`packed`, rows padded to a multiple of 16) and
-        `scales_zeros` [groups, rows, 2]; `int4_linear` builds one from the portable form."""
+        `scales_zeros` [groups, rows, 2]; `_int4_linear` builds one from the portable form."""
 
         bits = 4
 
