@@ -100,7 +100,7 @@ def read_bandwidth(total_bytes: int, threads: int) -> float:
     """GB/s of packed bfloat16 matrix-vector products over `total_bytes` of distinct weights."""
     import torch
 
-    from gptcli.cpu_tuning import _op_works
+    from gptcli.cpu_tuning import PACK_BATCH_HINT, _op_works
 
     torch.set_num_threads(threads)
     rows = 4096
@@ -108,7 +108,7 @@ def read_bandwidth(total_bytes: int, threads: int) -> float:
     x = torch.randn(1, 768, dtype=torch.bfloat16)
     if _op_works("bfloat16"):
         weights = [
-            torch.ops.mkldnn._reorder_linear_weight(torch.randn(rows, 768, dtype=torch.bfloat16), 1)
+            torch.ops.mkldnn._reorder_linear_weight(torch.randn(rows, 768, dtype=torch.bfloat16), PACK_BATCH_HINT)
             for _ in range(count)
         ]
 
