@@ -123,7 +123,7 @@ def fuse_projections(model: Any, runtime: Any) -> int:
     import torch
 
     from gptcli.cpu_tuning import _op_works, _packed_linear_class
-    from gptcli.quantize import concat_linears
+    from gptcli.quantize import concat_linears, stacked_bias
 
     if not _enabled() or runtime.device.type != "cpu" or runtime.dtype not in (torch.float32, torch.bfloat16):
         return 0
@@ -134,13 +134,7 @@ def fuse_projections(model: Any, runtime: Any) -> int:
 
     def product(modules: list[Any]) -> Any | None:
         if all(type(m) is torch.nn.Linear and m.weight.dtype == runtime.dtype for m in modules):
-            weight = torch.cat([m.weight.detach() for m in modules])
-            bias = None
-            if any(m.bias is not None for m in modules):
-                bias = torch.cat(
-                    [m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in modules]
-                )
-            return PackedLinear(weight, bias)
+            return PackedLinear(torch.cat([m.weight.detach() for m in modules]), stacked_bias(modules))
         return concat_linears(modules)
 
     fused = 0

@@ -281,6 +281,19 @@ def _int4_linear(tensors: dict[str, Any], bias: Any | None, dtype: Any, keep_row
     return Int4Linear(packed, sz.transpose(0, 1).to(dtype).contiguous(), bias, n, rows=rows)
 
 
+def stacked_bias(modules: list[Any]) -> Any | None:
+    """The biases of layers stacked along their outputs (zeros for a layer without one); None
+    when no layer has a bias."""
+    import torch
+
+    if all(m.bias is None for m in modules):
+        return None
+    dtype = next(m.bias.dtype for m in modules if m.bias is not None)
+    return torch.cat(
+        [m.bias.detach() if m.bias is not None else torch.zeros(m.out_features, dtype=dtype) for m in modules]
+    )
+
+
 def concat_linears(modules: list[Any]) -> Any | None:
     """One quantized layer whose output is the given layers' outputs side by side (layers of one
     input, such as q/k/v): one kernel call streams them all. None when they cannot be joined
@@ -294,10 +307,7 @@ def concat_linears(modules: list[Any]) -> Any | None:
     if len({m.in_features for m in modules}) != 1:
         return None
     first = modules[0]
-    bias = None
-    if any(m.bias is not None for m in modules):
-        dtype = next(m.bias.dtype for m in modules if m.bias is not None)
-        bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features, dtype=dtype) for m in modules])
+    bias = stacked_bias(modules)
     if kind is Int8Linear:
         qweight = torch.cat([m.qweight for m in modules])
         scales = torch.cat([m.scales for m in modules])
