@@ -600,6 +600,9 @@ def load_quantized(folder: Any, config: Any, qcfg: dict, runtime: Any, *, auto_c
     return model.to(torch.device("cpu")), report
 
 
+_ALIGNMENT = 64
+
+
 def _tensor_files(folder: Any) -> dict[str, Any]:
     """Tensor name -> the safetensors file holding it, for every file of the folder."""
     from safetensors import safe_open
@@ -619,5 +622,12 @@ def _read_tensors(where: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     out = {}
     for path in dict.fromkeys(where[k] for k in keys):
         with safe_open(str(path), framework="pt") as f:
-            out.update({k: f.get_tensor(k) for k in keys if where[k] == path})
+            out.update({k: _aligned(f.get_tensor(k)) for k in keys if where[k] == path})
     return out
+
+
+def _aligned(t: Any) -> Any:
+    """`t` in memory aligned as PyTorch's own allocations are (64 bytes). A tensor read from a file
+    starts wherever the file put it; the int8 kernel's vector loads fault on a misaligned weight
+    (seen for prompts of 4+ tokens in bfloat16)."""
+    return t.clone() if t.data_ptr() % _ALIGNMENT else t

@@ -310,3 +310,28 @@ def test_gpu_runs_are_refused_with_a_clear_error():
         check_device(Runtime(torch.device("cuda", 0), torch.bfloat16), "int4")
     assert "--device cpu" in (info.value.hint or "")
     check_device(Runtime(torch.device("cpu"), torch.bfloat16), "int4")  # no error on the CPU
+
+
+def test_weights_read_from_a_folder_are_aligned_for_the_int8_kernel(tmp_path):
+    """A tensor's bytes start wherever the file put them; the int8 kernel faulted (segfault) on a
+    misaligned weight for inputs of 4+ rows in bfloat16, so a quantized folder crashed on prompts."""
+    import torch
+    from safetensors.torch import save_file
+
+    from gptcli.quantize import _read_tensors, make_linear, quantize_int8
+
+    torch.manual_seed(0)
+    weight = torch.randn(96, 64)
+    q = quantize_int8(weight)
+    # An odd-sized int8 tensor first: the int8 weight after it starts at an odd offset in the file.
+    save_file(
+        {"a": torch.zeros(3, dtype=torch.int8), "b.qweight": q["qweight"], "b.scales": q["scales"].bfloat16()},
+        str(tmp_path / "model.safetensors"),
+    )
+    where = dict.fromkeys(["a", "b.qweight", "b.scales"], tmp_path / "model.safetensors")
+    read = _read_tensors(where, list(where))
+    assert all(t.data_ptr() % 64 == 0 for t in read.values())
+    layer = make_linear({"qweight": read["b.qweight"], "scales": read["b.scales"]}, None, torch.bfloat16)
+    x = torch.randn(2, 8, 64, dtype=torch.bfloat16)
+    expected = x.float() @ (q["qweight"].float() * q["scales"].bfloat16().float()[:, None]).t()
+    torch.testing.assert_close(layer(x).float(), expected, rtol=0.02, atol=0.05)
