@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process alone (ru_maxrss would include the parent's at fork)."""
+    from gptcli.generation import peak_rss_bytes
+
+    return peak_rss_bytes() / 2**20
 
 
 def build_gpt2_124m(

@@ -13,7 +13,9 @@ and llama-cpp-python are there, llama.cpp at F16/Q8_0/Q4_0 runs beside each (rat
 llama.cpp; target >= 1.0x); otherwise the column says "not installed".
 
 Memory: each setting in a fresh process (load, generate 16 tokens): peak RSS, against the
-"runtime" (the same process loading nothing) and the model's bfloat16 weight bytes. int4 is
+"runtime" (the same run on a 1-layer, 64-wide model of the same architecture and tokenizer: the
+code, tokenizer and kernel buffers every model of the kind pays for; the imports alone are
+printed too) and the model's bfloat16 weight bytes. int4 is
 measured both quantized on the fly (`--quantize int4`: the bfloat16 weights load first) and from
 a `gptcli quantize` folder (never holds float weights). Target: int4 <= 0.4x bf16 weights + runtime.
 
@@ -140,6 +142,31 @@ def llama_cpp_speeds(model_dir: Path, new_tokens: int, threads: int) -> dict[str
     return "not installed" if all(v is None for v in speeds.values()) else speeds
 
 
+def build_runtime_model(model_dir: Path, folder: Path) -> Path:
+    """The model's architecture and tokenizer at 1 layer x 64 wide: loading and running it costs
+    what every model of this kind costs besides its weights (the architecture's code, the
+    tokenizer, the kernels' code and buffers)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    config = AutoConfig.from_pretrained(model_dir)
+    for key, value in (("n_layer", 1), ("num_hidden_layers", 1), ("n_embd", 64), ("hidden_size", 64)):
+        if hasattr(config, key):
+            setattr(config, key, value)
+    for key in ("n_head", "num_attention_heads", "num_key_value_heads"):
+        if hasattr(config, key):
+            setattr(config, key, 2)
+    if hasattr(config, "intermediate_size"):
+        config.intermediate_size = 128
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, folder / name)
+    return folder
+
+
 def weight_bytes_bf16(model_dir: Path) -> int:
     from gptcli.loading import check_weights
 
@@ -177,7 +204,9 @@ def rss_table(name: str, model_dir: Path, work: Path, args) -> None:
                 cwd=ROOT,
             )
         folders[scheme] = out
-    runtime = run_worker("rss", str(model_dir), "runtime", str(args.threads))["rss_mb"]
+    imports = run_worker("rss", str(model_dir), "runtime", str(args.threads))["rss_mb"]
+    tiny = build_runtime_model(model_dir, work / f"{model_dir.name}-runtime")
+    runtime = run_worker("rss", str(tiny), "bf16", str(args.threads))["rss_mb"]
     weights = weight_bytes_bf16(model_dir) / 2**20
     rows = [
         ("bf16", model_dir, "bf16"),
@@ -186,7 +215,10 @@ def rss_table(name: str, model_dir: Path, work: Path, args) -> None:
         ("int8 (quantized folder)", folders["int8"], "folder"),
         ("int4 (quantized folder)", folders["int4"], "folder"),
     ]
-    print(f"\n{name}: peak RSS in a fresh process (runtime alone {runtime:.0f} MB, bf16 weights {weights:.0f} MB)")
+    print(
+        f"\n{name}: peak RSS in a fresh process (runtime {runtime:.0f} MB: the same run on a 1-layer, 64-wide "
+        f"model of this architecture and tokenizer; the imports alone {imports:.0f} MB; bf16 weights {weights:.0f} MB)"
+    )
     print(f"{'setting':24} {'peak RSS MB':>12} {'above runtime':>14} {'/ bf16 weights':>15}")
     for label, folder, setting in rows:
         rss = run_worker("rss", str(folder), setting, str(args.threads))["rss_mb"]

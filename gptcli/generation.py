@@ -172,6 +172,20 @@ def peak_memory_bytes(device: Any) -> int:
         import torch
 
         return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. On Linux it is the kernel's high-water mark of the
+    process's own memory (VmHWM): getrusage's ru_maxrss also counts the parent's resident memory
+    at fork, so a gptcli started by a large process reported that process's size."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 

@@ -447,6 +447,7 @@ def open_model(
 
     `quantize` ("int8", "int4"): quantize the linear layers after loading (see gptcli.quantize);
     a folder written by `gptcli quantize` is quantized already and loads as it is."""
+    from gptcli.memory import returning_freed_memory
     from gptcli.runtime import resolve_runtime
 
     started = time.perf_counter()
@@ -455,11 +456,12 @@ def open_model(
         from gptcli.quantize import check_device
 
         check_device(runtime, quantize)
-    lm = load_model(model, runtime, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    if quantize is not None:
-        _quantize_loaded(lm, quantize)
-    if fast:
-        tune_for_inference(lm)
+    with returning_freed_memory():
+        lm = load_model(model, runtime, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        if quantize is not None:
+            _quantize_loaded(lm, quantize)
+        if fast:
+            tune_for_inference(lm)
     return lm, time.perf_counter() - started
 
 
@@ -470,11 +472,14 @@ def tune_for_inference(lm: LoadedModel) -> None:
     change weights first (e.g. on a model opened with fast=False), then call this."""
     from gptcli.cpu_tuning import fuse_activations, optimize_for_inference, prefer_eager_attention
     from gptcli.llama_decode import fuse_projections
+    from gptcli.memory import release_weight_files
 
     fuse_projections(lm.model, lm.runtime)  # before packing: it needs the plain q/k/v and gate/up weights
     optimize_for_inference(lm.model, lm.runtime)
     fuse_activations(lm.model)
     prefer_eager_attention(lm)
+    if lm.device.type == "cpu":
+        release_weight_files(lm.model)  # the packed copies replaced most of what the file held
 
 
 def _quantize_loaded(lm: LoadedModel, scheme: str) -> None:

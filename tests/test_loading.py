@@ -162,3 +162,39 @@ def test_open_model_is_where_cpu_inference_switches_to_eager_attention(gpt2_dir)
     assert plain.model.config._attn_implementation == "sdpa"
     assert use_eager_attention(plain.model) and plain.model.config._attn_implementation == "eager"
     assert use_eager_attention(object()) is False
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_weights_left_in_the_file_are_copied_once_the_rest_is(arch, gpt2_dir, llama_dir):
+    """A model's tensors load as views of the mapped safetensors file, and every page read stays
+    resident while any tensor holds the mapping. Once the fast path has copied the big layers,
+    the few tensors left in the file are copied too (same values, ties kept); while most of the
+    model still reads from the file, nothing is copied."""
+    import torch
+
+    from gptcli.loading import open_model
+    from gptcli.memory import _file_mappings, release_weight_files
+
+    lm = open_model(str(gpt2_dir if arch == "gpt2" else llama_dir), device="cpu", dtype="float32", fast=False)[0]
+    model = lm.model
+
+    def in_file(t):
+        return any(a <= t.untyped_storage().data_ptr() < b for a, b in _file_mappings())
+
+    assert all(in_file(p) for p in model.parameters())  # loaded as views of the file
+    assert release_weight_files(model) == 0
+    ids = torch.tensor([[5, 9, 2, 7]])
+    with torch.no_grad():
+        before = model(ids).logits
+        for module in model.modules():  # what packing does: the linear layers get their own copies
+            if type(module).__name__ not in ("Linear", "Conv1D"):
+                continue
+            if module.weight is not model.get_input_embeddings().weight:  # a tied head stays tied
+                module.weight = torch.nn.Parameter(module.weight.detach().clone())
+    copied = release_weight_files(model)
+    assert copied > 0
+    assert not any(in_file(t) for t in (*model.parameters(), *model.buffers()))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+    if arch == "gpt2":
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
