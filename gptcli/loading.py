@@ -470,14 +470,13 @@ def tune_for_inference(lm: LoadedModel) -> None:
 
     They copy weights into new layouts, so a change to a weight afterwards is not seen by them:
     change weights first (e.g. on a model opened with fast=False), then call this."""
-    from gptcli.cpu_tuning import fuse_activations, optimize_for_inference, prefer_eager_attention
+    from gptcli.cpu_tuning import fuse_activations, optimize_for_inference
     from gptcli.llama_decode import fuse_projections
     from gptcli.memory import release_weight_files
 
     fuse_projections(lm.model, lm.runtime)  # before packing: it needs the plain q/k/v and gate/up weights
     optimize_for_inference(lm.model, lm.runtime)
     fuse_activations(lm.model)
-    prefer_eager_attention(lm)
     if lm.device.type == "cpu":
         release_weight_files(lm.model)  # the packed copies replaced most of what the file held
 

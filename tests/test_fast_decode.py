@@ -172,20 +172,27 @@ ROPE_VARIANTS = {
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
-def test_lean_llama_forward_matches_transformers_greedy(variant, dtype, tokenizer_dir, tmp_path):
+def test_lean_llama_forward_matches_transformers_greedy(variant, dtype, tokenizer_dir, tmp_path, monkeypatch):
     """Head layouts and the rope types whose cos/sin depend only on the position take the lean
-    forward, with transformers' greedy tokens (batch of 2, left padding, 30 tokens: past the
-    rotary table's first rows and the cache's first growth)."""
+    forward, with transformers' greedy tokens (30 tokens: past the rotary table's first rows and
+    the cache's first growth). A left-padded batch of 2 gives the model's own forward's tokens on
+    the same batch; in float32 also transformers' unpadded ones (in bfloat16, SDPA attention over a
+    padded row rounds differently from the unpadded row, with the model's own forward too)."""
     from gptcli.llama_decode import decode_forward
     from gptcli.loading import open_model
 
-    lm, _ = open_model(
-        str(_build("llama", tmp_path / "m", tokenizer_dir, **ROPE_VARIANTS[variant])), device="cpu", dtype=dtype
-    )
+    folder = str(_build("llama", tmp_path / "m", tokenizer_dir, **ROPE_VARIANTS[variant]))
+    lm, _ = open_model(folder, device="cpu", dtype=dtype)
     assert decode_forward(lm.model) is not None
     want = [_reference(lm, p, n=30) for p in PROMPTS]
-    assert _greedy(lm, PROMPTS, n=30) == want
-    assert _greedy(lm, PROMPTS[:1], n=30) == want[:1]  # batch 1, no padding: the common case
+    assert [_greedy(lm, [p], n=30)[0] for p in PROMPTS] == want  # batch 1, no padding: the common case
+    monkeypatch.setenv("GPTCLI_LLAMA_DECODE", "0")
+    own, _ = open_model(folder, device="cpu", dtype=dtype)
+    assert decode_forward(own.model) is None
+    batched = _greedy(lm, PROMPTS, n=30)
+    assert batched == _greedy(own, PROMPTS, n=30)
+    if dtype == "float32":
+        assert batched == want
 
 
 def test_rope_that_changes_with_length_keeps_the_model_forward(tokenizer_dir, tmp_path):
