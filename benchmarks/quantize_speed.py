@@ -9,8 +9,9 @@ Speed: the GPT-2-124M shape and a ~91 M Llama shape (12 layers, 768 wide, 12 hea
 int8 and int4 are loaded into one process and run in interleaved rounds (the machine is shared
 and its speed drifts; side by side keeps the ratios honest); each setting's best round is its
 speed. Targets: int8 >= 1.7x bfloat16, int4 >= 2.5x. When `benchmarks/llamacpp_baseline.py`
-and llama-cpp-python are there, llama.cpp at F16/Q8_0/Q4_0 runs beside each (ratio gptcli /
-llama.cpp; target >= 1.0x); otherwise the column says "not installed".
+and llama-cpp-python are there, llama.cpp at F16/Q8_0/Q4_0 runs in the same worker process, each
+round right after gptcli's at the same precision (ratio gptcli / llama.cpp of the best rounds;
+target >= 1.0x); otherwise the column says "not installed".
 
 Memory: each setting in a fresh process (load, generate 16 tokens): peak RSS, against the
 "runtime" (the same run on a 1-layer, 64-wide model of the same architecture and tokenizer: the
@@ -98,15 +99,41 @@ def _decode(lm, new_tokens: int) -> float:
     return stats.completion_tokens / stats.elapsed_s
 
 
+def _llama_cpp_runners(model_dir: str, new_tokens: int, threads: int) -> dict:
+    """llama.cpp at each setting's precision, loaded and warmed up; empty without llama-cpp-python."""
+    try:
+        from llamacpp_baseline import llama_cpp_available, llama_cpp_runner
+    except ImportError:
+        return {}
+    if not llama_cpp_available():
+        return {}
+    return {
+        s: llama_cpp_runner(Path(model_dir), p, PROMPT, new_tokens, threads) for s, p in LLAMA_CPP_PRECISION.items()
+    }
+
+
 def worker_speed(model_dir: str, new_tokens: int, threads: int, rounds: int) -> None:
+    """Every setting and llama.cpp at the same precision in one process, in interleaved rounds:
+    the machine's speed drifts by up to 1.5x within minutes, so only side-by-side rounds compare."""
     models = {s: _open(model_dir, s, threads) for s in SETTINGS}
     for lm in models.values():
         _decode(lm, 8)  # warm-up
+    cpp = _llama_cpp_runners(model_dir, new_tokens, threads)
     runs: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    cpp_runs: dict[str, list[float]] = {s: [] for s in cpp}
     for _ in range(rounds):
         for s in SETTINGS:
             runs[s].append(_decode(models[s], new_tokens))
-    emit({"best": {s: max(v) for s, v in runs.items()}, "runs": runs})
+            if s in cpp:
+                cpp_runs[s].append(cpp[s]())
+    emit(
+        {
+            "best": {s: max(v) for s, v in runs.items()},
+            "runs": runs,
+            "cpp_best": {s: max(v) for s, v in cpp_runs.items()},
+            "cpp_runs": cpp_runs,
+        }
+    )
 
 
 def worker_rss(model_dir: str, setting: str, threads: int) -> None:
@@ -131,15 +158,6 @@ def run_worker(*args: str) -> dict:
 
 
 # ---------------------------------------------------------------------- the report
-
-
-def llama_cpp_speeds(model_dir: Path, new_tokens: int, threads: int) -> dict[str, float | None] | str:
-    try:
-        from llamacpp_baseline import tokens_per_s
-    except ImportError:
-        return "not installed"
-    speeds = {s: tokens_per_s(model_dir, p, PROMPT, new_tokens, threads) for s, p in LLAMA_CPP_PRECISION.items()}
-    return "not installed" if all(v is None for v in speeds.values()) else speeds
 
 
 def build_runtime_model(model_dir: Path, folder: Path) -> Path:
@@ -176,7 +194,7 @@ def weight_bytes_bf16(model_dir: Path) -> int:
 def speed_table(name: str, model_dir: Path, args) -> None:
     r = run_worker("speed", str(model_dir), str(args.new_tokens), str(args.threads), str(args.rounds))
     best = r["best"]
-    cpp = llama_cpp_speeds(model_dir, args.new_tokens, args.threads)
+    cpp: dict[str, float] | str = r["cpp_best"] or "not installed"
     print(f"\n{name}: batch 1, {args.new_tokens} greedy tokens, {args.threads} threads, best of {args.rounds} rounds")
     print(f"{'setting':8} {'tokens/s':>9} {'vs bf16':>8} {'llama.cpp':>14} {'tokens/s':>9} {'gptcli/llama.cpp':>17}")
     for s in SETTINGS:
@@ -190,6 +208,11 @@ def speed_table(name: str, model_dir: Path, args) -> None:
             f"{other:>9} {ratio:>17}"
         )
     print("  rounds: " + "; ".join(f"{s} " + ", ".join(f"{v:.1f}" for v in r["runs"][s]) for s in SETTINGS))
+    if r["cpp_runs"]:
+        cpp_rounds = "; ".join(
+            f"{LLAMA_CPP_PRECISION[s].upper()} " + ", ".join(f"{v:.1f}" for v in r["cpp_runs"][s]) for s in SETTINGS
+        )
+        print(f"  llama.cpp rounds (each right after gptcli's at the same precision): {cpp_rounds}")
 
 
 def rss_table(name: str, model_dir: Path, work: Path, args) -> None:

@@ -221,9 +221,10 @@ class LlamaDecoder:
         self.signed_sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
     def _rms(self, x, weight, eps):
+        # LlamaRMSNorm's float32 arithmetic in PyTorch's fused kernel: one op instead of five,
+        # bit-equal to x * rsqrt(mean(x^2) + eps) (tests/test_fast_decode.py).
         torch = self.torch
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        h = torch.nn.functional.rms_norm(x.to(torch.float32), (x.shape[-1],), None, eps)
         return weight * h.to(self.dtype)
 
     def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, use_cache=True, **kwargs):

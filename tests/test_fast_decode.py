@@ -296,3 +296,24 @@ def _reference_ids(lm, ids, n):
             pad_token_id=lm.pad_token_id,
         )[0, len(ids) :].tolist()
     return out[: next((i for i, x in enumerate(out) if x in lm.eos_token_ids), len(out))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lean_rms_norm_is_bit_equal_to_the_models_own(dtype):
+    """The lean forward's RMSNorm (PyTorch's fused kernel) gives LlamaRMSNorm's values exactly."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from gptcli.llama_decode import LlamaDecoder
+
+    dt = getattr(torch, dtype)
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(768, eps=1e-5).to(dt)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(768))
+        x = (torch.randn(3, 5, 768) * torch.tensor([0.01, 1.0, 30.0])[:, None, None]).to(dt)
+        want = norm(x)
+        got = LlamaDecoder._rms(SimpleNamespace(torch=torch, dtype=dt), x, norm.weight, norm.variance_epsilon)
+    assert torch.equal(got, want)
