@@ -133,7 +133,7 @@ def read_bandwidth(total_bytes: int, threads: int) -> float:
 def worker_gptcli(args) -> None:
     """Before (GPTCLI_LLAMA_DECODE=0 at load) and now, alternating, plus the bandwidth, in one process."""
     from gptcli.generation import Completion, Request, RunStats, stream_generate
-    from gptcli.llama_decode import decode_forward
+    from gptcli.lean_decode import decode_forward
     from gptcli.loading import open_model
     from gptcli.sampling import SamplingParams
 

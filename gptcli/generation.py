@@ -613,9 +613,9 @@ class DecodeBatch:
         assert cache_name is not None  # supports_fast_decode() sends models without a cache to model.generate
         self.cache_name = cache_name
         self.accepts_positions = "position_ids" in inspect.signature(lm.model.forward).parameters
-        from gptcli.llama_decode import decode_forward as lean_forward
+        from gptcli.lean_decode import decode_forward as lean_forward
 
-        self.call = lean_forward(lm.model) or lm.model  # the lean Llama-family forward, where it applies
+        self.call = lean_forward(lm.model) or lm.model  # a lean forward (gptcli.lean_decode), where one applies
         self.prompt_cache = prompt_cache  # one sequence only: the batch never grows (see stream_generate)
         self.running: _Rows | None = None
 

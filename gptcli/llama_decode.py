@@ -20,7 +20,7 @@ arithmetic with fewer calls:
 The ops, their order and their dtypes are those of transformers' implementation, attention
 through PyTorch's fused SDPA kernel as transformers' default "sdpa" attention does (one query
 against a cache: ~4x faster than matmul + softmax on CPU), so the logits are the model's own. Before it is
-used on a model, `decode_forward` checks it against the model's own forward on a padded
+used on a model, `gptcli.lean_decode.decode_forward` checks it against the model's own forward on a padded
 two-row batch (prefill and two cached steps); any difference beyond rounding, a model
 outside the supported set (sliding windows, rope types that change with the position,
 attention softcapping, biases where Llama has none) or GPTCLI_LLAMA_DECODE=0 leaves the
@@ -33,6 +33,8 @@ import functools
 import os
 from types import SimpleNamespace
 from typing import Any
+
+from gptcli.lean_decode import LeanDecoder, product
 
 # Architectures whose decoder blocks are exactly: RMSNorm -> rotary attention (GQA) ->
 # residual -> RMSNorm -> SwiGLU -> residual, final RMSNorm, linear head.
@@ -156,7 +158,7 @@ def fuse_projections(model: Any, runtime: Any) -> int:
     return fused
 
 
-class LlamaDecoder:
+class LlamaDecoder(LeanDecoder):
     """The lean forward: `decoder(input_ids=..., cache=..., attention_mask=..., position_ids=...)`.
 
     Takes the keywords our decode loop passes to the model and returns an object with `logits`
@@ -192,15 +194,15 @@ class LlamaDecoder:
                     layer.input_layernorm.weight,
                     layer.input_layernorm.variance_epsilon,
                     attn._gptcli_qkv.product.forward,
-                    _product(attn.o_proj),
+                    product(attn.o_proj),
                     layer.post_attention_layernorm.weight,
                     layer.post_attention_layernorm.variance_epsilon,
                     mlp._gptcli_gate_up.product.forward,
-                    _product(mlp.down_proj),
+                    product(mlp.down_proj),
                 )
             )
         self.norm_weight, self.norm_eps = inner.norm.weight, inner.norm.variance_epsilon
-        self.head = _product(model.lm_head)
+        self.head = product(model.lm_head)
         self.intermediate = mlp._gptcli_gate_up.sizes[0]
         self.rotary = inner.rotary_emb
         self.cos = self.signed_sin = torch.empty(0)
@@ -280,97 +282,12 @@ class LlamaDecoder:
         logits = self.head(x)
         return SimpleNamespace(logits=logits, **{self.cache_name: cache})
 
-    def _mask(self, attention_mask, kv_len: int, t: int):
-        """Additive mask (b, 1, 1, t, kv_len): padding, the future, and a whole buffer's spare room."""
-        torch = self.torch
-        b, filled = attention_mask.shape
-        device = attention_mask.device
-        past = filled - t
-        keep = torch.zeros(b, kv_len, dtype=torch.bool, device=device)
-        keep[:, :filled] = attention_mask.bool()
-        keep = keep[:, None, :].expand(b, t, kv_len)
-        if t > 1:
-            causal = torch.arange(kv_len, device=device)[None, :] <= (past + torch.arange(t, device=device))[:, None]
-            keep = keep & causal
-        mask = torch.zeros(b, t, kv_len, dtype=self.dtype, device=device)
-        mask.masked_fill_(~keep, self.min_value)
-        return mask.view(b, 1, 1, t, kv_len)
 
-
-def _product(module: Any) -> Any:
-    """The function computing a projection: the forward of a packed or quantized layer (called
-    directly: no module-call machinery per step), or F.linear over a small plain layer's weight."""
-    import torch
-
-    if type(module) is torch.nn.Linear:
-        return functools.partial(torch.nn.functional.linear, weight=module.weight, bias=module.bias)
-    if type(module).__name__ in ("PackedLinear", "Int8Linear", "Int4Linear"):
-        return module.forward
-    raise TypeError(f"unexpected projection {type(module).__name__}")
-
-
-def decode_forward(model: Any) -> Any:
-    """The lean forward for this model if it applies and agrees with the model's own; else None.
-
-    Decided once per model (the check runs a few forward passes of at most 7 tokens).
-    """
-    verdict = getattr(model, "_gptcli_llama_decoder", None)
-    if verdict is None:
-        verdict = _build_checked(model) or False
-        try:
-            model._gptcli_llama_decoder = verdict
-        except (AttributeError, TypeError):  # pragma: no cover - a model object that takes no attributes
-            pass
-    return verdict or None
-
-
-def _build_checked(model: Any) -> LlamaDecoder | None:
-    from gptcli.kvcache import cache_kwarg
-
+def build(model: Any, cache_name: str) -> LlamaDecoder | None:
+    """The lean forward for a supported Llama-family model whose projections were fused at load
+    (`fuse_projections`); None otherwise. `gptcli.lean_decode` checks it before use."""
     if not _enabled() or not _config_supported(model):
         return None
-    name = cache_kwarg(model)
-    if name is None or not hasattr(model.model.layers[0].self_attn, "_gptcli_qkv"):
+    if not hasattr(model.model.layers[0].self_attn, "_gptcli_qkv"):
         return None
-    try:
-        decoder = LlamaDecoder(model, name)
-        return decoder if _agrees(model, decoder) else None
-    except Exception:  # anything unexpected in a model's layout: its own forward stays in charge
-        return None
-
-
-def _agrees(model: Any, decoder: LlamaDecoder) -> bool:
-    """Prefill of a left-padded two-row batch and two cached steps: the decoder's logits against
-    the model's own forward over the same cache calls."""
-    import torch
-
-    from gptcli.kvcache import new_cache
-
-    vocab = int(model.config.vocab_size)
-    name = decoder.cache_name
-    ids = torch.tensor([[5, 6, 7, 8, 9], [11, 12, 13, 14, 15]]) % vocab
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    fed = [torch.tensor([[17], [19]]) % vocab, torch.tensor([[23], [29]]) % vocab]
-    device = next(model.parameters()).device
-    ids, mask, positions, fed = ids.to(device), mask.to(device), positions.to(device), [f.to(device) for f in fed]
-    tol = 1e-3 if decoder.dtype == torch.float32 else 5e-2
-    with torch.inference_mode():
-        caches = [new_cache(model), new_cache(model)]
-        step = ids
-        for k in range(3):
-            outs = []
-            for run, cache in zip((model, decoder), caches):
-                kwargs = {name: cache, "attention_mask": mask, "position_ids": positions[:, -step.shape[1] :]}
-                outs.append(run(input_ids=step, use_cache=True, logits_to_keep=step.shape[1], **kwargs).logits.float())
-            want, got = outs
-            real = mask[:, -step.shape[1] :].bool()  # padded positions' logits are never used
-            scale = max(1.0, want[real].abs().max().item())
-            if not bool(torch.isfinite(got[real]).all()) or (got - want)[real].abs().max().item() > tol * scale:
-                return False
-            if k == 2:
-                break
-            step = fed[k]
-            mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
-            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-    return True
+    return LlamaDecoder(model, cache_name)

@@ -227,10 +227,10 @@ class _Runner:
     what it holds, then the rest is fed and the last `keep` positions' logits come back."""
 
     def __init__(self, model: Any, cache: PromptCache):
-        from gptcli.llama_decode import decode_forward
+        from gptcli.lean_decode import decode_forward
 
         self.model, self.cache = model, cache
-        self.call = decode_forward(model) or model  # the lean Llama-family forward, where it applies
+        self.call = decode_forward(model) or model  # a lean forward (gptcli.lean_decode), where one applies
         name = cache_kwarg(model)
         assert name is not None  # only models our decode loop drives get here (supports_fast_decode)
         self.name: str = name

@@ -89,21 +89,21 @@ def _reference(lm, prompt, n=10):
 
 
 PROMPTS = ["Once upon a time there was a little dog", "Max"]  # a batch of 2: the short one is left-padded
-LEAN = {"llama", "mistral", "qwen2"}  # the families gptcli.llama_decode serves
+LEAN = {"llama", "mistral", "qwen2", "gpt2"}  # the families a lean forward serves (gptcli.lean_decode)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fast_decode_matches_transformers_greedy(family, dtype, tokenizer_dir, tmp_path):
     from gptcli.generation import supports_fast_decode
-    from gptcli.llama_decode import decode_forward
+    from gptcli.lean_decode import decode_forward
     from gptcli.loading import open_model
 
     folder = _build(family, tmp_path / family, tokenizer_dir)
     lm, _ = open_model(str(folder), device="cpu", dtype=dtype)
     got = _greedy(lm, PROMPTS)
-    # Every family here is served by our decode loop (none silently falls back), and the
-    # Llama-family blocks by the lean forward.
+    # Every family here is served by our decode loop (none silently falls back), and GPT-2 and
+    # the Llama-family blocks by a lean forward.
     assert supports_fast_decode(lm)
     assert (decode_forward(lm.model) is not None) == (family in LEAN)
     want = [_reference(lm, p) for p in PROMPTS]
@@ -178,7 +178,7 @@ def test_lean_llama_forward_matches_transformers_greedy(variant, dtype, tokenize
     the cache's first growth). A left-padded batch of 2 gives the model's own forward's tokens on
     the same batch; in float32 also transformers' unpadded ones (in bfloat16, SDPA attention over a
     padded row rounds differently from the unpadded row, with the model's own forward too)."""
-    from gptcli.llama_decode import decode_forward
+    from gptcli.lean_decode import decode_forward
     from gptcli.loading import open_model
 
     folder = str(_build("llama", tmp_path / "m", tokenizer_dir, **ROPE_VARIANTS[variant]))
@@ -196,7 +196,7 @@ def test_lean_llama_forward_matches_transformers_greedy(variant, dtype, tokenize
 
 
 def test_rope_that_changes_with_length_keeps_the_model_forward(tokenizer_dir, tmp_path):
-    from gptcli.llama_decode import decode_forward
+    from gptcli.lean_decode import decode_forward
     from gptcli.loading import open_model
 
     dynamic = dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
@@ -206,7 +206,7 @@ def test_rope_that_changes_with_length_keeps_the_model_forward(tokenizer_dir, tm
 
 
 def test_mistral_sliding_window_keeps_the_model_forward(tokenizer_dir, tmp_path):
-    from gptcli.llama_decode import decode_forward
+    from gptcli.lean_decode import decode_forward
     from gptcli.loading import open_model
 
     folder = _build("mistral", tmp_path / "m", tokenizer_dir, sliding_window=4)
@@ -219,6 +219,7 @@ def test_lean_forward_that_disagrees_is_not_used(tokenizer_dir, tmp_path, monkey
     """The check before first use catches a decoder that gets padding wrong; the model's own
     forward answers instead, with the same tokens."""
     import gptcli.llama_decode as ld
+    from gptcli.lean_decode import decode_forward
     from gptcli.loading import open_model
 
     folder = _build("llama", tmp_path / "m", tokenizer_dir)
@@ -230,7 +231,7 @@ def test_lean_forward_that_disagrees_is_not_used(tokenizer_dir, tmp_path, monkey
         return real_mask(self, attention_mask.new_ones(attention_mask.shape), kv_len, t)
 
     monkeypatch.setattr(ld.LlamaDecoder, "_mask", ignores_padding)
-    assert ld.decode_forward(lm.model) is None
+    assert decode_forward(lm.model) is None
     assert _greedy(lm, PROMPTS) == want
 
 
@@ -240,7 +241,7 @@ def test_switch_off_and_fused_weights_give_the_same_logits(tokenizer_dir, tmp_pa
     `eval`, `model.generate`) gives the logits of the unfused model."""
     import torch
 
-    from gptcli.llama_decode import decode_forward
+    from gptcli.lean_decode import decode_forward
     from gptcli.loading import open_model
 
     folder = str(_build("qwen2", tmp_path / "m", tokenizer_dir))  # biases on q/k/v: fused too
@@ -262,7 +263,7 @@ def test_prompt_cache_reuse_through_the_lean_forward(tokenizer_dir, tmp_path):
     gives the tokens of a fresh run over the whole prompt."""
     from gptcli.generation import Completion, Request, stream_generate
     from gptcli.kvcache import PromptCache
-    from gptcli.llama_decode import decode_forward
+    from gptcli.lean_decode import decode_forward
     from gptcli.loading import open_model
     from gptcli.sampling import SamplingParams
 

@@ -59,14 +59,15 @@ def test_greedy_output_equals_the_dequantized_model(arch, scheme, gpt2_dir, llam
     import torch
     from tiny import build_model
 
-    from gptcli.llama_decode import decode_forward
+    from gptcli.lean_decode import decode_forward
 
     folder = {"gpt2": gpt2_dir, "llama": llama_dir}.get(arch) or build_model(tmp_path / arch, arch)
     quant, ref = _open(folder, scheme), _dequantized_reference(folder, scheme)
     assert quant.quantization.layers == (9 if arch == "gpt2" else 15)  # every linear layer, the head included
-    # Quantized Llama blocks decode through the lean forward too (q/k/v and gate/up fused into
-    # one quantized product each); int4 fuses only whole 64-row blocks, which the narrow model lacks.
-    lean = arch == "llama-wide" or (arch == "llama" and scheme == "int8")
+    # Quantized GPT-2 and Llama blocks decode through a lean forward too (Llama's q/k/v and gate/up
+    # fused into one quantized product each; int4 fuses only whole 64-row blocks, which the narrow
+    # Llama lacks).
+    lean = arch in ("gpt2", "llama-wide") or (arch == "llama" and scheme == "int8")
     assert (decode_forward(quant.model) is not None) == lean
     assert torch.allclose(_logits(quant), _logits(ref), atol=1e-4, rtol=1e-4)
     want = _greedy(ref, PROMPTS)
