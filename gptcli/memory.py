@@ -1,4 +1,5 @@
-"""Process memory: give the temporary buffers of loading a model back to the system.
+"""Process memory after loading a model: the load's temporary buffers and the weight file's pages
+go back to the system (`returning_freed_memory`, `release_weight_files`).
 
 Loading copies weights into new layouts (packed, stacked, quantized) and frees the old ones.
 glibc's malloc serves large blocks from its heap once a large block has been freed (its mmap
