@@ -109,12 +109,15 @@ def optimize_for_inference(model: Any, runtime: Any, min_weights: int = MIN_PACK
                 swaps.append((parent, name, child.weight, child.bias))
             elif type(child) is Conv1D:  # GPT-2 stores (in, out); packing wants (out, in)
                 swaps.append((parent, name, child.weight.t(), child.bias))
+    from gptcli.memory import drop_file_pages
+
     packed = 0
     with torch.no_grad():
         for parent, name, weight, bias in swaps:
             if weight.dtype != runtime.dtype or weight.dim() != 2 or weight.numel() < min_weights:
                 continue
             setattr(parent, name, PackedLinear(weight, bias))
+            drop_file_pages(weight, model)
             packed += 1
     return packed
 

@@ -126,6 +126,7 @@ def fuse_projections(model: Any, runtime: Any) -> int:
     import torch
 
     from gptcli.cpu_tuning import _op_works, _packed_linear_class
+    from gptcli.memory import drop_file_pages
     from gptcli.quantize import concat_linears, stacked_bias
 
     if not _enabled() or runtime.device.type != "cpu" or runtime.dtype not in (torch.float32, torch.bfloat16):
@@ -148,12 +149,15 @@ def fuse_projections(model: Any, runtime: Any) -> int:
             gate_up = product([mlp.gate_proj, mlp.up_proj])
             if qkv is None or gate_up is None:
                 continue
+            sources = [attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj]
             f = FusedLinear(qkv, [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features])
             attn.q_proj, attn.k_proj, attn.v_proj = (Part(f, i) for i in range(3))
             attn._gptcli_qkv = f
             g = FusedLinear(gate_up, [mlp.gate_proj.out_features, mlp.up_proj.out_features])
             mlp.gate_proj, mlp.up_proj = Part(g, 0), Part(g, 1)
             mlp._gptcli_gate_up = g
+            for source in sources:  # float weights now copied into the fused product
+                drop_file_pages(getattr(source, "weight", None), model)
             fused += 1
     return fused
 

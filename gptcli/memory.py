@@ -1,5 +1,6 @@
-"""Process memory after loading a model: the load's temporary buffers and the weight file's pages
-go back to the system (`returning_freed_memory`, `release_weight_files`).
+"""Process memory while loading a model: the load's temporary buffers and the weight file's pages
+go back to the system as soon as they are no longer needed (`returning_freed_memory`,
+`drop_file_pages` for each weight copied into a new layout, `release_weight_files` at the end).
 
 Loading copies weights into new layouts (packed, stacked, quantized) and frees the old ones.
 glibc's malloc serves large blocks from its heap once a large block has been freed (its mmap
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import mmap
 import sys
 from collections.abc import Iterator
 from functools import lru_cache
@@ -113,3 +115,45 @@ def release_weight_files(model: object) -> int:
                 copies[id(t)] = torch.nn.Parameter(data, requires_grad=t.requires_grad) if kind == "param" else data
             (module._parameters if kind == "param" else module._buffers)[name] = copies[id(t)]
     return kept_bytes
+
+
+_MADV_DONTNEED = 4  # from glibc's sys/mman.h
+
+
+def _storage_span(t: object) -> tuple[int, int] | None:
+    import torch
+
+    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided or t.is_mkldnn:
+        return None
+    storage = t.untyped_storage()
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+
+
+def drop_file_pages(weight: object, model: object) -> int:
+    """Give back the pages of the mapped weight file under `weight`, which a new layout (packed,
+    stacked, quantized) has just copied, unless a tensor of `model` still reads them (a tied
+    embedding). Returns the bytes given back.
+
+    Without this, loading holds the file's pages and the copies together until the end: a model's
+    weights twice at the peak. The mapping is private and its pages unmodified, so a later read
+    would fetch them from the file again; none is expected.
+    """
+    libc = _glibc()
+    span = _storage_span(weight)
+    if libc is None or span is None:
+        return 0
+    start, end = span
+    if not any(a <= start and end <= b for a, b in _file_mappings()):
+        return 0
+    for t in (*model.parameters(), *model.buffers()):  # type: ignore[attr-defined]
+        other = _storage_span(t)
+        if other is not None and other[0] < end and start < other[1]:
+            return 0
+    page = mmap.PAGESIZE
+    low, high = -(-start // page) * page, end // page * page  # whole pages only: neighbours keep theirs
+    if high <= low:
+        return 0
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if libc.madvise(low, high - low, _MADV_DONTNEED) != 0:
+        return 0
+    return high - low

@@ -417,6 +417,8 @@ def quantize_model(model: Any, scheme: str, dtype: Any, group_size: int = INT4_G
     """Replace the model's linear layers with quantized ones, in place."""
     import torch
 
+    from gptcli.memory import drop_file_pages
+
     p = plan(model, scheme, group_size)
     report = QuantReport(scheme)
     with torch.no_grad():
@@ -425,6 +427,7 @@ def quantize_model(model: Any, scheme: str, dtype: Any, group_size: int = INT4_G
             assert tensors is not None  # plan() left out what the scheme cannot take
             module = make_linear(tensors, t.bias, dtype, keep_rows=t.name == p.head and p.tied_embedding is not None)
             setattr(t.parent, t.attr, module)
+            drop_file_pages(t.weight, model)
             report.layers += 1
             report.float_bytes += t.weight.numel() * t.weight.element_size()
             report.quant_bytes += module.weight_bytes()

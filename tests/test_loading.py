@@ -197,3 +197,35 @@ def test_weights_left_in_the_file_are_copied_once_the_rest_is(arch, gpt2_dir, ll
         assert torch.equal(model(ids).logits, before)
     if arch == "gpt2":
         assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_file_pages_under_a_copied_weight_are_given_back(tmp_path):
+    """Once a weight is copied into a new layout, the pages of the mapped file under it leave the
+    process (loading no longer holds the file and the copies together); a tensor the model still
+    reads keeps its pages, and a late read of a dropped one gets the file's bytes again."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from gptcli.memory import _file_mappings, drop_file_pages
+
+    def resident_file_kb():
+        status = open("/proc/self/status").read()
+        return int(status.split("RssFile:")[1].split()[0])
+
+    torch.manual_seed(0)
+    w, e = torch.randn(1024, 1024), torch.randn(256, 1024)
+    save_file({"w": w, "e": e}, str(tmp_path / "model.safetensors"))
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        mapped_w, mapped_e = f.get_tensor("w"), f.get_tensor("e")
+    if not any(a <= mapped_w.data_ptr() < b for a, b in _file_mappings()):
+        pytest.skip("this safetensors version copies tensors out of the file")
+    assert float(mapped_w.sum()) == float(w.sum())  # every page read: resident
+    model = torch.nn.Module()
+    model.register_buffer("e", mapped_e)  # the model still reads this one
+    before = resident_file_kb()
+    dropped = drop_file_pages(mapped_w, model)
+    assert dropped >= 4 * 2**20 - 2 * 4096
+    assert before - resident_file_kb() >= 3 * 1024
+    assert drop_file_pages(mapped_e, model) == 0
+    assert torch.equal(mapped_w, w) and torch.equal(mapped_e, e)
