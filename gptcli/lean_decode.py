@@ -58,7 +58,7 @@ def product(module: Any) -> Any:
 
     if type(module) is torch.nn.Linear:
         return functools.partial(torch.nn.functional.linear, weight=module.weight, bias=module.bias)
-    if type(module).__name__ in ("PackedLinear", "Int8Linear", "Int4Linear", "Conv1D"):
+    if type(module).__name__ in ("PackedLinear", "Int8Linear", "Int4Linear", "Int8Planes", "Conv1D"):
         return module.forward
     raise TypeError(f"unexpected projection {type(module).__name__}")
 

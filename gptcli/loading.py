@@ -473,8 +473,10 @@ def tune_for_inference(lm: LoadedModel) -> None:
     from gptcli.cpu_tuning import fuse_activations, optimize_for_inference
     from gptcli.llama_decode import fuse_projections
     from gptcli.memory import release_weight_files
+    from gptcli.quantize import run_int8_on_int4_kernel
 
     fuse_projections(lm.model, lm.runtime)  # before packing: it needs the plain q/k/v and gate/up weights
+    run_int8_on_int4_kernel(lm.model, lm.runtime)  # after fusing: the stacked int8 products too
     optimize_for_inference(lm.model, lm.runtime)
     fuse_activations(lm.model)
     if lm.device.type == "cpu":

@@ -336,3 +336,44 @@ def test_weights_read_from_a_folder_are_aligned_for_the_int8_kernel(tmp_path):
     x = torch.randn(2, 8, 64, dtype=torch.bfloat16)
     expected = x.float() @ (q["qweight"].float() * q["scales"].bfloat16().float()[:, None]).t()
     torch.testing.assert_close(layer(x).float(), expected, rtol=0.02, atol=0.05)
+
+
+@pytest.mark.parametrize("shape", [(96, 64), (50, 128), (40, 96)])
+def test_int8_on_the_int4_kernel_matches_the_int8_kernel(shape):
+    """bfloat16 int8 layers run as two 4-bit planes through the int4 kernel: the same products as
+    `_weight_int8pack_mm` up to the order of the float32 sum (rows not a multiple of 16 padded and cut)."""
+    import torch
+
+    from gptcli.quantize import int8_planes, make_linear, quantize_int8
+
+    torch.manual_seed(0)
+    n, k = shape
+    layer = make_linear(quantize_int8(torch.randn(n, k)), torch.randn(n), torch.bfloat16)
+    planes = int8_planes(layer)
+    assert planes is not None
+    for rows in (1, 5):
+        x = torch.randn(2, rows, k, dtype=torch.bfloat16)
+        want, got = layer(x), planes(x)
+        assert got.shape == want.shape == (2, rows, n)
+        torch.testing.assert_close(got.float(), want.float(), rtol=0.01, atol=0.02)
+    # the same bytes as int8, plus the second plane's scales: nothing is stored twice
+    wide = make_linear(quantize_int8(torch.randn(256, 512)), None, torch.bfloat16)
+    assert int8_planes(wide).weight_bytes() <= 1.05 * wide.weight_bytes()
+
+
+def test_bfloat16_int8_models_use_the_int4_kernel_with_the_int8_kernels_logits(gpt2_dir, llama_dir):
+    """In bfloat16 every int8 layer but a tied head runs on the int4 kernel, the lean forward takes
+    them, and the logits are the int8 kernel's up to float32 summation order."""
+
+    from gptcli.lean_decode import decode_forward
+    from gptcli.loading import open_model
+
+    for folder in (gpt2_dir, llama_dir):
+        lm = open_model(str(folder), device="cpu", dtype="bfloat16", quantize="int8")[0]
+        kinds = [type(m).__name__ for m in lm.model.modules()]
+        assert "Int8Planes" in kinds and kinds.count("Int8Linear") == (1 if folder == gpt2_dir else 0)
+        assert decode_forward(lm.model) is not None
+        plain = open_model(str(folder), device="cpu", dtype="bfloat16", quantize="int8", fast=False)[0]
+        assert "Int8Planes" not in {type(m).__name__ for m in plain.model.modules()}
+        got, want = _logits(lm).float(), _logits(plain).float()
+        assert (got - want).abs().max().item() <= 0.02 * want.abs().max().item()
