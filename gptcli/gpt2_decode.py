@@ -10,7 +10,6 @@ cross-attention keep their own forward.
 
 from __future__ import annotations
 
-import functools
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,20 +18,8 @@ from gptcli.lean_decode import LeanDecoder, product
 
 class GPT2Decoder(LeanDecoder):
     def __init__(self, model: Any, cache_name: str):
-        import torch
-
-        self.torch = torch
-        self.cache_name = cache_name
         inner = model.transformer
-        self.dtype = inner.ln_f.weight.dtype
-        self.min_value = torch.finfo(self.dtype).min
-        wte = inner.wte
-        # A quantized head tied to the input embedding serves the lookups (gptcli.quantize).
-        self.embed = (
-            functools.partial(torch.nn.functional.embedding, weight=wte.weight)
-            if type(wte) is torch.nn.Embedding
-            else wte.forward
-        )
+        super().__init__(cache_name, inner.ln_f.weight.dtype, inner.wte)
         self.positions = inner.wpe.weight
         self.width = model.config.n_embd
         self.heads = model.config.n_head
@@ -54,7 +41,6 @@ class GPT2Decoder(LeanDecoder):
             )
         self.final_norm = (inner.ln_f.weight, inner.ln_f.bias, inner.ln_f.eps)
         self.head = product(model.lm_head)
-        self.attention = torch.nn.functional.scaled_dot_product_attention
 
     def __call__(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0, use_cache=True, **kwargs):
         torch = self.torch

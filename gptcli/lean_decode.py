@@ -28,10 +28,20 @@ class LeanDecoder:
     position_ids=...)` returns an object with `logits` (of the last `logits_to_keep` positions) and
     the cache, under the model's cache keyword."""
 
-    torch: Any
-    dtype: Any
-    min_value: float
-    cache_name: str
+    def __init__(self, cache_name: str, dtype: Any, embedding: Any):
+        import torch
+
+        self.torch = torch
+        self.cache_name = cache_name
+        self.dtype = dtype
+        self.min_value = torch.finfo(dtype).min
+        # A quantized head tied to the input embedding serves the lookups (gptcli.quantize).
+        self.embed = (
+            functools.partial(torch.nn.functional.embedding, weight=embedding.weight)
+            if type(embedding) is torch.nn.Embedding
+            else embedding.forward
+        )
+        self.attention = torch.nn.functional.scaled_dot_product_attention
 
     def _mask(self, attention_mask, kv_len: int, t: int):
         """Additive mask (b, 1, 1, t, kv_len): padding, the future, and a whole buffer's spare room."""

@@ -29,7 +29,6 @@ model's own forward in charge.
 
 from __future__ import annotations
 
-import functools
 import os
 from types import SimpleNamespace
 from typing import Any
@@ -172,18 +171,9 @@ class LlamaDecoder(LeanDecoder):
     def __init__(self, model: Any, cache_name: str):
         import torch
 
-        self.torch = torch
-        self.cache_name = cache_name
         config = model.config
         inner = model.model
-        self.dtype = inner.norm.weight.dtype
-        # A quantized head tied to the input embedding serves the lookups (gptcli.quantize).
-        embed = inner.embed_tokens
-        self.embed = (
-            functools.partial(torch.nn.functional.embedding, weight=embed.weight)
-            if type(embed) is torch.nn.Embedding
-            else embed.forward
-        )
+        super().__init__(cache_name, inner.norm.weight.dtype, inner.embed_tokens)
         self.device = inner.norm.weight.device
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
@@ -211,8 +201,6 @@ class LlamaDecoder(LeanDecoder):
         self.rotary = inner.rotary_emb
         self.cos = self.signed_sin = torch.empty(0)
         self._rope_table(256)
-        self.min_value = torch.finfo(self.dtype).min
-        self.attention = torch.nn.functional.scaled_dot_product_attention
 
     def _rope_table(self, positions: int) -> None:
         """cos/sin of the first `positions` positions (rows), from the model's own rotary module:

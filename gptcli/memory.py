@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter numbers from glibc's malloc.h
+_MADV_DONTNEED = 4  # from glibc's sys/mman.h
 _LOADING_THRESHOLD = 64 * 1024
 _RUNNING_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
@@ -34,6 +35,7 @@ def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt, libc.malloc_trim  # noqa: B018 - both exist only in glibc
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     except (OSError, AttributeError):
         return None
     return libc
@@ -51,6 +53,15 @@ def returning_freed_memory() -> Iterator[None]:
     finally:
         libc.mallopt(_M_MMAP_THRESHOLD, _RUNNING_THRESHOLD)
         libc.malloc_trim(0)
+
+
+def _storage_span(t: object) -> tuple[int, int] | None:
+    import torch
+
+    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided or t.is_mkldnn:
+        return None
+    storage = t.untyped_storage()
+    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
 
 
 def _file_mappings() -> list[tuple[int, int]]:
@@ -89,10 +100,8 @@ def release_weight_files(model: object) -> int:
         return t.numel() * t.element_size()
 
     def mapped(t: torch.Tensor) -> bool:
-        if t.device.type != "cpu" or t.layout != torch.strided or t.is_mkldnn or t.numel() == 0:
-            return False  # oneDNN-packed weights are opaque: always our own copies
-        address = t.untyped_storage().data_ptr()
-        return any(start <= address < end for start, end in ranges)
+        span = _storage_span(t)  # None for oneDNN-packed weights: opaque, always our own copies
+        return span is not None and t.numel() > 0 and any(a <= span[0] < b for a, b in ranges)
 
     module_tensors = [
         (module, kind, name, t)
@@ -115,18 +124,6 @@ def release_weight_files(model: object) -> int:
                 copies[id(t)] = torch.nn.Parameter(data, requires_grad=t.requires_grad) if kind == "param" else data
             (module._parameters if kind == "param" else module._buffers)[name] = copies[id(t)]
     return kept_bytes
-
-
-_MADV_DONTNEED = 4  # from glibc's sys/mman.h
-
-
-def _storage_span(t: object) -> tuple[int, int] | None:
-    import torch
-
-    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided or t.is_mkldnn:
-        return None
-    storage = t.untyped_storage()
-    return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
 
 
 def drop_file_pages(weight: object, model: object) -> int:
@@ -153,7 +150,6 @@ def drop_file_pages(weight: object, model: object) -> int:
     low, high = -(-start // page) * page, end // page * page  # whole pages only: neighbours keep theirs
     if high <= low:
         return 0
-    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     if libc.madvise(low, high - low, _MADV_DONTNEED) != 0:
         return 0
     return high - low

@@ -289,17 +289,24 @@ def _int4_linear(tensors: dict[str, Any], bias: Any | None, dtype: Any, keep_row
     if pad:
         q = torch.cat((q, q.new_full((pad, half), 0x88)))  # 8: zero after the -8 offset
         sz = torch.cat((sz, sz.new_zeros(pad, *sz.shape[1:])))
-    # The packed layout is built per block of rows (4096: whole blocks of _INT4_BLOCK_ROWS):
-    # the int32 values it takes would otherwise be 4 bytes per weight for a whole head.
-    packed = torch.cat(
-        [
-            torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(rows).to(torch.int32), 1)
-            for rows in _row_chunks(q)
-        ]
-    )
+    packed = _pack_int4(q, unpack_int4)
     rows = {k: v.contiguous() for k, v in tensors.items()} if keep_rows else None
     bias = None if bias is None else bias.detach().to(dtype)
     return Int4Linear(packed, sz.transpose(0, 1).to(dtype).contiguous(), bias, n, rows=rows)
+
+
+def _pack_int4(rows: Any, codes: Any) -> Any:
+    """The int4 kernel's packed layout of `codes(chunk)` (int values 0..15, one per weight) for the
+    rows of `rows`. Built per chunk of rows (4096: whole blocks of _INT4_BLOCK_ROWS): the int32
+    values the packing takes would otherwise be 4 bytes per weight for a whole head."""
+    import torch
+
+    return torch.cat(
+        [
+            torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes(chunk).to(torch.int32), 1)
+            for chunk in _row_chunks(rows)
+        ]
+    )
 
 
 def stacked_bias(modules: list[Any]) -> Any | None:
@@ -344,18 +351,13 @@ def concat_linears(modules: list[Any]) -> Any | None:
     return Int4Linear(packed, scales_zeros, bias, packed.shape[0])
 
 
-def is_quantized_module(module: Any) -> bool:
-    Int8Linear, Int4Linear, _, Int8Planes = _modules()
-    return isinstance(module, (Int8Linear, Int4Linear, Int8Planes))
-
-
 def int8_planes(module: Any) -> Any | None:
     """`module` (an Int8Linear) as an Int8Planes layer; None when its inputs fit no int4 group size."""
     import torch
 
     _, _, _, Int8Planes = _modules()
     n, k = module.out_features, module.in_features
-    group = next((g for g in (256, 128, 64, 32) if k % g == 0), None)
+    group = group_size_for(k, max(_INT4_GROUPS))
     if group is None:
         return None
     q, scales = module.qweight, module.scales
@@ -363,17 +365,17 @@ def int8_planes(module: Any) -> Any | None:
     if pad:  # zero rows with zero scales: their outputs are cut off
         q = torch.cat((q, q.new_zeros(pad, k)))
         scales = torch.cat((scales, scales.new_zeros(pad)))
-    chunks = []
-    for rows in _row_chunks(q):  # whole blocks of _INT4_BLOCK_ROWS, as the packed layout wants
+
+    def planes(rows: Any) -> Any:  # [rows, 2k] in 0..15: hi + 8, then lo
         wide = rows.to(torch.int32)
         high = torch.div(wide, 16, rounding_mode="floor")
-        codes = torch.cat((high + 8, wide - 16 * high), dim=1)  # [rows, 2k] in 0..15
-        chunks.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
+        return torch.cat((high + 8, wide - 16 * high), dim=1)
+
     groups = k // group
     high_sz = torch.stack((16 * scales, torch.zeros_like(scales)), dim=-1)
     low_sz = torch.stack((scales, 8 * scales), dim=-1)
     scales_zeros = torch.cat((high_sz.expand(groups, -1, -1), low_sz.expand(groups, -1, -1))).contiguous()
-    return Int8Planes(torch.cat(chunks), scales_zeros, module.bias, n)
+    return Int8Planes(_pack_int4(q, planes), scales_zeros, module.bias, n)
 
 
 def run_int8_on_int4_kernel(model: Any, runtime: Any) -> int:
