@@ -99,6 +99,107 @@ def _decode(lm, new_tokens: int) -> float:
     return stats.completion_tokens / stats.elapsed_s
 
 
+def _projections(decoder, config) -> tuple[tuple[tuple[int, int], ...], int]:
+    """Where the lean forward keeps its projections: (index in each layer's tuple, input width)
+    for every layer's, and the head's input width."""
+    from gptcli.gpt2_decode import GPT2Decoder
+    from gptcli.llama_decode import LlamaDecoder
+
+    if isinstance(decoder, LlamaDecoder):
+        hidden, q_size = config.hidden_size, decoder.heads * decoder.head_dim
+        return ((2, hidden), (3, q_size), (6, hidden), (7, decoder.intermediate)), hidden
+    if isinstance(decoder, GPT2Decoder):
+        n = config.n_embd
+        return ((1, n), (3, n), (5, n), (7, config.n_inner or 4 * n)), n
+    raise RuntimeError("no lean forward for this model: nothing to time")
+
+
+def _products_pass(lm, passes: int = 16):
+    """A function timing the projections of one decode step alone (ms per token): every layer's
+    products and the head, called in the model's order on one-row inputs with the kernels and
+    weights the lean forward uses. No code that calls these kernels can be faster than this."""
+    import torch
+
+    from gptcli.lean_decode import decode_forward
+
+    decoder = decode_forward(lm.model)
+    picks, head_width = _projections(decoder, lm.model.config)
+    rows = {w: torch.randn(1, 1, w, dtype=decoder.dtype) for w in [head_width] + [w for _, w in picks]}
+    calls = [(layer[i], rows[w]) for layer in decoder.layers for i, w in picks]
+    calls.append((decoder.head, rows[head_width]))
+
+    def run() -> float:
+        with torch.inference_mode():
+            for fn, x in calls:  # warm: the first pass brings the weights in as decoding does
+                fn(x)
+            started = time.perf_counter()
+            for _ in range(passes):
+                for fn, x in calls:
+                    fn(x)
+            return 1000 * (time.perf_counter() - started) / passes
+
+    return run
+
+
+class _TimedForward:
+    """The lean forward, timed: `ms` per call so far."""
+
+    def __init__(self, decoder):
+        self.decoder, self.seconds, self.calls = decoder, 0.0, 0
+
+    def __call__(self, *args, **kwargs):
+        started = time.perf_counter()
+        out = self.decoder(*args, **kwargs)
+        self.seconds += time.perf_counter() - started
+        self.calls += 1
+        return out
+
+    @property
+    def ms(self) -> float:
+        return 1000 * self.seconds / max(1, self.calls)
+
+
+def _without_projections(decoder, config):
+    """A copy of the lean forward whose projections return the output they gave last time for
+    that input shape: what is left is the rest of the forward (norms, rotary, cache, attention)."""
+    import copy
+
+    picks, _ = _projections(decoder, config)
+    last: dict = {}
+
+    def skipping(fn):
+        def call(x):
+            key = (id(fn), tuple(x.shape))
+            if key not in last:
+                last[key] = fn(x)
+            return last[key]
+
+        return call
+
+    lean = copy.copy(decoder)
+    slots = {i for i, _ in picks}
+    lean.layers = [tuple(skipping(v) if k in slots else v for k, v in enumerate(layer)) for layer in decoder.layers]
+    lean.head = skipping(decoder.head)
+    return lean
+
+
+def _decode_split(lm, new_tokens: int) -> tuple[float, float, float]:
+    """tokens/s of a decode run, its forward's ms per step, and the forward's ms per step
+    without its projections (a second run)."""
+    from gptcli.lean_decode import decode_forward
+
+    model = lm.model
+    decoder = decode_forward(model)
+    try:
+        model._gptcli_lean_decoder = timed = _TimedForward(decoder)
+        speed = _decode(lm, new_tokens)
+        model._gptcli_lean_decoder = rest = _TimedForward(_without_projections(decoder, model.config))
+        _decode(lm, new_tokens)
+    finally:
+        model._gptcli_lean_decoder = decoder
+    return speed, timed.ms, rest.ms
+
+
 def _llama_cpp_runners(model_dir: str, new_tokens: int, threads: int) -> dict:
     """llama.cpp at each setting's precision, loaded and warmed up; empty without llama-cpp-python."""
     try:
@@ -119,17 +220,28 @@ def worker_speed(model_dir: str, new_tokens: int, threads: int, rounds: int) -> 
     for lm in models.values():
         _decode(lm, 8)  # warm-up
     cpp = _llama_cpp_runners(model_dir, new_tokens, threads)
+    products = {s: _products_pass(lm) for s, lm in models.items()}
     runs: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    product_runs: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    split: dict[str, list[tuple[float, float]]] = {s: [] for s in SETTINGS}
     cpp_runs: dict[str, list[float]] = {s: [] for s in cpp}
     for _ in range(rounds):
         for s in SETTINGS:
-            runs[s].append(_decode(models[s], new_tokens))
+            speed, forward_ms, rest_ms = _decode_split(models[s], new_tokens)
+            runs[s].append(speed)
+            split[s].append((forward_ms, rest_ms))
+            product_runs[s].append(products[s]())
             if s in cpp:
                 cpp_runs[s].append(cpp[s]())
     emit(
         {
             "best": {s: max(v) for s, v in runs.items()},
             "runs": runs,
+            "products_ms": {s: min(v) for s, v in product_runs.items()},
+            # from the best round: the forward per step, and the forward without its projections
+            "forward_ms": {s: split[s][v.index(max(v))][0] for s, v in runs.items()},
+            "rest_ms": {s: split[s][v.index(max(v))][1] for s, v in runs.items()},
+            "product_runs": product_runs,
             "cpp_best": {s: max(v) for s, v in cpp_runs.items()},
             "cpp_runs": cpp_runs,
         }
@@ -193,21 +305,44 @@ def weight_bytes_bf16(model_dir: Path) -> int:
 
 def speed_table(name: str, model_dir: Path, args) -> None:
     r = run_worker("speed", str(model_dir), str(args.new_tokens), str(args.threads), str(args.rounds))
-    best = r["best"]
-    cpp: dict[str, float] | str = r["cpp_best"] or "not installed"
+    best, products = r["best"], r["products_ms"]
+    cpp: dict[str, float] = r["cpp_best"]
     print(f"\n{name}: batch 1, {args.new_tokens} greedy tokens, {args.threads} threads, best of {args.rounds} rounds")
-    print(f"{'setting':8} {'tokens/s':>9} {'vs bf16':>8} {'llama.cpp':>14} {'tokens/s':>9} {'gptcli/llama.cpp':>17}")
+    print(
+        f"{'setting':8} {'tokens/s':>9} {'vs bf16':>8} {'ms/token':>9} {'products':>9} {'ceiling':>8}"
+        f" {'llama.cpp':>10} {'tokens/s':>9} {'ratio':>7} {'ceiling':>8}"
+    )
     for s in SETTINGS:
-        if isinstance(cpp, str):
-            other, ratio = cpp, ""
-        else:
-            v = cpp[s]
-            other, ratio = (f"{v:9.1f}", f"{best[s] / v:16.2f}x") if v else ("n/a", "")
-        print(
-            f"{s:8} {best[s]:9.1f} {best[s] / best['bf16']:7.2f}x {LLAMA_CPP_PRECISION[s].upper():>14} "
-            f"{other:>9} {ratio:>17}"
+        ms = 1000 / best[s]
+        row = (
+            f"{s:8} {best[s]:9.1f} {best[s] / best['bf16']:7.2f}x {ms:9.2f} {products[s]:9.2f}"
+            f" {products['bf16'] / products[s]:7.2f}x {LLAMA_CPP_PRECISION[s].upper():>10}"
         )
+        if s in cpp:
+            row += f" {cpp[s]:9.1f} {best[s] / cpp[s]:6.2f}x {1000 / cpp[s] / products[s]:7.2f}x"
+        else:
+            row += f" {'not installed':>9}"
+        print(row)
+    print(
+        "  products: ms per token of the projections alone (every layer's and the head, the kernels and weights"
+        " decoding uses);\n  ceiling: the most any code calling those kernels could reach, vs bf16 (bf16's"
+        " products / these) and vs llama.cpp (its whole token / these products)"
+    )
+    print("  where a token's time goes (ms, best round): the whole token = the forward + the decode loop around it")
+    print(f"  {'setting':8} {'token':>7} {'forward':>8} {'products':>9} {'the rest':>9} {'loop':>6} {'llama.cpp':>10}")
+    for s in SETTINGS:
+        ms, forward = 1000 / best[s], r["forward_ms"][s]
+        other = f"{1000 / cpp[s]:10.2f}" if s in cpp else f"{'-':>10}"
+        print(f"  {s:8} {ms:7.2f} {forward:8.2f} {products[s]:9.2f} {r['rest_ms'][s]:9.2f} {ms - forward:6.2f} {other}")
+    print(
+        "  (products: the projections alone, as above; the rest: the forward with its projections skipped;"
+        " products + the rest < forward: the projections run slower between the other ops)"
+    )
     print("  rounds: " + "; ".join(f"{s} " + ", ".join(f"{v:.1f}" for v in r["runs"][s]) for s in SETTINGS))
+    print(
+        "  products rounds (ms): "
+        + "; ".join(f"{s} " + ", ".join(f"{v:.2f}" for v in r["product_runs"][s]) for s in SETTINGS)
+    )
     if r["cpp_runs"]:
         cpp_rounds = "; ".join(
             f"{LLAMA_CPP_PRECISION[s].upper()} " + ", ".join(f"{v:.1f}" for v in r["cpp_runs"][s]) for s in SETTINGS

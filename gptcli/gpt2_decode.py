@@ -50,7 +50,6 @@ class GPT2Decoder(LeanDecoder):
         n, h, d = self.width, self.heads, self.head_dim
         shape = (n,)
         x = self.embed(input_ids) + torch.nn.functional.embedding(position_ids, self.positions)
-        mask = None
         for i, (norm1, qkv_proj, scaling, out_proj, norm2, fc, act, fc_proj) in enumerate(self.layers):
             y = layer_norm(x, shape, *norm1)
             q, k, v = qkv_proj(y).split(n, dim=2)
@@ -58,8 +57,9 @@ class GPT2Decoder(LeanDecoder):
             keys, values = cache.layers[i].update(
                 k.view(b, t, h, d).transpose(1, 2), v.view(b, t, h, d).transpose(1, 2)
             )
-            if mask is None:
-                mask = self._mask(attention_mask, keys.shape[-2], t).view(b, 1, t, -1)
+            if i == 0:
+                mask = self._mask(attention_mask, keys.shape[-2], t)
+                mask = None if mask is None else mask.view(b, 1, t, -1)
             out = self.attention(q, keys, values, attn_mask=mask, scale=scaling)
             x = out_proj(out.transpose(1, 2).reshape(b, t, n)) + x
             y = layer_norm(x, shape, *norm2)

@@ -44,9 +44,13 @@ class LeanDecoder:
         self.attention = torch.nn.functional.scaled_dot_product_attention
 
     def _mask(self, attention_mask, kv_len: int, t: int):
-        """Additive mask (b, 1, 1, t, kv_len): padding, the future, and a whole buffer's spare room."""
+        """Additive mask (b, 1, 1, t, kv_len): padding, the future, and a whole buffer's spare room.
+        None for one new token that may see every key: attention without a mask is cheaper, and
+        adding a mask of zeros changes no score."""
         torch = self.torch
         b, filled = attention_mask.shape
+        if t == 1 and kv_len == filled and bool(attention_mask.all()):
+            return None
         device = attention_mask.device
         past = filled - t
         keep = torch.zeros(b, kv_len, dtype=torch.bool, device=device)

@@ -234,7 +234,6 @@ class LlamaDecoder(LeanDecoder):
         cos = self.cos[position_ids].unsqueeze(2)  # (b, t, 1, d): broadcast over heads
         sin = self.signed_sin[position_ids].unsqueeze(2)
         half = d // 2
-        mask = None
         for i, (n1, e1, qkv_proj, o_proj, n2, e2, gate_up_proj, down_proj) in enumerate(self.layers):
             y = self._rms(x, n1, e1)
             qkv = qkv_proj(y)
@@ -247,13 +246,13 @@ class LlamaDecoder(LeanDecoder):
             k = qk[:, :, h:].transpose(1, 2)
             v = qkv[..., q_size + kv_size :].view(b, t, kvh, d).transpose(1, 2)
             keys, values = cache.layers[i].update(k, v)
-            if mask is None:
+            if i == 0:
                 mask = self._mask(attention_mask, keys.shape[-2], t)
             # Grouped-query attention without repeat_kv: a group's query heads share one key/value
             # head, so they become query rows against it (the mask repeats for each head of a group).
             if t == 1:  # the common decode step: these are views
                 q = q.view(b, kvh, g, d)
-                rows_mask = mask.view(b, 1, 1, -1)
+                rows_mask = None if mask is None else mask.view(b, 1, 1, -1)
             else:
                 q = q.reshape(b, t, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
                 rows_mask = mask.expand(b, 1, g, t, -1).reshape(b, 1, g * t, -1)

@@ -318,3 +318,61 @@ def test_lean_rms_norm_is_bit_equal_to_the_models_own(dtype):
         want = norm(x)
         got = LlamaDecoder._rms(SimpleNamespace(torch=torch, dtype=dt), x, norm.weight, norm.variance_epsilon)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_one_unpadded_row_attends_without_a_mask_with_the_same_logits(family, tokenizer_dir, tmp_path, monkeypatch):
+    """A decode step of one row that may see every key skips the attention mask (cheaper), and its
+    logits are bit-equal to the step with a mask of zeros; padding, spare buffer room and a prompt
+    of several tokens still get one."""
+    import torch
+
+    from gptcli.kvcache import new_cache
+    from gptcli.lean_decode import LeanDecoder, decode_forward
+    from gptcli.loading import open_model
+
+    lm, _ = open_model(str(_build(family, tmp_path / "m", tokenizer_dir)), device="cpu", dtype="bfloat16")
+    decoder = decode_forward(lm.model)
+    assert decoder is not None
+    ones = torch.ones(1, 6, dtype=torch.long)
+    assert decoder._mask(ones, 6, 1) is None
+    assert decoder._mask(torch.tensor([[0, 1, 1, 1, 1, 1]]), 6, 1) is not None  # a padded row
+    assert decoder._mask(ones, 8, 1) is not None  # keys past the filled length: a whole buffer's spare room
+    assert decoder._mask(ones, 6, 3) is not None  # several new tokens: the future is masked
+    assert decoder._mask(torch.ones(2, 6, dtype=torch.long), 6, 1) is None
+
+    def steps():
+        ids = torch.tensor([lm.tokenizer(PROMPTS[0])["input_ids"]])
+        cache, mask, out = new_cache(lm.model), torch.ones_like(ids), []
+        step, positions = ids, torch.arange(ids.shape[1])[None]
+        with torch.inference_mode():
+            for _ in range(6):
+                kwargs = {decoder.cache_name: cache, "attention_mask": mask, "position_ids": positions}
+                logits = decoder(input_ids=step, logits_to_keep=1, **kwargs).logits
+                out.append(logits)
+                step = logits[:, -1:].argmax(-1)
+                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+                positions = positions[:, -1:] + 1
+        return out
+
+    own_mask = LeanDecoder._mask
+    masks: list = []
+
+    def recorded(self, attention_mask, kv_len, t):
+        masks.append(own_mask(self, attention_mask, kv_len, t))
+        return masks[-1]
+
+    monkeypatch.setattr(LeanDecoder, "_mask", recorded)
+    without = steps()
+    assert masks[0] is not None and all(m is None for m in masks[1:])  # the prompt, then 5 steps unmasked
+
+    def zeros_instead_of_none(self, attention_mask, kv_len, t):
+        mask = own_mask(self, attention_mask, kv_len, t)
+        if mask is None:
+            b = attention_mask.shape[0]
+            return torch.zeros(b, 1, 1, t, kv_len, dtype=self.dtype)
+        return mask
+
+    monkeypatch.setattr(LeanDecoder, "_mask", zeros_instead_of_none)
+    with_zeros = steps()
+    assert all(torch.equal(a, b) for a, b in zip(without, with_zeros))
