@@ -11,7 +11,10 @@ and its speed drifts; side by side keeps the ratios honest); each setting's best
 speed. Targets: int8 >= 1.7x bfloat16, int4 >= 2.5x. When `benchmarks/llamacpp_baseline.py`
 and llama-cpp-python are there, llama.cpp at F16/Q8_0/Q4_0 runs in the same worker process, each
 round right after gptcli's at the same precision (ratio gptcli / llama.cpp of the best rounds;
-target >= 1.0x); otherwise the column says "not installed".
+target >= 1.0x); otherwise the column says "not installed". A second table splits gptcli's token:
+the forward and the decode loop around it; inside the forward, the projections alone (the same
+kernels and weights, back to back) and the rest (the forward with its projections skipped); and
+the bound llama.cpp's token / (projections + rest) that no faster glue could pass.
 
 Memory: each setting in a fresh process (load, generate 16 tokens): peak RSS, against the
 "runtime" (the same run on a 1-layer, 64-wide model of the same architecture and tokenizer: the
@@ -238,9 +241,8 @@ def worker_speed(model_dir: str, new_tokens: int, threads: int, rounds: int) -> 
             "best": {s: max(v) for s, v in runs.items()},
             "runs": runs,
             "products_ms": {s: min(v) for s, v in product_runs.items()},
-            # from the best round: the forward per step, and the forward without its projections
-            "forward_ms": {s: split[s][v.index(max(v))][0] for s, v in runs.items()},
-            "rest_ms": {s: split[s][v.index(max(v))][1] for s, v in runs.items()},
+            "forward_ms": {s: split[s][v.index(max(v))][0] for s, v in runs.items()},  # of the best round
+            "rest_ms": {s: min(rest for _, rest in split[s]) for s in SETTINGS},
             "product_runs": product_runs,
             "cpp_best": {s: max(v) for s, v in cpp_runs.items()},
             "cpp_runs": cpp_runs,
@@ -305,49 +307,41 @@ def weight_bytes_bf16(model_dir: Path) -> int:
 
 def speed_table(name: str, model_dir: Path, args) -> None:
     r = run_worker("speed", str(model_dir), str(args.new_tokens), str(args.threads), str(args.rounds))
-    best, products = r["best"], r["products_ms"]
-    cpp: dict[str, float] = r["cpp_best"]
+    best, cpp = r["best"], r["cpp_best"]
     print(f"\n{name}: batch 1, {args.new_tokens} greedy tokens, {args.threads} threads, best of {args.rounds} rounds")
-    print(
-        f"{'setting':8} {'tokens/s':>9} {'vs bf16':>8} {'ms/token':>9} {'products':>9} {'ceiling':>8}"
-        f" {'llama.cpp':>10} {'tokens/s':>9} {'ratio':>7} {'ceiling':>8}"
-    )
+    print(f"{'setting':8} {'tokens/s':>9} {'vs bf16':>8} {'llama.cpp':>10} {'tokens/s':>9} {'gptcli/llama.cpp':>17}")
     for s in SETTINGS:
-        ms = 1000 / best[s]
-        row = (
-            f"{s:8} {best[s]:9.1f} {best[s] / best['bf16']:7.2f}x {ms:9.2f} {products[s]:9.2f}"
-            f" {products['bf16'] / products[s]:7.2f}x {LLAMA_CPP_PRECISION[s].upper():>10}"
-        )
-        if s in cpp:
-            row += f" {cpp[s]:9.1f} {best[s] / cpp[s]:6.2f}x {1000 / cpp[s] / products[s]:7.2f}x"
-        else:
-            row += f" {'not installed':>9}"
+        row = f"{s:8} {best[s]:9.1f} {best[s] / best['bf16']:7.2f}x {LLAMA_CPP_PRECISION[s].upper():>10}"
+        row += f" {cpp[s]:9.1f} {best[s] / cpp[s]:16.2f}x" if s in cpp else " not installed"
         print(row)
-    print(
-        "  products: ms per token of the projections alone (every layer's and the head, the kernels and weights"
-        " decoding uses);\n  ceiling: the most any code calling those kernels could reach, vs bf16 (bf16's"
-        " products / these) and vs llama.cpp (its whole token / these products)"
-    )
-    print("  where a token's time goes (ms, best round): the whole token = the forward + the decode loop around it")
-    print(f"  {'setting':8} {'token':>7} {'forward':>8} {'products':>9} {'the rest':>9} {'loop':>6} {'llama.cpp':>10}")
-    for s in SETTINGS:
-        ms, forward = 1000 / best[s], r["forward_ms"][s]
-        other = f"{1000 / cpp[s]:10.2f}" if s in cpp else f"{'-':>10}"
-        print(f"  {s:8} {ms:7.2f} {forward:8.2f} {products[s]:9.2f} {r['rest_ms'][s]:9.2f} {ms - forward:6.2f} {other}")
-    print(
-        "  (products: the projections alone, as above; the rest: the forward with its projections skipped;"
-        " products + the rest < forward: the projections run slower between the other ops)"
-    )
     print("  rounds: " + "; ".join(f"{s} " + ", ".join(f"{v:.1f}" for v in r["runs"][s]) for s in SETTINGS))
-    print(
-        "  products rounds (ms): "
-        + "; ".join(f"{s} " + ", ".join(f"{v:.2f}" for v in r["product_runs"][s]) for s in SETTINGS)
-    )
     if r["cpp_runs"]:
         cpp_rounds = "; ".join(
             f"{LLAMA_CPP_PRECISION[s].upper()} " + ", ".join(f"{v:.1f}" for v in r["cpp_runs"][s]) for s in SETTINGS
         )
         print(f"  llama.cpp rounds (each right after gptcli's at the same precision): {cpp_rounds}")
+    print(f"\n  where a token's time goes, ms ({name}, gptcli's best round):")
+    print(
+        f"  {'setting':8} {'token':>7} {'forward':>8} {'loop':>6} {'products':>9} {'the rest':>9} {'sum':>6}"
+        f" {'llama.cpp':>10} {'bound':>7}"
+    )
+    for s in SETTINGS:
+        ms, forward, products, rest = 1000 / best[s], r["forward_ms"][s], r["products_ms"][s], r["rest_ms"][s]
+        row = f"  {s:8} {ms:7.2f} {forward:8.2f} {ms - forward:6.2f} {products:9.2f} {rest:9.2f} {products + rest:6.2f}"
+        if s in cpp:
+            row += f" {1000 / cpp[s]:10.2f} {1000 / cpp[s] / (products + rest):6.2f}x"
+        print(row)
+    print(
+        "  token = forward + loop (sampling, stop checks, detokenizing); products: every projection of one step"
+        " alone, back to back,\n  on one-row inputs with the kernels and weights decoding uses; the rest: the forward with its\n  projections skipped (norms, rotary, cache, attention);"
+        " bound: llama.cpp's whole token / (products + the rest), both their fastest rounds: the most\n  this forward could reach against"
+        " llama.cpp if nothing else cost anything (in the forward the rest runs slower than\n  alone: the"
+        " products stream the weights through the caches the rest's code and data were in)"
+    )
+    print(
+        "  products rounds (ms): "
+        + "; ".join(f"{s} " + ", ".join(f"{v:.2f}" for v in r["product_runs"][s]) for s in SETTINGS)
+    )
 
 
 def rss_table(name: str, model_dir: Path, work: Path, args) -> None:
