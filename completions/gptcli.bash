@@ -176,8 +176,9 @@ _gptcli() {
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -W "auto float32 bfloat16 float16" -- "$cur")); return ;;
                 --threads) return ;;
+                --quantize) return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--host --port --api-key --max-concurrency --max-queue --max-body-mb --shutdown-timeout --max-new-tokens -t --temperature --top-k --top-p --min-p --repetition-penalty --greedy --seed --model -m --device --dtype --threads --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--host --port --api-key --max-concurrency --max-queue --max-body-mb --shutdown-timeout --max-new-tokens -t --temperature --top-k --top-p --min-p --repetition-penalty --greedy --seed --model -m --device --dtype --threads --quantize --allow-pickle --trust-remote-code --help -h" -- "$cur")); else COMPREPLY=(); fi
             ;;
         train)
             case "$prev" in

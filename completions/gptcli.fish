@@ -186,6 +186,7 @@ complete -c gptcli -n '__fish_seen_subcommand_from serve' -l model -s m -r -a 't
 complete -c gptcli -n '__fish_seen_subcommand_from serve' -l device -r -a 'auto cpu cuda mps' -d 'auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then CPU. (default: auto)'
 complete -c gptcli -n '__fish_seen_subcommand_from serve' -l dtype -r -a 'auto float32 bfloat16 float16' -d 'auto, float32, bfloat16 or float16. auto picks the fastest safe type for the device. (default: auto)'
 complete -c gptcli -n '__fish_seen_subcommand_from serve' -l threads -r -d 'CPU threads for PyTorch. (default: 1 for models under 20 M parameters, else PyTorch\'s own count)'
+complete -c gptcli -n '__fish_seen_subcommand_from serve' -l quantize -r -d 'int8 or int4: run the linear layers with quantized weights (CPU; faster, slightly less exact). (default: off)'
 complete -c gptcli -n '__fish_seen_subcommand_from serve' -l allow-pickle -d 'Allow pickle weights (.bin/.pt). Pickle can run code: only for sources you trust.'
 complete -c gptcli -n '__fish_seen_subcommand_from serve' -l trust-remote-code -d 'Run model code shipped with a Hub repository. Only for sources you trust.'
 complete -c gptcli -n '__fish_seen_subcommand_from serve' -l help -s h -d 'Show help and exit.'

@@ -354,6 +354,42 @@ def test_serve_rejects_bad_options_before_loading(cli):
     assert r.exit_code == 2 and "--max-concurrency" in r.stderr
 
 
+def test_quantize_serves_the_quantized_model_with_generate_s_greedy_text(cli, model_dir, monkeypatch):
+    """`serve --quantize int8` loads int8 weights (said on stderr) and its greedy completions equal
+    `gptcli generate --quantize int8 --greedy`; a bad value is a usage error before loading."""
+    from gptcli.server import Server
+
+    r = cli("serve", "--model", model_dir, "--quantize", "int3")
+    assert r.exit_code == 2 and "unknown --quantize value 'int3'" in r.stderr
+
+    served = []
+
+    def run(self):  # the server the command built: serve two greedy requests, then stop
+        served.append(self.engine.lm.quantization)
+        threading.Thread(target=self.run_for_test, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not self.started():
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        port = self.sock.getsockname()[1]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        for p in PROMPTS[:2]:
+            done = client.completions.create(model=self.api.config.model_id, prompt=p, max_tokens=12, temperature=0)
+            served.append(done.choices[0].text)
+        self.stop()
+
+    monkeypatch.setattr(Server, "run_for_test", Server.run, raising=False)
+    monkeypatch.setattr(Server, "run", run)
+    r = cli("serve", "--model", model_dir, "--port", "0", "--quantize", "int8")
+    assert r.exit_code == 0, r.stderr
+    assert served[0] is not None and served[0].scheme == "int8"
+    assert "int8 weights" in r.stderr
+    want = _generate_json(
+        cli, model_dir, "--greedy", "--max-new-tokens", "12", "--quantize", "int8", prompts=PROMPTS[:2]
+    )
+    assert served[1:] == [w["text"] for w in want]
+
+
 def test_a_port_in_use_is_one_error_line(cli, model_dir):
     from gptcli.server import listen
 

@@ -90,6 +90,7 @@ def serve(
     device: opt.Device = None,
     dtype: opt.Dtype = None,
     threads: opt.Threads = None,
+    quantize: opt.Quantize = None,
     allow_pickle: opt.AllowPickle = False,
     trust_remote_code: opt.TrustRemoteCode = False,
 ) -> Any:
@@ -97,11 +98,12 @@ def serve(
     /v1/models, /health). Concurrent requests are batched on the device. The sampling
     options set the defaults a request can override. SIGTERM or Ctrl-C stops it.
 
-    Examples: gptcli serve · gptcli serve --model ./my-model --port 8080 ·
+    Examples: gptcli serve · gptcli serve --model ./my-model --port 8080 --quantize int8 ·
     gptcli serve --host 0.0.0.0 --api-key "$KEY"
     """
     from gptcli.cli.output import Output
     from gptcli.errors import UsageError
+    from gptcli.quantize import parse_scheme
     from gptcli.runtime import check_options
     from gptcli.sampling import SamplingParams
 
@@ -116,6 +118,7 @@ def serve(
         seed=seed,
     )
     check_options(device, dtype, threads)
+    quant = parse_scheme(quantize)
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be from 0 to 65535 (got {port}).")
     if max_concurrency < 1:
@@ -145,6 +148,7 @@ def serve(
         device=device,
         dtype=dtype,
         threads=threads,
+        quantize=quant,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
     )
@@ -170,9 +174,10 @@ def serve(
         )
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    weights = f", {lm.quantization.describe()}" if lm.quantization is not None else ""
     out.note(
-        f"Serving {lm.name} at http://{shown}:{bound[1]}/v1 (OpenAI API; up to {max_concurrency} requests "
-        f"batched at once). Ctrl-C stops."
+        f"Serving {lm.name} at http://{shown}:{bound[1]}/v1 (OpenAI API{weights}; up to {max_concurrency} "
+        f"requests batched at once). Ctrl-C stops."
     )
     server.run()
     import signal
