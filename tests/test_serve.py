@@ -357,7 +357,9 @@ def test_serve_rejects_bad_options_before_loading(cli):
 def test_quantize_serves_the_quantized_model_with_generate_s_greedy_text(cli, model_dir, monkeypatch):
     """`serve --quantize int8` loads int8 weights (said on stderr) and its greedy completions equal
     `gptcli generate --quantize int8 --greedy`; a bad value is a usage error before loading."""
-    from gptcli.server import Server
+    import logging.config
+
+    from gptcli.server import Server, log_config
 
     r = cli("serve", "--model", model_dir, "--quantize", "int3")
     assert r.exit_code == 2 and "unknown --quantize value 'int3'" in r.stderr
@@ -366,7 +368,8 @@ def test_quantize_serves_the_quantized_model_with_generate_s_greedy_text(cli, mo
 
     def run(self):  # the server the command built: serve two greedy requests, then stop
         served.append(self.engine.lm.quantization)
-        threading.Thread(target=self.run_for_test, daemon=True).start()
+        thread = threading.Thread(target=self.run_for_test, daemon=True)
+        thread.start()
         deadline = time.monotonic() + 30
         while not self.started():
             assert time.monotonic() < deadline, "the server did not start"
@@ -377,10 +380,14 @@ def test_quantize_serves_the_quantized_model_with_generate_s_greedy_text(cli, mo
             done = client.completions.create(model=self.api.config.model_id, prompt=p, max_tokens=12, temperature=0)
             served.append(done.choices[0].text)
         self.stop()
+        thread.join(15)  # uvicorn logs its shutdown to this command's stderr: let it finish first
 
     monkeypatch.setattr(Server, "run_for_test", Server.run, raising=False)
     monkeypatch.setattr(Server, "run", run)
-    r = cli("serve", "--model", model_dir, "--port", "0", "--quantize", "int8")
+    try:
+        r = cli("serve", "--model", model_dir, "--port", "0", "--quantize", "int8")
+    finally:  # uvicorn's handlers still point at that command's closed stderr
+        logging.config.dictConfig(log_config())
     assert r.exit_code == 0, r.stderr
     assert served[0] is not None and served[0].scheme == "int8"
     assert "int8 weights" in r.stderr
