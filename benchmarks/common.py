@@ -1,8 +1,9 @@
-"""Shared helpers for the benchmark scripts: local GPT-2-124M-shaped models (random weights)."""
+"""Shared helpers for the benchmark scripts: local GPT-2-124M- and Llama-shaped models (random weights)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -67,3 +68,48 @@ def parse_result(stdout: str) -> dict:
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     raise RuntimeError("worker printed no result:\n" + stdout)
+
+
+LLAMA_SHAPES = {
+    # ~91 M: 12 layers, 768 wide, 12 heads, SwiGLU 2048 (the issue's shape)
+    "llama-91m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12),
+    # TinyLlama-1.1B's shape (22 layers, 2048 wide, 32 heads in 4 key/value groups, SwiGLU 5632) with
+    # the bundled tokenizer's 4,096 entries instead of 32,000: ~1.0 B parameters, a model of real size
+    "llama-1b": dict(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4
+    ),
+}
+
+
+def build_llama(folder: Path, shape: str = "llama-91m", seed: int = 0) -> Path:
+    """A Llama of one of LLAMA_SHAPES, random weights in bfloat16, the bundled tokenizer (vocab
+    4,096), untied head."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    bundled = Path(__file__).resolve().parent.parent / "gptcli" / "bundled" / "tinystories"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(bundled / name, folder / name)
+    config = LlamaConfig(
+        **{"num_key_value_heads": LLAMA_SHAPES[shape]["num_attention_heads"], **LLAMA_SHAPES[shape]},
+        vocab_size=4096,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    with torch.no_grad():  # what LlamaForCausalLM's init draws: normal(0, 0.02), norms at 1
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, config.initializer_range)
+    model.save_pretrained(folder)
+    return folder

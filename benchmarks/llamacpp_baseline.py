@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_gpt2_124m  # noqa: E402
+from common import build_gpt2_124m, build_llama  # noqa: E402
 
 PRECISIONS = ("f16", "q8_0", "q4_0")
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
@@ -171,39 +171,6 @@ def gptcli_runner(hf_dir: Path, dtype: str, prompt: str, new_tokens: int, thread
 # --------------------------------------------------------------------------- models
 
 
-def build_llama_91m(folder: Path, seed: int = 0) -> Path:
-    """The ~91 M Llama shape of issue 14: 12 layers, 768 wide, 12 heads, SwiGLU 2048, the bundled
-    4,096-token tokenizer, untied output head, random weights."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from gptcli import bundled
-
-    folder = Path(folder)
-    if (folder / "model.safetensors").exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(bundled.path_of("tinystories"))
-    tok.save_pretrained(folder)
-    eot = tok.eos_token_id
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=12,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        bos_token_id=eot,
-        eos_token_id=eot,
-        pad_token_id=eot,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -218,7 +185,7 @@ def main() -> None:
     root = Path(args.models_dir)
     shapes = {
         "GPT-2-124M shape": build_gpt2_124m(root / "gpt2-124m"),
-        "Llama ~91M shape": build_llama_91m(root / "llama-91m"),
+        "Llama ~91M shape": build_llama(root / "llama-91m"),
     }
     n, t = args.new_tokens, args.threads
     print(

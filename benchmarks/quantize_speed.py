@@ -44,40 +44,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's gptcli
-from common import SHARED, build_gpt2_124m, emit, parse_result, peak_rss_mb  # noqa: E402
+from common import SHARED, build_gpt2_124m, build_llama, emit, parse_result, peak_rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 SETTINGS = ("bf16", "int8", "int4")
 LLAMA_CPP_PRECISION = {"bf16": "f16", "int8": "q8_0", "int4": "q4_0"}
-
-
-def build_llama_91m(folder: Path, seed: int = 0) -> Path:
-    """12 layers, 768 wide, 12 heads, SwiGLU 2048, vocab 4,096 (the bundled tokenizer), untied head."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if (folder / "model.safetensors").exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    bundled = ROOT / "gptcli" / "bundled" / "tinystories"
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(bundled / name, folder / name)
-    config = LlamaConfig(
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=12,
-        vocab_size=4096,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
-    return folder
 
 
 # ---------------------------------------------------------------------- workers (fresh processes)
@@ -442,7 +414,12 @@ def main() -> None:
     ap.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) / "gptcli-bench-quantize"))
     ap.add_argument("--shakespeare-model")
     ap.add_argument("--only", default="speed,rss,quality", help="parts to run, in this order")
-    ap.add_argument("--models", default="all", choices=("all", "gpt2", "llama"), help="for speed and rss")
+    ap.add_argument(
+        "--models",
+        default="all",
+        choices=("all", "gpt2", "llama", "llama-1b"),
+        help="for speed and rss; all: GPT-2-124M and Llama ~91M; llama-1b: TinyLlama's shape (~1.0 B, not in all)",
+    )
     ap.add_argument("--skip-shakespeare", action="store_true", help="quality: the bundled model only")
     args = ap.parse_args()
     if args.worker:
@@ -457,9 +434,13 @@ def main() -> None:
     # The tokenizer only matters for the prompt's length; without the shared data, train it on the README.
     vocab = None if (SHARED / "tinyshakespeare.txt").exists() else (ROOT / "README.md").read_text(encoding="utf-8")
     gpt2 = build_gpt2_124m(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m", vocab_text=vocab)
-    llama = build_llama_91m(work / "llama-91m")
-    models = [("GPT-2-124M shape", gpt2), ("Llama ~91M shape", llama)]
-    models = [m for m in models if args.models in ("all", "gpt2" if m[1] == gpt2 else "llama")]
+    models = []
+    if args.models in ("all", "gpt2"):
+        models.append(("GPT-2-124M shape", gpt2))
+    if args.models in ("all", "llama"):
+        models.append(("Llama ~91M shape", build_llama(work / "llama-91m")))
+    if args.models == "llama-1b":
+        models.append(("Llama ~1B shape (TinyLlama's)", build_llama(work / "llama-1b", "llama-1b")))
     started = time.time()
     for part in args.only.split(","):  # in the order given
         if part == "speed":
