@@ -2,9 +2,11 @@
 
     python benchmarks/quantize_speed.py [--new-tokens 128] [--threads 2] [--rounds 3]
                                         [--shakespeare-model DIR] [--only speed,rss,quality]
+                                        [--models all|gpt2|llama|llama-1b]
 
 Speed: the GPT-2-124M shape and a ~91 M Llama shape (12 layers, 768 wide, 12 heads, SwiGLU
-2048, the bundled 4,096-token tokenizer, untied head), random weights, built locally. Batch 1,
+2048, the bundled 4,096-token tokenizer, untied head), random weights, built locally
+(`--models llama-1b`: TinyLlama's ~1.0 B shape instead, common.LLAMA_SHAPES). Batch 1,
 `--new-tokens` greedy tokens through gptcli's generation core, `--threads` threads. bfloat16,
 int8 and int4 are loaded into one process and run in interleaved rounds (the machine is shared
 and its speed drifts; side by side keeps the ratios honest); each setting's best round is its
