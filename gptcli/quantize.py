@@ -367,9 +367,9 @@ def int8_planes(module: Any) -> Any | None:
         scales = torch.cat((scales, scales.new_zeros(pad)))
 
     def planes(rows: Any) -> Any:  # [rows, 2k] in 0..15: hi + 8, then lo
-        wide = rows.to(torch.int32)
-        high = torch.div(wide, 16, rounding_mode="floor")
-        return torch.cat((high + 8, wide - 16 * high), dim=1)
+        # In int8 (an arithmetic shift is the floor of q / 16, the low nibble q - 16 * hi); one
+        # int32 copy at the end, which the packing takes: the fewest temporary bytes while loading.
+        return torch.cat(((rows >> 4) + 8, rows & 15), dim=1).to(torch.int32)
 
     groups = k // group
     high_sz = torch.stack((16 * scales, torch.zeros_like(scales)), dim=-1)
@@ -394,12 +394,16 @@ def run_int8_on_int4_kernel(model: Any, runtime: Any) -> int:
         for name, child in parent.named_children()
         if type(child) is Int8Linear and id(child) not in tied_heads
     ]
+    from gptcli.memory import drop_file_pages
+
     done = 0
     with torch.no_grad():
-        for parent, name, child in swaps:
+        while swaps:  # popped one by one: each int8 copy is freed as soon as its planes replace it
+            parent, name, child = swaps.pop()
             planes = int8_planes(child)
             if planes is not None:
                 setattr(parent, name, planes)
+                drop_file_pages(child.qweight, model)  # a quantized folder's int8 bytes, now copied
                 done += 1
     return done
 
