@@ -41,6 +41,18 @@ _INT4_N_MULTIPLE = 16  # the int4 packing wants output rows in multiples of 16: 
 _INT4_BLOCK_ROWS = 64  # ...and interleaves the rows of each block of 64
 
 
+def kernel_dtype(dtype: Any) -> Any:
+    """The activation dtype the quantized kernels run in for a model computing in `dtype`.
+
+    PyTorch's int8 and int4 CPU kernels are vectorized for bfloat16 inputs only. Fed float32,
+    they were 15x (int8) and 30x (int4) slower here, slower than the float32 layer they replace.
+    So a float32 model's quantized layers round their input to bfloat16, multiply with float32
+    sums, and hand back float32. The rest of the model stays float32."""
+    import torch
+
+    return torch.bfloat16 if dtype == torch.float32 else dtype
+
+
 def parse_scheme(value: str | None, *, flag: str = "--quantize") -> str | None:
     """Check the spelling of --quantize (never imports torch); None or "none" means off."""
     import os
@@ -162,21 +174,27 @@ def _modules():
             super().__init__()
             q = tensors["qweight"]
             self.out_features, self.in_features = q.shape
+            self.dtype = dtype  # the model's: what comes in and goes out
+            scales = tensors["scales"].to(kernel_dtype(dtype)).contiguous()
             self.register_buffer("qweight", q.contiguous(), persistent=False)
-            self.register_buffer("scales", tensors["scales"].to(dtype).contiguous(), persistent=False)
+            self.register_buffer("scales", scales, persistent=False)
             self.register_buffer("bias", None if bias is None else bias.detach().to(dtype), persistent=False)
 
         def forward(self, x):
             shape = x.shape[:-1]
-            x2 = x.reshape(-1, self.in_features).contiguous()
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
+            x2 = x.reshape(-1, self.in_features)
+            if x2.dtype != self.scales.dtype:
+                x2 = x2.to(self.scales.dtype)
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
+            if y.dtype != x.dtype:
+                y = y.to(x.dtype)
             if self.bias is not None:
                 y = y + self.bias
             return y.reshape(*shape, self.out_features)
 
         def embed(self, ids):
             """Rows of the weight as an embedding table (a head tied to the input embedding)."""
-            return self.qweight[ids].to(self.scales.dtype) * self.scales[ids].unsqueeze(-1)
+            return self.qweight[ids].to(self.dtype) * self.scales[ids].to(self.dtype).unsqueeze(-1)
 
         def weight_bytes(self) -> int:
             return _nbytes(self.qweight) + _nbytes(self.scales)
@@ -189,10 +207,13 @@ def _modules():
 
         bits = 4
 
-        def __init__(self, packed: Any, scales_zeros: Any, bias: Any | None, out_features: int, rows: Any = None):
+        def __init__(
+            self, packed: Any, scales_zeros: Any, bias: Any | None, out_features: int, dtype: Any, rows: Any = None
+        ):
             super().__init__()
             self.out_features, self.in_features = out_features, packed.shape[1] * 2
             self.group_size = self.in_features // scales_zeros.shape[0]
+            self.dtype = dtype  # the model's: what comes in and goes out (scales_zeros: the kernel's)
             self.register_buffer("packed", packed, persistent=False)
             self.register_buffer("scales_zeros", scales_zeros, persistent=False)
             self.register_buffer("bias", bias, persistent=False)
@@ -205,9 +226,14 @@ def _modules():
             return y.reshape(*x.shape[:-1], self.out_features)
 
         def _product(self, x2):
+            wanted = x2.dtype
+            if wanted != self.scales_zeros.dtype:
+                x2 = x2.to(self.scales_zeros.dtype)
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_zeros)
             if self.padded:
                 y = y[:, : self.out_features]
+            if y.dtype != wanted:
+                y = y.to(wanted)
             if self.bias is not None:
                 y = y + self.bias
             return y
@@ -215,8 +241,7 @@ def _modules():
         def embed(self, ids):
             assert self.rows is not None
             rows = {k: v[ids.reshape(-1)] for k, v in self.rows.items()}
-            dtype = self.scales_zeros.dtype
-            return dequantize(rows).to(dtype).reshape(*ids.shape, self.in_features)
+            return dequantize(rows).to(self.dtype).reshape(*ids.shape, self.in_features)
 
         def weight_bytes(self) -> int:
             extra = sum(_nbytes(v) for v in self.rows.values()) if self.rows else 0
@@ -250,8 +275,8 @@ def _modules():
 
         bits = 8
 
-        def __init__(self, packed: Any, scales_zeros: Any, bias: Any | None, out_features: int):
-            super().__init__(packed, scales_zeros, bias, out_features)
+        def __init__(self, packed: Any, scales_zeros: Any, bias: Any | None, out_features: int, dtype: Any):
+            super().__init__(packed, scales_zeros, bias, out_features, dtype)
             self.in_features = packed.shape[1]  # the kernel's input is twice this
 
         def forward(self, x):
@@ -292,7 +317,7 @@ def _int4_linear(tensors: dict[str, Any], bias: Any | None, dtype: Any, keep_row
     packed = _pack_int4(q, unpack_int4)
     rows = {k: v.contiguous() for k, v in tensors.items()} if keep_rows else None
     bias = None if bias is None else bias.detach().to(dtype)
-    return Int4Linear(packed, sz.transpose(0, 1).to(dtype).contiguous(), bias, n, rows=rows)
+    return Int4Linear(packed, sz.transpose(0, 1).to(kernel_dtype(dtype)).contiguous(), bias, n, dtype, rows=rows)
 
 
 def _pack_int4(rows: Any, codes: Any) -> Any:
@@ -339,7 +364,7 @@ def concat_linears(modules: list[Any]) -> Any | None:
     if kind is Int8Linear:
         qweight = torch.cat([m.qweight for m in modules])
         scales = torch.cat([m.scales for m in modules])
-        return Int8Linear({"qweight": qweight, "scales": scales}, bias, scales.dtype)
+        return Int8Linear({"qweight": qweight, "scales": scales}, bias, first.dtype)
     if any(m.padded or m.rows is not None or m.group_size != first.group_size for m in modules):
         return None
     # The packed layout interleaves rows within blocks of 64: layers stack when every one but
@@ -348,7 +373,7 @@ def concat_linears(modules: list[Any]) -> Any | None:
         return None
     packed = torch.cat([m.packed for m in modules])
     scales_zeros = torch.cat([m.scales_zeros for m in modules], dim=1)
-    return Int4Linear(packed, scales_zeros, bias, packed.shape[0])
+    return Int4Linear(packed, scales_zeros, bias, packed.shape[0], first.dtype)
 
 
 def int8_planes(module: Any) -> Any | None:
@@ -375,16 +400,17 @@ def int8_planes(module: Any) -> Any | None:
     high_sz = torch.stack((16 * scales, torch.zeros_like(scales)), dim=-1)
     low_sz = torch.stack((scales, 8 * scales), dim=-1)
     scales_zeros = torch.cat((high_sz.expand(groups, -1, -1), low_sz.expand(groups, -1, -1))).contiguous()
-    return Int8Planes(_pack_int4(q, planes), scales_zeros, module.bias, n)
+    return Int8Planes(_pack_int4(q, planes), scales_zeros, module.bias, n, module.dtype)
 
 
 def run_int8_on_int4_kernel(model: Any, runtime: Any) -> int:
-    """Swap the int8 layers of a bfloat16 CPU model for Int8Planes (not a head whose rows serve a
-    tied embedding). Returns how many were swapped. At one row the int4 kernel read the same bytes
-    1.2-1.4x faster than `_weight_int8pack_mm` (docs/quantize.md); in float32 it is far slower."""
+    """Swap the int8 layers of a CPU model whose kernels run in bfloat16 (`kernel_dtype`) for
+    Int8Planes (not a head whose rows serve a tied embedding). Returns how many were swapped. At
+    one row the int4 kernel read the same bytes 1.2-1.4x faster than `_weight_int8pack_mm`
+    (docs/quantize.md)."""
     import torch
 
-    if runtime.device.type != "cpu" or runtime.dtype != torch.bfloat16:
+    if runtime.device.type != "cpu" or kernel_dtype(runtime.dtype) != torch.bfloat16:
         return 0
     Int8Linear, _, TiedQuantEmbedding, _ = _modules()
     tied_heads = {id(m.head[0]) for m in model.modules() if isinstance(m, TiedQuantEmbedding)}
