@@ -279,6 +279,24 @@ def weight_bytes_bf16(model_dir: Path) -> int:
     return 2 * check_weights(model_dir, allow_pickle=False)
 
 
+def _per_round(label: str, runs: dict[str, list[float]], digits: int, names: dict[str, str] | None = None) -> None:
+    """One line: each setting's figure of every round."""
+    parts = [f"{(names or {}).get(s, s)} " + ", ".join(f"{v:.{digits}f}" for v in runs[s]) for s in SETTINGS]
+    print(f"  {label}: " + "; ".join(parts))
+
+
+SPLIT_NOTES = (
+    "token = forward + loop (sampling, stop checks, detokenizing)",
+    "products: every projection of one step alone, back to back, on one-row inputs, with the kernels and weights"
+    " decoding uses",
+    "the rest: the forward with its projections skipped (norms, rotary, cache, attention)",
+    "bound: llama.cpp's whole token / (products + the rest), both from their fastest rounds: the most this forward"
+    " could reach against llama.cpp if nothing else cost anything",
+    "(in the forward the rest runs slower than alone: the products stream the weights through the caches the"
+    " rest's code and data were in)",
+)
+
+
 def speed_table(name: str, model_dir: Path, args) -> None:
     r = run_worker("speed", str(model_dir), str(args.new_tokens), str(args.threads), str(args.rounds))
     best, cpp = r["best"], r["cpp_best"]
@@ -288,12 +306,10 @@ def speed_table(name: str, model_dir: Path, args) -> None:
         row = f"{s:8} {best[s]:9.1f} {best[s] / best['bf16']:7.2f}x {LLAMA_CPP_PRECISION[s].upper():>10}"
         row += f" {cpp[s]:9.1f} {best[s] / cpp[s]:16.2f}x" if s in cpp else " not installed"
         print(row)
-    print("  rounds: " + "; ".join(f"{s} " + ", ".join(f"{v:.1f}" for v in r["runs"][s]) for s in SETTINGS))
+    _per_round("rounds", r["runs"], 1)
     if r["cpp_runs"]:
-        cpp_rounds = "; ".join(
-            f"{LLAMA_CPP_PRECISION[s].upper()} " + ", ".join(f"{v:.1f}" for v in r["cpp_runs"][s]) for s in SETTINGS
-        )
-        print(f"  llama.cpp rounds (each right after gptcli's at the same precision): {cpp_rounds}")
+        upper = {s: p.upper() for s, p in LLAMA_CPP_PRECISION.items()}
+        _per_round("llama.cpp rounds (each right after gptcli's at the same precision)", r["cpp_runs"], 1, upper)
     print(f"\n  where a token's time goes, ms ({name}, gptcli's best round):")
     print(
         f"  {'setting':8} {'token':>7} {'forward':>8} {'loop':>6} {'products':>9} {'the rest':>9} {'sum':>6}"
@@ -305,17 +321,9 @@ def speed_table(name: str, model_dir: Path, args) -> None:
         if s in cpp:
             row += f" {1000 / cpp[s]:10.2f} {1000 / cpp[s] / (products + rest):6.2f}x"
         print(row)
-    print(
-        "  token = forward + loop (sampling, stop checks, detokenizing); products: every projection of one step"
-        " alone, back to back,\n  on one-row inputs with the kernels and weights decoding uses; the rest: the forward with its\n  projections skipped (norms, rotary, cache, attention);"
-        " bound: llama.cpp's whole token / (products + the rest), both their fastest rounds: the most\n  this forward could reach against"
-        " llama.cpp if nothing else cost anything (in the forward the rest runs slower than\n  alone: the"
-        " products stream the weights through the caches the rest's code and data were in)"
-    )
-    print(
-        "  products rounds (ms): "
-        + "; ".join(f"{s} " + ", ".join(f"{v:.2f}" for v in r["product_runs"][s]) for s in SETTINGS)
-    )
+    for line in SPLIT_NOTES:
+        print(f"  {line}")
+    _per_round("products rounds (ms)", r["product_runs"], 2)
 
 
 def rss_table(name: str, model_dir: Path, work: Path, args) -> None:
@@ -434,10 +442,10 @@ def main() -> None:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     # The tokenizer only matters for the prompt's length; without the shared data, train it on the README.
-    vocab = None if (SHARED / "tinyshakespeare.txt").exists() else (ROOT / "README.md").read_text(encoding="utf-8")
-    gpt2 = build_gpt2_124m(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m", vocab_text=vocab)
     models = []
     if args.models in ("all", "gpt2"):
+        vocab = None if (SHARED / "tinyshakespeare.txt").exists() else (ROOT / "README.md").read_text(encoding="utf-8")
+        gpt2 = build_gpt2_124m(Path(tempfile.gettempdir()) / "gptcli-bench-gpt2-124m", vocab_text=vocab)
         models.append(("GPT-2-124M shape", gpt2))
     if args.models in ("all", "llama"):
         models.append(("Llama ~91M shape", build_llama(work / "llama-91m")))
